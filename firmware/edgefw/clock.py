@@ -1,0 +1,95 @@
+# The one clock of the firmware: monotonic ticks (real time, for bus timing) and
+# site time (wall clock; runs `speed` x real time in the virtual gateway).
+# Same API on MicroPython and CPython; ticks wrap, so always compare with ticks_diff.
+import time as _t
+
+try:
+    _ticks_ms = _t.ticks_ms
+    _ticks_us = _t.ticks_us
+    ticks_add = _t.ticks_add
+    ticks_diff = _t.ticks_diff
+    sleep_ms = _t.sleep_ms
+    _MPY = True
+except AttributeError:  # CPython
+    _MPY = False
+    _PERIOD = 1 << 30
+    _HALF = 1 << 29
+
+    def _ticks_ms():
+        return int(_t.monotonic() * 1000) & (_PERIOD - 1)
+
+    def _ticks_us():
+        return int(_t.monotonic() * 1000000) & (_PERIOD - 1)
+
+    def ticks_add(t, ms):
+        return (t + ms) & (_PERIOD - 1)
+
+    def ticks_diff(new, old):
+        return ((new - old + _HALF) & (_PERIOD - 1)) - _HALF
+
+    def sleep_ms(ms):
+        if ms > 0:
+            _t.sleep(ms / 1000)
+
+ticks_ms = _ticks_ms
+ticks_us = _ticks_us
+
+# MicroPython ports with a 2000 epoch (ESP32) report 946684800 s less than unix time
+_EPOCH_FIX = 946684800 if _t.gmtime(0)[0] == 2000 else 0
+
+_speed = 1
+_epoch = None     # site time (s) at _t0, None = follow the system clock
+_t0 = 0           # real ticks at the last re-base
+_acc_ms = 0       # site ms accumulated since _epoch (re-based before ticks can wrap)
+_site_t = 0       # site ticks (ms, wraps like ticks) at the last call
+_last = _ticks_ms()
+
+
+def configure(speed=1, epoch=None):
+    """Run site time `speed` x real time, starting at `epoch` (s) or the system clock."""
+    global _speed, _epoch, _t0, _acc_ms, _last
+    if not isinstance(speed, int) or speed < 1:
+        raise ValueError("clock speed %r must be an int >= 1" % (speed,))
+    _speed = speed
+    if epoch is None and speed != 1:
+        epoch = int(_t.time()) + _EPOCH_FIX
+    _epoch = epoch
+    _t0 = _ticks_ms()
+    _last = _t0
+    _acc_ms = 0
+
+
+def speed():
+    return _speed
+
+
+def _advance():
+    # fold elapsed real ms into site ms; called often enough that ticks never wrap past us
+    global _last, _acc_ms, _site_t, _epoch
+    now = _ticks_ms()
+    d = ticks_diff(now, _last)
+    if d > 0:
+        _last = now
+        _acc_ms += d * _speed
+        _site_t = ticks_add(_site_t, d * _speed)
+        if _epoch is None:
+            _acc_ms = 0  # wall time follows the system clock; nothing to carry
+        elif _acc_ms > 0x10000000:
+            # keep it a small int on 32-bit ports (both values are >= 0 here)
+            _epoch += _acc_ms // 1000
+            _acc_ms = _acc_ms % 1000
+    return _acc_ms
+
+
+def site_ms():
+    """Monotonic site-time ticks in ms (wrap like ticks_ms: compare with ticks_diff)."""
+    _advance()
+    return _site_t
+
+
+def time():
+    """Site wall-clock seconds since 1970 (int)."""
+    if _epoch is None:
+        return int(_t.time()) + _EPOCH_FIX
+    return _epoch + _advance() // 1000
+

@@ -1,0 +1,358 @@
+# The gateway's one JSON config file: validation with errors naming the field, atomic
+# writes (temp file + rename, CRC-32 trailer), and boot fallback: config.json ->
+# the last good copy -> the factory default. See docs/config.md for the schema.
+import json
+import os
+import sys
+
+try:
+    from binascii import crc32
+except ImportError:  # pragma: no cover
+    crc32 = None
+
+PATH = "config.json"
+LAST_GOOD = "config.last_good.json"
+_TRAILER = "\n#crc32 "
+
+ROLES = ("bms", "pcs", "pv_meter", "grid_meter", "load_meter", "aux_meter")
+SINGLE_ROLES = ("bms", "pcs", "grid_meter")  # the others may repeat and are summed
+PARITIES = ("N", "E", "O")
+
+_UNIX = sys.platform != "esp32"
+
+
+def default():
+    """Factory default: boots on any board; the typical site on two RS-485 buses."""
+    if _UNIX:
+        b0 = {"name": "bus0", "port": "dev/bus0", "baud": 9600}
+        b1 = {"name": "bus1", "port": "dev/bus1", "baud": 19200}
+    else:
+        b0 = {"name": "bus0", "port": "uart1", "baud": 9600, "tx": 17, "rx": 16, "de_pin": 4}
+        b1 = {"name": "bus1", "port": "uart2", "baud": 19200, "tx": 25, "rx": 26, "de_pin": 27}
+    return {
+        "version": 1,
+        "device_id": "edgegw-0001",
+        "buses": [b0, b1],
+        "devices": [
+            {"name": "pcs", "role": "pcs", "map": "sunspec_pcs", "slave": 1, "bus": "bus0",
+             "period_ms": 1000},
+            {"name": "grid", "role": "grid_meter", "map": "sdm630", "slave": 2, "bus": "bus0",
+             "period_ms": 1000},
+            {"name": "pv", "role": "pv_meter", "map": "sdm630", "slave": 3, "bus": "bus0",
+             "period_ms": 1000},
+            {"name": "it", "role": "load_meter", "map": "sdm630", "slave": 4, "bus": "bus0",
+             "period_ms": 1000},
+            {"name": "bms", "role": "bms", "map": "seplos_v3", "slave": 1, "bus": "bus1",
+             "period_ms": 1000},
+        ],
+        "site": {},
+        "limits": {},
+        "safety": {},
+        "control": {},
+        "link": {},
+    }
+
+
+# ---- validation -------------------------------------------------------------
+
+class _V:
+    """Collects "field: problem" strings."""
+
+    def __init__(self):
+        self.errs = []
+
+    def err(self, field, msg):
+        self.errs.append("%s: %s" % (field, msg))
+
+    def int_(self, d, key, field, lo, hi, dflt=None, null=False):
+        v = d.get(key, dflt)
+        f = field + key
+        if v is None:
+            if null:
+                return None
+            self.err(f, "missing (integer %d..%d)" % (lo, hi))
+            return None
+        if not isinstance(v, int) or isinstance(v, bool):
+            self.err(f, "%r is not an integer" % (v,))
+            return None
+        if v < lo or v > hi:
+            self.err(f, "%d out of range %d..%d" % (v, lo, hi))
+            return None
+        return v
+
+    def str_(self, d, key, field, choices=None, dflt=None, maxlen=64):
+        v = d.get(key, dflt)
+        f = field + key
+        if not isinstance(v, str) or not v:
+            self.err(f, "missing (text)" if v is None else "%r is not text" % (v,))
+            return None
+        if len(v) > maxlen:
+            self.err(f, "longer than %d characters" % maxlen)
+            return None
+        if choices is not None and v not in choices:
+            self.err(f, "%r is not one of %s" % (v, ", ".join(choices)))
+            return None
+        return v
+
+    def dict_(self, d, key, field):
+        v = d.get(key)
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            self.err(field + key, "must be an object")
+            return {}
+        return v
+
+
+def _ident_ok(s):
+    for c in s:
+        if not (c.isalpha() or c.isdigit() or c in "-_"):
+            return False
+    return True
+
+
+def validate(cfg):
+    """Check a parsed config; returns a list of "field: problem" strings ([] = valid).
+    Fills in defaults in place so the rest of the firmware reads plain values."""
+    v = _V()
+    if not isinstance(cfg, dict):
+        return ["config: must be a JSON object"]
+    for k in cfg:
+        if k not in ("version", "device_id", "buses", "devices", "site", "limits", "safety",
+                     "control", "link", "net", "status_s", "wdt_ms", "console", "note"):
+            v.err(k, "unknown section (typo?)")
+    v.int_(cfg, "version", "", 1, 1, dflt=1)
+    did = v.str_(cfg, "device_id", "", dflt="edgegw-0001", maxlen=32)
+    if did and not _ident_ok(did):
+        v.err("device_id", "%r may hold only letters, digits, - and _" % did)
+    cfg.setdefault("device_id", did)
+    cfg["status_s"] = v.int_(cfg, "status_s", "", 0, 3600, dflt=10)
+    cfg["wdt_ms"] = v.int_(cfg, "wdt_ms", "", 0, 60000, dflt=30000)
+    if cfg["wdt_ms"] and cfg["wdt_ms"] < 1000:
+        v.err("wdt_ms", "%d too short (0 = off, else >= 1000)" % cfg["wdt_ms"])
+    con = cfg.get("console", _UNIX)
+    if not isinstance(con, bool):
+        v.err("console", "%r is not true/false" % (con,))
+    cfg["console"] = con
+
+    buses = cfg.get("buses")
+    names = []
+    if not isinstance(buses, list) or not buses:
+        v.err("buses", "must be a non-empty list")
+        buses = []
+    elif len(buses) > 4:
+        v.err("buses", "%d buses, at most 4" % len(buses))
+    for i in range(len(buses)):
+        b = buses[i]
+        f = "buses[%d]." % i
+        if not isinstance(b, dict):
+            v.err(f[:-1], "must be an object")
+            continue
+        n = v.str_(b, "name", f, dflt="bus%d" % i, maxlen=16)
+        b["name"] = n
+        if n in names:
+            v.err(f + "name", "%r used twice" % n)
+        names.append(n)
+        p = b.get("port")
+        if not (isinstance(p, str) and p) and not (isinstance(p, int) and not isinstance(p, bool)):
+            v.err(f + "port", "missing (a path, tcp:HOST:PORT, uartN or a UART number)")
+        b["baud"] = v.int_(b, "baud", f, 300, 1000000, dflt=9600)
+        b["parity"] = v.str_(b, "parity", f, PARITIES, dflt="N")
+        b["stop"] = v.int_(b, "stop", f, 1, 2, dflt=1)
+        for k in ("de_pin", "tx", "rx"):
+            b[k] = v.int_(b, k, f, 0, 48, null=True)
+        b["timeout_ms"] = v.int_(b, "timeout_ms", f, 10, 5000, dflt=200)
+        b["retries"] = v.int_(b, "retries", f, 0, 5, dflt=1)
+
+    devs = cfg.get("devices")
+    if devs is None:
+        devs = cfg["devices"] = []
+    if not isinstance(devs, list):
+        v.err("devices", "must be a list")
+        devs = []
+    elif len(devs) > 16:
+        v.err("devices", "%d devices, at most 16" % len(devs))
+    dnames = []
+    seen = {}
+    for i in range(len(devs)):
+        d = devs[i]
+        f = "devices[%d]." % i
+        if not isinstance(d, dict):
+            v.err(f[:-1], "must be an object")
+            continue
+        role = v.str_(d, "role", f, ROLES)
+        n = v.str_(d, "name", f, dflt=role or "dev%d" % i, maxlen=16)
+        d["name"] = n
+        if n in dnames:
+            v.err(f + "name", "%r used twice" % n)
+        dnames.append(n)
+        if role in SINGLE_ROLES:
+            if role in seen:
+                v.err(f + "role", "a second %s (devices[%d] is one; only one allowed)"
+                      % (role, seen[role]))
+            seen[role] = i
+        v.str_(d, "map", f, maxlen=40)
+        slave = v.int_(d, "slave", f, 1, 247)
+        bus = d.get("bus", names[0] if names else None)
+        if isinstance(bus, int) and not isinstance(bus, bool):
+            if 0 <= bus < len(names):
+                bus = names[bus]
+            else:
+                v.err(f + "bus", "index %d out of range 0..%d" % (bus, len(names) - 1))
+        elif bus not in names:
+            v.err(f + "bus", "%r is not a bus name (%s)" % (bus, ", ".join(names)))
+        d["bus"] = bus
+        for j in range(i):
+            o = devs[j]
+            if isinstance(o, dict) and o.get("bus") == bus and o.get("slave") == slave \
+                    and slave is not None:
+                v.err(f + "slave", "%d already used on %s by devices[%d]" % (slave, bus, j))
+        d["period_ms"] = v.int_(d, "period_ms", f, 0, 3600000, dflt=1000)
+        pts = d.get("points")
+        if pts is not None and (not isinstance(pts, list) or not pts
+                                or not all(isinstance(x, str) for x in pts)):
+            v.err(f + "points", "must be a non-empty list of point names")
+
+    lim = v.dict_(cfg, "limits", "")
+    cfg["limits"] = lim
+    lim["pcs_charge_max_w"] = v.int_(lim, "pcs_charge_max_w", "limits.", 0, 10000000, dflt=5000)
+    lim["pcs_discharge_max_w"] = v.int_(lim, "pcs_discharge_max_w", "limits.", 0, 10000000,
+                                        dflt=5000)
+    lim["soc_min_cpct"] = v.int_(lim, "soc_min_cpct", "limits.", 0, 10000, dflt=1000)
+    lim["soc_max_cpct"] = v.int_(lim, "soc_max_cpct", "limits.", 0, 10000, dflt=10000)
+    if (lim["soc_min_cpct"] or 0) > (lim["soc_max_cpct"] or 10000):
+        v.err("limits.soc_min_cpct", "%d above soc_max_cpct %d"
+              % (lim["soc_min_cpct"], lim["soc_max_cpct"]))
+    lim["export_max_w"] = v.int_(lim, "export_max_w", "limits.", 0, 10000000, null=True)
+    lim["import_max_w"] = v.int_(lim, "import_max_w", "limits.", 0, 10000000, null=True)
+
+    saf = v.dict_(cfg, "safety", "")
+    cfg["safety"] = saf
+    saf["clean_s"] = v.int_(saf, "clean_s", "safety.", 0, 86400, dflt=30)
+    saf["stale_polls"] = v.int_(saf, "stale_polls", "safety.", 1, 100, dflt=3)
+    for k in ("trip_on_alarm", "trip_on_protect", "trip_on_stale", "trip_on_pcs_fault"):
+        x = saf.get(k, True)
+        if not isinstance(x, bool):
+            v.err("safety." + k, "%r is not true/false" % (x,))
+        saf[k] = x
+
+    ctl = v.dict_(cfg, "control", "")
+    cfg["control"] = ctl
+    ctl["period_ms"] = v.int_(ctl, "period_ms", "control.", 100, 60000, dflt=1000)
+    ctl["refresh_ms"] = v.int_(ctl, "refresh_ms", "control.", 100, 600000, dflt=10000)
+    ctl["mode"] = v.str_(ctl, "mode", "control.", ("auto", "hold", "off"), dflt="auto")
+    ctl["hold_w"] = v.int_(ctl, "hold_w", "control.", -10000000, 10000000, dflt=0)
+
+    for k in ("site", "link", "net"):
+        cfg[k] = v.dict_(cfg, k, "")
+    return v.errs
+
+
+# ---- files ------------------------------------------------------------------
+
+def _crc(text):
+    if isinstance(text, str):
+        text = text.encode()
+    return crc32(text) & 0xFFFFFFFF
+
+
+def parse(text):
+    """Parse file text (JSON, optional CRC trailer); returns (cfg or None, errors)."""
+    i = text.rfind(_TRAILER)
+    if i >= 0:
+        body = text[:i]
+        want = text[i + len(_TRAILER):].strip()
+        got = "%08x" % _crc(body)
+        if want != got:
+            return None, ["checksum: file says %s, content gives %s (torn or edited write)"
+                          % (want, got)]
+        text = body
+    try:
+        cfg = json.loads(text)
+    except ValueError as e:
+        return None, ["json: not valid JSON (%s)" % (e.args[0] if e.args else "syntax error")]
+    return cfg, []
+
+
+def read(path):
+    """Read, parse and validate a config file: (cfg or None, errors)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None, ["file: %s not found" % path]
+    cfg, errs = parse(text)
+    if cfg is not None:
+        errs = validate(cfg)
+    return (None if errs else cfg), errs
+
+
+def dumps(cfg):
+    """File text for cfg: JSON plus the CRC-32 trailer line."""
+    body = json.dumps(cfg)
+    return "%s%s%08x\n" % (body, _TRAILER, _crc(body))
+
+
+def write_atomic(path, text):
+    """Write a whole file so that a power cut leaves either the old or the new one."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        # some filesystems refuse to rename onto an existing file
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        os.rename(tmp, path)
+
+
+def save(cfg, path=PATH):
+    """Validate then write atomically; returns the errors (nothing written if any)."""
+    errs = validate(cfg)
+    if not errs:
+        write_atomic(path, dumps(cfg))
+    return errs
+
+
+def _same_file(a, b):
+    try:
+        with open(a) as f:
+            x = f.read()
+        with open(b) as f:
+            return x == f.read()
+    except OSError:
+        return False
+
+
+def boot(check=None):
+    """Choose the config to run: config.json if valid (then also kept as the last good
+    copy), else the last good copy, else the factory default. check(cfg) may add errors
+    (unknown maps, dispatch parameters). Returns (cfg, source, errors)."""
+    report = []
+    for path in (PATH, LAST_GOOD, None):
+        if path is None:
+            cfg = default()
+            errs = validate(cfg)
+        else:
+            cfg, errs = read(path)
+        if not errs and check is not None:
+            errs = check(cfg)
+        if not errs:
+            if path == PATH and not _same_file(PATH, LAST_GOOD):
+                try:
+                    with open(PATH) as f:
+                        write_atomic(LAST_GOOD, f.read())
+                except OSError as e:
+                    report.append("%s: could not be written (%s)" % (LAST_GOOD, e))
+            return cfg, (path or "factory default"), report
+        name = path or "factory default"
+        for e in errs:
+            report.append("%s: %s" % (name, e))
+    # the factory default failed the check (e.g. maps missing): run it without devices
+    cfg = default()
+    cfg["devices"] = []
+    validate(cfg)
+    return cfg, "factory default without devices", report

@@ -1,0 +1,77 @@
+# ESP32 hardware layer: machine.UART per RS-485 bus with the transceiver's driver-enable
+# (DE/RE) pin raised only while sending, machine.WDT, littlefs mounted at "/" by the
+# MicroPython boot, WLAN station. Compiles with mpy-cross; it cannot run off the board.
+import machine
+
+PLATFORM = "esp32"
+
+_PARITY = {"N": None, "E": 0, "O": 1}
+
+
+class Bus:
+    def __init__(self, cfg):
+        port = cfg["port"]
+        uid = int(port[4:]) if isinstance(port, str) and port.startswith("uart") else int(port)
+        kw = {"baudrate": cfg.get("baud", 9600), "bits": 8,
+              "parity": _PARITY[cfg.get("parity", "N")], "stop": cfg.get("stop", 1),
+              "timeout": 0, "timeout_char": 0, "rxbuf": 512}
+        if cfg.get("tx") is not None:
+            kw["tx"] = cfg["tx"]
+        if cfg.get("rx") is not None:
+            kw["rx"] = cfg["rx"]
+        self.port = port
+        self.uart = machine.UART(uid, **kw)
+        self.stream = self.uart
+        de = cfg.get("de_pin")
+        self.de = None
+        if de is not None:
+            self.de = machine.Pin(de, machine.Pin.OUT, value=0)
+
+    def write(self, buf):
+        de = self.de
+        if de is not None:
+            de.value(1)
+        n = self.uart.write(buf)
+        # hold the driver until the last stop bit left, then release the line at once
+        self.uart.flush()
+        if de is not None:
+            de.value(0)
+        return n
+
+    def readinto(self, buf):
+        n = self.uart.readinto(buf)
+        return 0 if n is None else n
+
+    def close(self):
+        try:
+            self.uart.deinit()
+        except Exception:
+            pass
+
+
+def open_bus(cfg):
+    return Bus(cfg)
+
+
+class Watchdog:
+    def __init__(self, timeout_ms):
+        self.wdt = machine.WDT(timeout=timeout_ms)
+
+    def feed(self):
+        self.wdt.feed()
+
+
+def net_connect(net_cfg):
+    """Start the WLAN station from the config's `net` section ({"ssid", "psk"})."""
+    if not net_cfg or not net_cfg.get("ssid"):
+        return False
+    import network
+    w = network.WLAN(network.STA_IF)
+    w.active(True)
+    if not w.isconnected():
+        w.connect(net_cfg["ssid"], net_cfg.get("psk", ""))
+    return w.isconnected()
+
+
+def reset():
+    machine.reset()

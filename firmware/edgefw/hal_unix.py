@@ -1,0 +1,125 @@
+# Unix hardware layer (virtual gateway, or a PC with USB RS-485 adaptors): each bus is
+# a real OS byte stream - a tty/pty path, or "tcp:HOST:PORT" - read without blocking.
+# The filesystem is the current directory (the virtual gateway's directory).
+import sys
+
+try:
+    import termios
+except ImportError:  # CPython without termios (not Linux): tcp buses only
+    termios = None
+
+PLATFORM = "unix"
+
+# Linux c_cflag bits and c_cc indices (MicroPython's termios lacks the names)
+_PARENB = 0o400
+_PARODD = 0o1000
+_CSTOPB = 0o100
+_VTIME = 5
+_VMIN = 6
+
+
+def _speed_const(baud):
+    if termios is None:
+        return None
+    return getattr(termios, "B%d" % baud, None)
+
+
+class Bus:
+    """A bus on a tty/pty path or a TCP stream; readinto never blocks."""
+
+    def __init__(self, port, baud=9600, parity="N", stop=1):
+        self.port = port
+        self.sock = None
+        if port.startswith("tcp:"):
+            import socket
+            hp = port[4:].rsplit(":", 1)
+            s = socket.socket()
+            ai = socket.getaddrinfo(hp[0], int(hp[1]))[0][-1]
+            s.connect(ai)
+            s.setblocking(False)
+            self.sock = s
+            self.stream = s
+        else:
+            f = open(port, "r+b", buffering=0)
+            self.stream = f
+            if termios is not None:
+                fd = f.fileno()
+                termios.setraw(fd)
+                a = termios.tcgetattr(fd)
+                cf = a[2] & ~(_PARENB | _PARODD | _CSTOPB)
+                if parity == "E":
+                    cf |= _PARENB
+                elif parity == "O":
+                    cf |= _PARENB | _PARODD
+                if stop == 2:
+                    cf |= _CSTOPB
+                a[2] = cf
+                sp = _speed_const(baud)
+                if sp is not None:
+                    a[4] = sp
+                    a[5] = sp
+                # VMIN=0, VTIME=0: a read returns what is there (maybe nothing) at once
+                cc = a[6]
+                cc[_VMIN] = 0 if isinstance(cc[_VMIN], int) else b"\x00"
+                cc[_VTIME] = 0 if isinstance(cc[_VTIME], int) else b"\x00"
+                termios.tcsetattr(fd, termios.TCSANOW, a)
+
+    def write(self, buf):
+        if self.sock is None:
+            n = self.stream.write(buf)
+            return n
+        # non-blocking socket: a short frame fits the send buffer; loop to be sure
+        mv = memoryview(buf)
+        done = 0
+        while done < len(buf):
+            try:
+                n = self.sock.send(mv[done:])
+            except OSError as e:
+                if e.args[0] != 11:  # EAGAIN
+                    raise
+                n = 0
+            if n:
+                done += n
+        return done
+
+    def readinto(self, buf):
+        try:
+            n = self.stream.readinto(buf)
+        except OSError as e:
+            if e.args[0] == 11:  # EAGAIN on a non-blocking socket
+                return 0
+            raise
+        if n is None:
+            return 0
+        if n == 0 and self.sock is not None:
+            raise OSError(104, "bus %s closed by peer" % self.port)  # ECONNRESET
+        return n
+
+    def close(self):
+        try:
+            self.stream.close()
+        except Exception:
+            pass
+
+
+def open_bus(cfg):
+    return Bus(cfg["port"], cfg.get("baud", 9600), cfg.get("parity", "N"), cfg.get("stop", 1))
+
+
+class Watchdog:
+    """No hardware watchdog on unix; the virtual gateway's host watches the process."""
+
+    def __init__(self, timeout_ms):
+        self.timeout_ms = timeout_ms
+        self.fed = 0
+
+    def feed(self):
+        self.fed += 1
+
+
+def net_connect(net_cfg):
+    return True  # the host's network is already up
+
+
+def reset():
+    sys.exit(3)
