@@ -1,0 +1,353 @@
+# Modbus RTU master for one RS-485 bus: a non-blocking state machine the main loop
+# drives with poll(). One transaction at a time; queued writes go ahead of reads;
+# each device's planned reads run once per period (site time); bus timing (response
+# timeout, t3.5 silence) is real time. A device that misses `stale_polls` polls in a
+# row is stale and only probed with backoff, so a silent device never stalls the others.
+#
+# Device interface (devices.Device provides it; tests may pass any object):
+#   dev.name, dev.slave, dev.period_ms, dev.reads [(fc, addr, qty)],
+#   dev.on_read(fc, addr, values, now_ms), dev.on_poll(ok, now_ms) (optional)
+from protocols import modbus_rtu as rtu
+from edgefw import clock
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+_IDLE = const(0)
+_WAIT = const(1)
+BACKOFF_MAX_MS = const(300000)  # stale devices are probed at most this far apart (site ms)
+_RXBUF = const(64)
+
+
+class Station:
+    """Per-device schedule and statistics on one bus."""
+
+    def __init__(self, dev, now):
+        self.dev = dev
+        self.reqs = [rtu.Request(dev.slave, r[0], r[1], r[2]) for r in dev.reads]
+        self.frames = [q.encode() for q in self.reqs]  # encoded once: no per-poll garbage
+        self.due = now
+        self.idx = -1          # read in progress in this poll, -1 = between polls
+        self.answered = False  # any read of the current poll answered
+        self.requests = 0
+        self.ok = 0
+        self.timeouts = 0
+        self.crc = 0
+        self.exceptions = 0
+        self.last_exc = 0
+        self.polls = 0
+        self.missed = 0        # consecutive polls without any answer
+        self.last_ok = None    # site ms ticks of the last good response
+        self.stale = False
+        self.late = 0          # polls started more than a period after they were due
+
+    def stats(self, now):
+        return {"requests": self.requests, "ok": self.ok, "timeouts": self.timeouts,
+                "crc": self.crc, "exceptions": self.exceptions, "last_exc": self.last_exc,
+                "polls": self.polls, "missed": self.missed, "stale": self.stale,
+                "late": self.late,
+                "age_ms": None if self.last_ok is None else clock.ticks_diff(now, self.last_ok)}
+
+
+class _Write:
+    __slots__ = ("st", "req", "frame", "cb", "tries")
+
+    def __init__(self, st, req, cb):
+        self.st = st
+        self.req = req
+        self.frame = req.encode()
+        self.cb = cb
+        self.tries = 0
+
+
+class BusMaster:
+    def __init__(self, bus, name="bus", baud=9600, timeout_ms=200, retries=1, stale_polls=3):
+        self.bus = bus
+        self.name = name
+        self.baud = baud
+        self.timeout_ms = timeout_ms
+        self.retries = retries
+        self.stale_polls = stale_polls
+        self.t35 = rtu.silence_us(baud)
+        self.char_us = rtu.char_us(baud)
+        self.fr = rtu.Framer(baud)
+        self.rx = bytearray(_RXBUF)
+        self.st = []            # stations in round-robin order
+        self.by_name = {}
+        self.wq = []            # pending writes, oldest first
+        self.state = _IDLE
+        self.cur = None         # station (read) or _Write in flight
+        self.req = None
+        self.frame = None
+        self.tries = 0
+        self.retry = False      # resend the frame in flight after the silence
+        self.hold = None        # station whose poll a write interrupted
+        self.t0_us = 0
+        self.deadline = 0
+        self.quiet_us = clock.ticks_us()  # end of the last bus activity
+        self.rr = 0
+        self.junk = 0           # frames from nobody we asked (late answers, noise)
+        self.cycles = 0
+
+    # ---- configuration ------------------------------------------------------
+
+    def add(self, dev):
+        s = Station(dev, clock.site_ms())
+        self.st.append(s)
+        self.by_name[dev.name] = s
+        dev.station = s
+        return s
+
+    def write(self, dev, fc, addr, values, cb=None, urgent=False):
+        """Queue a write (FC 5/6/15/16) to dev; it goes out before any further read.
+        A newer write to the same register replaces a queued one (setpoints)."""
+        st = self.by_name[dev.name]
+        req = rtu.Request(dev.slave, fc, addr, len(values), list(values))
+        w = _Write(st, req, cb)
+        q = self.wq
+        for i in range(len(q)):
+            o = q[i].req
+            if o.slave == req.slave and o.fc == fc and o.addr == addr:
+                q.pop(i)
+                break
+        if urgent:
+            q.insert(0, w)
+        else:
+            q.append(w)
+        return w
+
+    def pending(self):
+        return len(self.wq) + (1 if isinstance(self.cur, _Write) else 0)
+
+    # ---- state machine ------------------------------------------------------
+
+    def poll(self):
+        """Advance the bus: read what arrived, handle timeouts, start the next
+        transaction. Never blocks. Returns ms until it next needs a call (0 = soon)."""
+        if self.state == _WAIT:
+            self._receive()
+            if self.state == _WAIT:
+                left = clock.ticks_diff(self.deadline, clock.ticks_ms())
+                if left > 0:
+                    return left
+                self._attempt_failed(False)
+        if self.state == _IDLE:
+            return self._start_next()
+        return 0
+
+    def _receive(self):
+        fr = self.fr
+        got = []
+        while True:
+            n = self.bus.readinto(self.rx)
+            if not n:
+                break
+            now = clock.ticks_us()
+            self.quiet_us = now
+            got.extend(fr.feed(memoryview(self.rx)[:n], clock.ticks_diff(now, self.t0_us)))
+        if not got:
+            got = fr.poll(clock.ticks_diff(clock.ticks_us(), self.t0_us))
+        for fb in got:
+            if self.state != _WAIT:
+                self.junk += 1
+                continue
+            self._frame(fb[0], fb[1])
+
+    def _frame(self, frame, flags):
+        cur = self.cur
+        st = cur if isinstance(cur, Station) else cur.st
+        if flags & rtu.F_SHORT:
+            self.junk += 1
+            return
+        if flags & rtu.F_CRC:
+            if frame and frame[0] == self.req.slave:
+                st.crc += 1
+                self._attempt_failed(True)
+            else:
+                self.junk += 1
+            return
+        try:
+            r = rtu.decode_response(frame, self.req)
+        except rtu.ModbusError:
+            if frame[0] == self.req.slave and (frame[1] & 0x7F) == self.req.fc:
+                st.crc += 1  # right device, malformed answer: a frame error
+                self._attempt_failed(True)
+            else:
+                self.junk += 1  # someone else's frame: keep waiting for ours
+            return
+        now = clock.site_ms()
+        if r.exc:
+            st.exceptions += 1
+            st.last_exc = r.exc
+            st.last_ok = now  # it answered: alive, but refused this request
+            self._done(True, False, now)
+            return
+        st.ok += 1
+        st.last_ok = now
+        if isinstance(cur, Station):
+            q = self.req
+            cur.dev.on_read(q.fc, q.addr, r.values, now)
+        self._done(True, True, now)
+
+    def _send(self, frame, req):
+        self.req = req
+        self.frame = frame
+        fr = self.fr
+        fr.flush()
+        # drop whatever arrived between transactions (late answers, echoes)
+        while self.bus.readinto(self.rx):
+            self.junk += 1
+        fr.expect(req.response_len())
+        self.t0_us = clock.ticks_us()
+        self.bus.write(frame)
+        now = clock.ticks_us()
+        self.quiet_us = now
+        self.state = _WAIT
+        self.tries += 1
+        # the answer needs its own transmission time on top of the device's latency
+        wire_ms = (req.response_len() * self.char_us + 999) // 1000
+        self.deadline = clock.ticks_add(clock.ticks_ms(), self.timeout_ms + wire_ms)
+        cur = self.cur
+        (cur if isinstance(cur, Station) else cur.st).requests += 1
+
+    def _attempt_failed(self, crc):
+        cur = self.cur
+        st = cur if isinstance(cur, Station) else cur.st
+        if not crc:
+            st.timeouts += 1
+        retries = 0 if st.stale else self.retries
+        self.state = _IDLE
+        if self.tries <= retries:
+            self.retry = True
+            return
+        self._done(False, False, clock.site_ms())
+
+    def _done(self, answered, good, now):
+        cur = self.cur
+        self.state = _IDLE
+        self.retry = False
+        if not isinstance(cur, Station):
+            if self.wq and self.wq[0] is cur:
+                self.wq.pop(0)
+            self.cur = None
+            if cur.cb is not None:
+                cur.cb(good)
+            return
+        if answered:
+            cur.answered = True
+        elif not cur.answered:
+            # the first read went unanswered: the device is silent, skip the rest
+            self._end_poll(cur, now)
+            return
+        cur.idx += 1
+        if cur.idx >= len(cur.reqs):
+            self._end_poll(cur, now)
+
+    def _end_poll(self, st, now):
+        st.polls += 1
+        st.idx = -1
+        self.cur = None
+        if st.answered:
+            st.missed = 0
+            st.stale = False
+            st.due = clock.ticks_add(st.due, st.dev.period_ms)
+            if clock.ticks_diff(now, st.due) > 0:
+                st.due = now  # behind: poll again now, but never in bursts to catch up
+        else:
+            st.missed += 1
+            if st.missed >= self.stale_polls:
+                st.stale = True
+            if st.stale:
+                p = st.dev.period_ms
+                if p < 2000:
+                    p = 2000
+                k = st.missed - self.stale_polls + 1
+                b = p * k if k < BACKOFF_MAX_MS // p else BACKOFF_MAX_MS
+                st.due = clock.ticks_add(now, b)
+            else:
+                st.due = clock.ticks_add(st.due, st.dev.period_ms)
+                if clock.ticks_diff(now, st.due) > 0:
+                    st.due = now
+        st.answered = False
+        self.cycles += 1
+        f = getattr(st.dev, "on_poll", None)
+        if f is not None:
+            f(st.stale is False and st.missed == 0, now)
+
+    def _start_next(self):
+        gap = self.t35 - clock.ticks_diff(clock.ticks_us(), self.quiet_us)
+        if gap > 0:
+            return 1 if gap > 1000 else 0
+        if self.retry:
+            self.retry = False
+            self._send(self.frame, self.req)
+            return 0
+        # writes go first, even between the reads of one device's poll
+        if self.wq:
+            w = self.wq[0]
+            if isinstance(self.cur, Station):
+                self.hold = self.cur
+            self.cur = w
+            self.tries = 0
+            self._send(w.frame, w.req)
+            return 0
+        if self.hold is not None:
+            self.cur = self.hold
+            self.hold = None
+        cur = self.cur
+        if cur is not None:
+            self.tries = 0
+            self._send(cur.frames[cur.idx], cur.reqs[cur.idx])
+            return 0
+        return self._next_poll()
+
+    def _next_poll(self):
+        sts = self.st
+        n = len(sts)
+        if not n:
+            return 50
+        now = clock.site_ms()
+        best = None
+        bestd = 0
+        for k in range(n):
+            s = sts[(self.rr + k) % n]
+            if not s.reqs:
+                continue
+            d = clock.ticks_diff(now, s.due)
+            if d >= 0 and (best is None or d > bestd):
+                best = s
+                bestd = d
+        if best is None:
+            # nothing due: sleep until the first due time (real ms from site ms)
+            m = None
+            for s in sts:
+                if s.reqs:
+                    d = clock.ticks_diff(s.due, now)
+                    if m is None or d < m:
+                        m = d
+            if m is None:
+                return 50
+            m = m // clock.speed()
+            return m if m < 50 else 50
+        self.rr = (sts.index(best) + 1) % n
+        if bestd > best.dev.period_ms:
+            best.late += 1
+        best.idx = 0
+        best.answered = False
+        self.cur = best
+        self.tries = 0
+        self._send(best.frames[0], best.reqs[0])
+        return 0
+
+    def stats(self):
+        now = clock.site_ms()
+        d = {}
+        for s in self.st:
+            d[s.dev.name] = s.stats(now)
+        return d
+
+    def close(self):
+        self.bus.close()
