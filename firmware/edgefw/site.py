@@ -1,0 +1,170 @@
+# Site model: the latest value, age and quality of every point, and the derived site
+# powers the controller works with (contract signs: grid_w + = import, bat_w + =
+# discharge; grid_w = it_w + aux_w - pv_w - bat_w). Integers only.
+from edgefw import clock
+from edgefw.fx import div_round, divmod_trunc
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+Q_OK = const(0)       # fresh reading
+Q_DERIVED = const(1)  # computed from the power balance, not measured
+Q_STALE = const(2)    # last reading too old or the device is stale
+Q_NONE = const(3)     # never read / nothing configured
+QNAMES = ("ok", "derived", "stale", "none")
+
+DERIVED = ("grid_w", "pv_w", "it_w", "aux_w", "bat_w", "soc_cpct", "ccl_w", "dcl_w")
+
+_SUMMED = (("pv_w", "pv_meter"), ("it_w", "load_meter"), ("aux_w", "aux_meter"))
+
+
+def va_w(ca, cv):
+    """0.01 A x 0.01 V -> W, rounded, without intermediates above 2**30."""
+    q, r = divmod_trunc(cv, 100)
+    wi, rem = divmod_trunc(ca * q, 100)
+    return wi + div_round(rem * 100 + ca * r, 10000)
+
+
+class Site:
+    def __init__(self, devices, stale_polls=3):
+        self.devices = devices
+        self.stale_polls = stale_polls
+        self.roles = {}
+        for d in devices:
+            self.roles.setdefault(d.role, []).append(d)
+        self.v = {}   # derived name -> int or None
+        self.q = {}   # derived name -> Q_*
+        for k in DERIVED:
+            self.v[k] = None
+            self.q[k] = Q_NONE
+        self.t = None  # site ms of the last update
+
+    def dev(self, role):
+        ds = self.roles.get(role)
+        return ds[0] if ds else None
+
+    def max_age(self, d):
+        p = d.period_ms if d.period_ms else 1000
+        return p * (self.stale_polls + 1)
+
+    def point(self, dev, name, now=None):
+        """(value, age_ms, quality) of one point of a device (value None if never read)."""
+        if now is None:
+            now = clock.site_ms()
+        v = dev.values.get(name)
+        if v is None:
+            return None, None, Q_NONE
+        age = clock.ticks_diff(now, dev.t[name])
+        if dev.stale() or age > self.max_age(dev):
+            return v, age, Q_STALE
+        return v, age, Q_OK
+
+    def role_point(self, role, name, now=None):
+        d = self.dev(role)
+        if d is None:
+            return None, None, Q_NONE
+        return self.point(d, name, now)
+
+    def _sum(self, role, name, now):
+        ds = self.roles.get(role)
+        if not ds:
+            return 0, Q_NONE  # nothing of this kind on site: counts as 0 W
+        tot = 0
+        q = Q_OK
+        for d in ds:
+            v, _, qq = self.point(d, name, now)
+            if v is None:
+                return None, Q_NONE
+            tot += v
+            if qq > q:
+                q = qq
+        return tot, q
+
+    def update(self, now=None):
+        """Recompute the derived values; returns the dict of values."""
+        if now is None:
+            now = clock.site_ms()
+        v = self.v
+        q = self.q
+        configured = {}
+        for k, role in _SUMMED:
+            v[k], q[k] = self._sum(role, "p_w", now)
+            configured[k] = role in self.roles
+        configured["grid_w"] = "grid_meter" in self.roles
+        v["grid_w"], _, q["grid_w"] = self.role_point("grid_meter", "p_w", now)
+        # battery power: the PCS's AC measurement, else the BMS's DC (V x I, I < 0 = discharge)
+        b, _, qb = self.role_point("pcs", "p_w", now)
+        configured["bat_w"] = "pcs" in self.roles
+        if b is None:
+            vv, _, q1 = self.role_point("bms", "v_cv", now)
+            ii, _, q2 = self.role_point("bms", "i_ca", now)
+            if vv is not None and ii is not None:
+                b = va_w(-ii, vv)
+                qb = q1 if q1 > q2 else q2
+                configured["bat_w"] = True
+        v["bat_w"] = b
+        q["bat_w"] = qb
+        # one missing power of the balance can be derived from the others
+        miss = None
+        for k in ("grid_w", "pv_w", "it_w", "bat_w"):
+            if v[k] is None or q[k] >= Q_STALE:
+                if miss is not None:
+                    miss = "-"  # two or more unknown: nothing to derive
+                    break
+                miss = k
+        if miss is not None and miss != "-" and v["aux_w"] is not None:
+            g, p, i, a, bb = v["grid_w"], v["pv_w"], v["it_w"], v["aux_w"], v["bat_w"]
+            if miss == "grid_w":
+                v[miss] = i + a - p - bb
+            elif miss == "pv_w":
+                v[miss] = i + a - g - bb
+            elif miss == "it_w":
+                v[miss] = g + p + bb - a
+            else:
+                v[miss] = i + a - p - g
+            q[miss] = Q_DERIVED
+        v["soc_cpct"], _, q["soc_cpct"] = self.role_point("bms", "soc_cpct", now)
+        vv, _, qv = self.role_point("bms", "v_cv", now)
+        for k, pt in (("ccl_w", "ccl_ca"), ("dcl_w", "dcl_ca")):
+            a, _, qa = self.role_point("bms", pt, now)
+            if a is None or vv is None:
+                v[k] = None
+                q[k] = Q_NONE
+            else:
+                v[k] = va_w(a, vv)
+                q[k] = qa if qa > qv else qv
+        self.t = now
+        return v
+
+    def ok(self, *names):
+        """True when every named derived value is known and not stale."""
+        for k in names:
+            if self.v[k] is None or self.q[k] >= Q_STALE:
+                return False
+        return True
+
+    def snapshot(self, now=None, points=True):
+        """Plain dict for status/telemetry: derived values, their quality and, with
+        points, every device point as [value, age_ms, quality]."""
+        if now is None:
+            now = clock.site_ms()
+        out = {}
+        for k in DERIVED:
+            out[k] = self.v[k]
+        qd = {}
+        for k in DERIVED:
+            qd[k] = QNAMES[self.q[k]]
+        out["q"] = qd
+        if points:
+            pd = {}
+            for d in self.devices:
+                dd = {}
+                for name in d.values:
+                    val, age, qq = self.point(d, name, now)
+                    dd[name] = [val, age, QNAMES[qq]]
+                pd[d.name] = dd
+            out["points"] = pd
+        return out

@@ -1,0 +1,76 @@
+# Site model: derived powers, balance fill-in, quality and BMS limits in W.
+from edgefw import clock
+from edgefw.site import Site, Q_OK, Q_DERIVED, Q_STALE, Q_NONE
+
+
+class FakeDev:
+    """What Site reads from a devices.Device: role, values, read times, stale()."""
+
+    def __init__(self, name, role, values, period_ms=1000):
+        self.name = name
+        self.role = role
+        self.period_ms = period_ms
+        self.values = {}
+        self.t = {}
+        self.is_stale = False
+        self.set(values)
+
+    def set(self, values, now=None):
+        if now is None:
+            now = clock.site_ms()
+        for k in values:
+            self.values[k] = values[k]
+            self.t[k] = now
+
+    def stale(self):
+        return self.is_stale
+
+
+def _site():
+    devs = [FakeDev("grid", "grid_meter", {"p_w": 1200}),
+            FakeDev("pv", "pv_meter", {"p_w": 3000}),
+            FakeDev("it1", "load_meter", {"p_w": 2500}),
+            FakeDev("it2", "load_meter", {"p_w": 700}),
+            FakeDev("pcs", "pcs", {"p_w": -1000, "fault": 0}),
+            FakeDev("bms", "bms", {"soc_cpct": 8320, "v_cv": 5325, "i_ca": -137,
+                                   "ccl_ca": 18000, "dcl_ca": 18000, "alarm": 0, "protect": 0})]
+    return devs, Site(devs, stale_polls=3)
+
+
+def test_derived_values():
+    devs, s = _site()
+    v = s.update()
+    assert v["pv_w"] == 3000 and v["it_w"] == 3200 and v["grid_w"] == 1200
+    assert v["aux_w"] == 0 and s.q["aux_w"] == Q_NONE  # no aux meter: 0 W
+    assert v["bat_w"] == -1000 and v["soc_cpct"] == 8320
+    assert v["ccl_w"] == 9585 and v["dcl_w"] == 9585  # 180 A x 53.25 V
+    assert s.ok("grid_w", "pv_w", "it_w", "bat_w", "soc_cpct")
+
+
+def test_missing_meter_derived_from_balance():
+    devs, s = _site()
+    devs[0].is_stale = True
+    v = s.update()
+    # grid = it + aux - pv - bat = 3200 + 0 - 3000 + 1000
+    assert v["grid_w"] == 1200 and s.q["grid_w"] == Q_DERIVED
+    devs[1].is_stale = True  # two unknown: nothing derived
+    s.update()
+    assert s.q["grid_w"] == Q_STALE and not s.ok("grid_w")
+
+
+def test_battery_from_bms_without_pcs():
+    devs = [FakeDev("bms", "bms", {"v_cv": 5000, "i_ca": -2000})]
+    s = Site(devs)
+    v = s.update()
+    assert v["bat_w"] == 1000  # 20 A out of a 50 V pack = discharging
+
+
+def test_old_value_is_stale():
+    devs, s = _site()
+    now = clock.ticks_add(clock.site_ms(), 4001)
+    v, age, q = s.point(devs[5], "soc_cpct", now)
+    assert v == 8320 and age >= 4001 and q == Q_STALE
+    v, age, q = s.point(devs[5], "nothing", now)
+    assert v is None and q == Q_NONE
+    snap = s.snapshot()
+    assert snap["points"]["bms"]["soc_cpct"][0] == 8320 and snap["q"]["grid_w"] in ("ok", "none")
