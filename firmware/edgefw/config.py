@@ -3,7 +3,8 @@
 # the last good copy -> the factory default. See docs/config.md for the schema.
 import json
 import os
-import sys
+
+from edgefw import hal
 
 try:
     from binascii import crc32
@@ -18,17 +19,11 @@ ROLES = ("bms", "pcs", "pv_meter", "grid_meter", "load_meter", "aux_meter")
 SINGLE_ROLES = ("bms", "pcs", "grid_meter")  # the others may repeat and are summed
 PARITIES = ("N", "E", "O")
 
-_UNIX = sys.platform != "esp32"
-
 
 def default():
     """Factory default: boots on any board; the typical site on two RS-485 buses."""
-    if _UNIX:
-        b0 = {"name": "bus0", "port": "dev/bus0", "baud": 9600}
-        b1 = {"name": "bus1", "port": "dev/bus1", "baud": 19200}
-    else:
-        b0 = {"name": "bus0", "port": "uart1", "baud": 9600, "tx": 17, "rx": 16, "de_pin": 4}
-        b1 = {"name": "bus1", "port": "uart2", "baud": 19200, "tx": 25, "rx": 26, "de_pin": 27}
+    b0 = dict(hal.DEFAULT_BUSES[0])
+    b1 = dict(hal.DEFAULT_BUSES[1])
     return {
         "version": 1,
         "device_id": "edgegw-0001",
@@ -130,7 +125,7 @@ def validate(cfg):
     cfg["wdt_ms"] = v.int_(cfg, "wdt_ms", "", 0, 60000, dflt=30000)
     if cfg["wdt_ms"] and cfg["wdt_ms"] < 1000:
         v.err("wdt_ms", "%d too short (0 = off, else >= 1000)" % cfg["wdt_ms"])
-    con = cfg.get("console", _UNIX)
+    con = cfg.get("console", hal.CONSOLE)
     if not isinstance(con, bool):
         v.err("console", "%r is not true/false" % (con,))
     cfg["console"] = con

@@ -5,6 +5,14 @@ import machine
 
 PLATFORM = "esp32"
 
+# factory-default buses: UART1/UART2 on the usual RS-485 board wiring
+DEFAULT_BUSES = (
+    {"name": "bus0", "port": "uart1", "baud": 9600, "tx": 17, "rx": 16, "de_pin": 4},
+    {"name": "bus1", "port": "uart2", "baud": 19200, "tx": 25, "rx": 26, "de_pin": 27},
+)
+# production: the loop owns the CPU and the watchdog; Ctrl-C on the USB REPL stops it
+CONSOLE = False
+
 _PARITY = {"N": None, "E": 0, "O": 1}
 
 
@@ -75,3 +83,7 @@ def net_connect(net_cfg):
 
 def reset():
     machine.reset()
+
+
+def clock_setup():
+    return 1, None  # real time; the RTC is set by NTP (or the link) when there is one

@@ -10,6 +10,14 @@ except ImportError:  # CPython without termios (not Linux): tcp buses only
 
 PLATFORM = "unix"
 
+# factory-default buses: pty/serial paths inside the gateway's directory
+DEFAULT_BUSES = (
+    {"name": "bus0", "port": "dev/bus0", "baud": 9600},
+    {"name": "bus1", "port": "dev/bus1", "baud": 19200},
+)
+# the control loop runs in a thread so the REPL stays usable (config "console" default)
+CONSOLE = True
+
 # Linux c_cflag bits and c_cc indices (MicroPython's termios lacks the names)
 _PARENB = 0o400
 _PARODD = 0o1000
@@ -123,3 +131,12 @@ def net_connect(net_cfg):
 
 def reset():
     sys.exit(3)
+
+
+def clock_setup():
+    """(speed, epoch) for clock.configure: the virtual gateway runs the site clock
+    faster than real time (EDGEGW_SPEED) from a chosen start (EDGEGW_EPOCH, unix s)."""
+    import os
+    sp = os.getenv("EDGEGW_SPEED")
+    ep = os.getenv("EDGEGW_EPOCH")
+    return (int(sp) if sp else 1), (int(ep) if ep else None)
