@@ -1,0 +1,632 @@
+# Register maps as data: load a device map (protocols/maps/<name>.json), plan the fewest
+# reads, decode responses to scaled integers, encode writes with bounds checks, and the
+# reverse (simulator side). Format: docs/regmap-format.md. Runs on MicroPython and CPython.
+# Integer-only: float32 registers are converted from their IEEE bits with exact integer
+# arithmetic, so both runtimes give the same ints and the gateway never uses floats.
+import json
+
+TABLES = ("coil", "discrete", "input", "holding")
+READ_FC = {"coil": 1, "discrete": 2, "input": 4, "holding": 3}
+FC_TABLE = {1: "coil", 2: "discrete", 3: "holding", 4: "input",
+            5: "coil", 15: "coil", 6: "holding", 16: "holding"}
+# type -> size in registers (register tables); bit tables use "bit" (1) or "bits" (n)
+REG_TYPES = {"u16": 1, "s16": 1, "u32": 2, "s32": 2, "f32": 2, "cmdmag": 2}
+
+
+class RegMapError(ValueError):
+    """Bad map, unknown point, read-only or out-of-bounds write. code: the Modbus exception
+    a simulated device should answer with (2 illegal address, 3 illegal value)."""
+
+    def __init__(self, msg, code=3):
+        super().__init__(msg)
+        self.code = code
+
+
+def _maps_dir():
+    try:
+        d = __file__.rsplit("/", 1)
+        if len(d) == 2:
+            return d[0] + "/maps"
+    except NameError:
+        pass
+    return "protocols/maps"
+
+
+MAPS_DIR = _maps_dir()
+
+
+class RegMap:
+    __slots__ = ("name", "source", "points", "max_regs", "max_bits", "gaps", "write_fc",
+                 "_idx", "_plan")
+
+    def __repr__(self):
+        return "<RegMap %s: %d points>" % (self.name, len(self.points))
+
+
+def _int(v, what):
+    # addresses and raw codes may be written "0x1000" in the JSON for readability
+    if isinstance(v, str):
+        try:
+            return int(v, 16) if v[:2] in ("0x", "0X") else int(v)
+        except ValueError:
+            pass
+    elif isinstance(v, int) and not isinstance(v, bool):
+        return v
+    raise RegMapError("%s: %r is not an integer" % (what, v))
+
+
+def load(name_or_path, variant=None, params=None):
+    """Load a map by name ("sdm630", "dtsu666@v4000") or path to a .json file.
+    variant: name of a variant in the map's "variants" (address overrides);
+    params: overrides for the map's "params" (e.g. {"ct": 40} for a CT-connected meter)."""
+    s = name_or_path
+    if not isinstance(s, str) or not s:
+        raise RegMapError("map name %r is not a non-empty string" % (s,))
+    if "@" in s and variant is None:
+        s, variant = s.split("@", 1)
+    if "/" in s or s.endswith(".json"):
+        path = s
+    else:
+        path = MAPS_DIR + "/" + s + ".json"
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except OSError:
+        raise RegMapError("map %r: no such file %s" % (s, path), 2)
+    except ValueError as e:
+        raise RegMapError("map %r: invalid JSON (%s)" % (s, e))
+    return build(doc, variant, params)
+
+
+def build(doc, variant=None, params=None):
+    """Validate a map document (dict) and build the RegMap; errors name map and point."""
+    if not isinstance(doc, dict):
+        raise RegMapError("map document is not a JSON object")
+    name = doc.get("name")
+    if not isinstance(name, str) or not name:
+        raise RegMapError("map: 'name' missing")
+    pts = doc.get("points")
+    if not isinstance(pts, dict) or not pts:
+        raise RegMapError("%s: 'points' missing or empty" % name)
+    m = RegMap()
+    m.name = name
+    m.source = doc.get("source", "")
+    m.max_regs = _int(doc.get("max_regs", 125), name + ": max_regs")
+    m.max_bits = _int(doc.get("max_bits", 2000), name + ": max_bits")
+    if not 1 <= m.max_regs <= 125 or not 1 <= m.max_bits <= 2000:
+        raise RegMapError("%s: max_regs must be 1..125 and max_bits 1..2000" % name)
+    m.write_fc = _int(doc.get("write_fc", 6), name + ": write_fc")
+    if m.write_fc not in (6, 16):
+        raise RegMapError("%s: write_fc must be 6 or 16" % name)
+    wo = doc.get("word_order", "hi")
+    prm = dict(doc.get("params") or {})
+    if params:
+        for k in params:
+            if k not in prm:
+                raise RegMapError("%s: unknown param %r (known: %s)" % (name, k, ", ".join(sorted(prm))))
+            prm[k] = params[k]
+    if variant is not None:
+        vs = doc.get("variants") or {}
+        if variant not in vs:
+            raise RegMapError("%s: unknown variant %r (known: %s)" % (name, variant, ", ".join(sorted(vs)) or "none"))
+        for pn, over in vs[variant].items():
+            if pn not in pts:
+                raise RegMapError("%s: variant %s names unknown point %r" % (name, variant, pn))
+            p = dict(pts[pn])
+            p.update(over)
+            pts[pn] = p
+    m.gaps = []
+    for g in doc.get("gaps", ()):
+        if not isinstance(g, list) or len(g) != 3 or g[0] not in TABLES:
+            raise RegMapError("%s: gap %r must be [table, first, last]" % (name, g))
+        m.gaps.append((g[0], _int(g[1], name + ": gap"), _int(g[2], name + ": gap")))
+    m.points = {}
+    idx = {}
+    for pn in pts:
+        p = _point(name, pn, pts[pn], wo, prm)
+        a = p["addr"]
+        n = p["n"]
+        for g in m.gaps:
+            if g[0] == p["table"] and a <= g[2] and a + n - 1 >= g[1]:
+                raise RegMapError("%s: point %s overlaps gap %r" % (name, pn, g))
+        m.points[pn] = p
+        idx.setdefault(p["table"], []).append((a, n, pn))
+    for t in idx:
+        idx[t].sort()
+    m._idx = idx
+    m._plan = None
+    return m
+
+
+def _point(mname, pn, src, wo, prm):
+    what = "%s: point %s" % (mname, pn)
+    if not isinstance(src, dict):
+        raise RegMapError(what + ": not an object")
+    p = dict(src)
+    t = p.get("table")
+    if t not in TABLES:
+        raise RegMapError("%s: table %r not one of %s" % (what, t, "/".join(TABLES)))
+    if "addr" not in p:
+        raise RegMapError(what + ": addr missing")
+    p["addr"] = a = _int(p["addr"], what + " addr")
+    ty = p.get("type", "bit" if t in ("coil", "discrete") else "u16")
+    p["type"] = ty
+    if t in ("coil", "discrete"):
+        if ty == "bit":
+            n = 1
+        elif ty == "bits":
+            n = _int(p.get("n", 0), what + " n")
+            if not 1 <= n <= 2000:
+                raise RegMapError(what + ": bits needs n in 1..2000")
+        else:
+            raise RegMapError("%s: type %r on a bit table (use bit or bits)" % (what, ty))
+    else:
+        if ty not in REG_TYPES:
+            raise RegMapError("%s: unknown type %r (%s)" % (what, ty, "/".join(sorted(REG_TYPES))))
+        n = REG_TYPES[ty]
+    if a < 0 or a + n > 0x10000:
+        raise RegMapError("%s: address %d out of range" % (what, a))
+    p["n"] = n
+    o = p.get("word_order", wo)
+    if o not in ("hi", "lo"):
+        raise RegMapError("%s: word_order %r must be hi or lo" % (what, o))
+    p["lo"] = o == "lo"
+    p.pop("word_order", None)
+    acc = p.get("access", "r")
+    if acc not in ("r", "rw", "w"):
+        raise RegMapError("%s: access %r must be r, rw or w" % (what, acc))
+    p["access"] = acc
+    # scale: mul may name params ("ct") or list them (["pt", "ct"]); resolved here once
+    mul = p.get("mul", 1)
+    if not isinstance(mul, list):
+        mul = [mul]
+    k = 1
+    for f in mul:
+        if isinstance(f, str) and f in prm:
+            f = prm[f]
+        k *= _int(f, what + " mul")
+    p["mul"] = k
+    p["div"] = _int(p.get("div", 1), what + " div")
+    p["offset"] = _int(p.get("offset", 0), what + " offset")
+    if k == 0 or p["div"] <= 0:
+        raise RegMapError(what + ": mul must be non-zero and div positive")
+    if "pick" in p:
+        pk = p["pick"]
+        if not isinstance(pk, list) or not pk or len(pk) > 30:
+            raise RegMapError(what + ": pick must list 1..30 bit offsets")
+        lim = n if t in ("coil", "discrete") else 16 * n
+        for b in pk:
+            if not isinstance(b, int) or b < 0 or b >= lim:
+                raise RegMapError("%s: pick offset %r outside 0..%d" % (what, b, lim - 1))
+    elif t in ("coil", "discrete") and n > 30:
+        raise RegMapError(what + ": more than 30 bits need a pick list")
+    if "values" in p:  # [[value, raw], ...]: enumerated codes (e.g. run 1 <-> 0xCF)
+        vs = []
+        for e in p["values"]:
+            if not isinstance(e, list) or len(e) != 2:
+                raise RegMapError(what + ": values entries must be [value, raw]")
+            vs.append((_int(e[0], what + " values"), _int(e[1], what + " values")))
+        p["values"] = vs
+    if ty == "cmdmag":  # [command word, magnitude word]: + = pos code, - = neg code, 0 = zero code
+        for c in ("pos", "neg", "zero"):
+            p[c] = _int(p.get(c, -1), what + " " + c)
+        for e in p.get("pre", ()):
+            if not isinstance(e, list) or len(e) != 2:
+                raise RegMapError(what + ": pre entries must be [addr, raw]")
+        p["pre"] = [(_int(e[0], what + " pre"), _int(e[1], what + " pre")) for e in p.get("pre", ())]
+    for b in ("min", "max"):
+        if b in p:
+            p[b] = _int(p[b], what + " " + b)
+    if acc != "r" and ("min" not in p or "max" not in p) and "values" not in p and ty != "bit":
+        raise RegMapError(what + ": writable points need min and max")
+    return p
+
+
+# ---- integer helpers (values may be negative: no bare // on them) -----------------------
+
+def _div_round(a, b):
+    # a / b rounded to nearest, halves away from zero; b > 0
+    if a >= 0:
+        return (2 * a + b) // (2 * b)
+    return -((-2 * a + b) // (2 * b))
+
+
+def _scale_in(p, raw):
+    # raw register integer -> point units
+    return _div_round(raw * p["mul"], p["div"]) + p["offset"]
+
+
+def _scale_out(p, v):
+    # point units -> raw integer (mul may be negative: keep the divisor positive)
+    num = (v - p["offset"]) * p["div"]
+    d = p["mul"]
+    if d < 0:
+        num = -num
+        d = -d
+    return _div_round(num, d)
+
+
+def f32_to_scaled(hi, lo, mul=1, div=1):
+    """IEEE-754 binary32 (as two words) times mul/div, rounded half away from zero, exactly.
+    Returns None for NaN/Inf."""
+    e = (hi >> 7) & 0xFF
+    m = ((hi & 0x7F) << 16) | lo
+    if e == 255:
+        return None
+    if e:
+        m |= 0x800000
+        e2 = e - 150
+    else:
+        e2 = -149
+    if m == 0:
+        return 0
+    num = m * mul
+    if num < 0:
+        num = -num
+        neg = not (hi & 0x8000)
+    else:
+        neg = hi & 0x8000
+    if e2 >= 0:
+        q = _div_round(num << e2, div)
+    elif e2 < -120:
+        q = 0
+    else:
+        q = _div_round(num, div << -e2)
+    return -q if neg else q
+
+
+def _bitlen(x):
+    n = 0
+    while x >= 0x10000:
+        x >>= 16
+        n += 16
+    while x:
+        x >>= 1
+        n += 1
+    return n
+
+
+def scaled_to_f32(num, den=1):
+    """The float32 nearest to num/den (round half to even), as (hi, lo) words. Integer math."""
+    if den <= 0:
+        raise RegMapError("scaled_to_f32: den must be positive")
+    if num == 0:
+        return 0, 0
+    s = 0
+    if num < 0:
+        s = 0x80000000
+        num = -num
+    k = 24 - (_bitlen(num) - _bitlen(den))  # num * 2^k / den lands near [2^23, 2^24)
+    while True:
+        a, b = (num << k, den) if k >= 0 else (num, den << -k)
+        q = a // b
+        if q >= 0x1000000:
+            k -= 1
+        elif q < 0x800000:
+            k += 1
+        else:
+            break
+    r = a - q * b
+    if 2 * r > b or (2 * r == b and q & 1):
+        q += 1
+        if q == 0x1000000:
+            q >>= 1
+            k -= 1
+    be = 150 - k
+    if be >= 255:
+        raise RegMapError("value %d/%d too large for float32" % (num, den))
+    if be <= 0:
+        return 0, 0  # below float32 normal range: not a meaningful device value
+    bits = s | (be << 23) | (q & 0x7FFFFF)
+    return bits >> 16, bits & 0xFFFF
+
+
+# ---- plan -------------------------------------------------------------------------------
+
+def plan(m, names=None, max_regs=125):
+    """Fewest reads covering the named points (all when None): list of (fc, addr, qty),
+    merging across unused addresses but never into a gap; at most max_regs registers
+    (or the map's max_bits bits) per read. Computed once per map for names=None."""
+    if names is None and max_regs == 125 and m._plan is not None:
+        return m._plan
+    if names is None:
+        sel = None
+    else:
+        sel = {}
+        for n in names:
+            if n not in m.points:
+                raise RegMapError("%s: unknown point %r" % (m.name, n), 2)
+            sel[n] = 1
+    out = []
+    for t in TABLES:
+        if t not in m._idx:
+            continue
+        lim = m.max_bits if t in ("coil", "discrete") else min(max_regs, m.max_regs)
+        gaps = [g for g in m.gaps if g[0] == t]
+        start = end = -1  # current read [start, end)
+        for a, n, pn in m._idx[t]:
+            if sel is not None and pn not in sel:
+                continue
+            if m.points[pn]["access"] == "w":
+                continue
+            if start >= 0:
+                e = a + n if a + n > end else end
+                ok = e - start <= lim
+                if ok:
+                    for g in gaps:
+                        if g[1] < e and g[2] >= start:
+                            ok = False
+                            break
+                if ok:
+                    end = e
+                    continue
+                out.append((READ_FC[t], start, end - start))
+            if n > lim:
+                raise RegMapError("%s: point %s (%d) longer than a read (%d)" % (m.name, pn, n, lim))
+            start = a
+            end = a + n
+        if start >= 0:
+            out.append((READ_FC[t], start, end - start))
+    if names is None and max_regs == 125:
+        m._plan = out
+    return out
+
+
+# ---- decode (gateway side) ----------------------------------------------------------------
+
+def _raw(p, data, o):
+    # unsigned raw integer of a point whose first word/bit is data[o]
+    ty = p["type"]
+    if p["n"] == 1:
+        return data[o] & 0xFFFF if ty != "bit" else (1 if data[o] else 0)
+    if ty == "bits":
+        pk = p.get("pick")
+        v = 0
+        if pk:
+            for i in range(len(pk)):
+                if data[o + pk[i]]:
+                    v |= 1 << i
+            return v
+        for i in range(p["n"]):
+            if data[o + i]:
+                v |= 1 << i
+        return v
+    if p["lo"]:
+        return (data[o + 1] << 16) | data[o]
+    return (data[o] << 16) | data[o + 1]
+
+
+def _value(p, data, o):
+    """Decoded int of point p at data[o..], or None when not representable."""
+    ty = p["type"]
+    if ty == "f32":
+        if p["lo"]:
+            hi, lo = data[o + 1], data[o]
+        else:
+            hi, lo = data[o], data[o + 1]
+        v = f32_to_scaled(hi, lo, p["mul"], p["div"])
+        return None if v is None else v + p["offset"]
+    if ty == "cmdmag":
+        c = data[o]
+        mag = data[o + 1]
+        if c == p["zero"]:
+            return 0
+        if c == p["pos"]:
+            return _scale_in(p, mag)
+        if c == p["neg"]:
+            return -_scale_in(p, mag)
+        return None
+    raw = _raw(p, data, o)
+    if ty == "s16" and raw & 0x8000:
+        raw -= 0x10000
+    elif ty == "s32" and raw & 0x80000000:
+        raw -= 0x100000000
+    if "pick" in p and ty != "bits":
+        pk = p["pick"]
+        v = 0
+        for i in range(len(pk)):
+            if (raw >> pk[i]) & 1:
+                v |= 1 << i
+        raw = v
+    vs = p.get("values")
+    if vs:
+        for v, r in vs:
+            if r == raw:
+                return v
+        return p.get("default")
+    return _scale_in(p, raw)
+
+
+def decode(m, fc, addr, data):
+    """{name: int} for every point lying fully inside the read [addr, addr+len(data)).
+    data: register words (fc 3/4) or 0/1 bits (fc 1/2). Points whose raw value has no
+    meaning (float NaN/Inf, unknown enumerated code) are left out."""
+    t = FC_TABLE.get(fc)
+    if t is None or fc in (5, 6, 15, 16):
+        raise RegMapError("decode: fc %r is not a read function" % (fc,))
+    out = {}
+    lst = m._idx.get(t)
+    if not lst:
+        return out
+    end = addr + len(data)
+    pts = m.points
+    for a, n, pn in lst:
+        if a < addr:
+            continue
+        if a + n > end:
+            if a >= end:
+                break
+            continue
+        v = _value(pts[pn], data, a - addr)
+        if v is not None:
+            out[pn] = v
+    return out
+
+
+def bit_names(m, name, value):
+    """Names of the set bits of a bitfield point (from the map's "bits" list)."""
+    names = m.points[name].get("bits") or ()
+    out = []
+    i = 0
+    while value and i < 30:
+        if value & 1:
+            out.append(names[i] if i < len(names) else "bit%d" % i)
+        value >>= 1
+        i += 1
+    return out
+
+
+# ---- encode (writes from the gateway; register images for simulators) --------------------
+
+def _words(p, v, mname, pn):
+    # point value -> raw words/bits (no access or bounds check); list
+    ty = p["type"]
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise RegMapError("%s: %s value %r is not an integer" % (mname, pn, v))
+    if ty == "cmdmag":
+        if v == 0:
+            return [p["zero"], 0]
+        mag = _scale_out(p, v if v > 0 else -v)
+        if mag > 0xFFFF:
+            raise RegMapError("%s: %s magnitude %d exceeds 65535" % (mname, pn, mag))
+        return [p["pos"] if v > 0 else p["neg"], mag]
+    if ty == "f32":
+        num = (v - p["offset"]) * p["div"]
+        d = p["mul"]
+        if d < 0:
+            num, d = -num, -d
+        hi, lo = scaled_to_f32(num, d)
+        return [lo, hi] if p["lo"] else [hi, lo]
+    vs = p.get("values")
+    if vs:
+        raw = None
+        for val, r in vs:
+            if val == v:
+                raw = r
+                break
+        if raw is None:
+            raise RegMapError("%s: %s value %d not one of %s" % (mname, pn, v, [e[0] for e in vs]))
+    elif ty == "bit":
+        if v not in (0, 1):
+            raise RegMapError("%s: %s must be 0 or 1, got %d" % (mname, pn, v))
+        raw = v
+    else:
+        raw = _scale_out(p, v)
+    pk = p.get("pick")
+    if pk:
+        if raw < 0 or raw >> len(pk):
+            raise RegMapError("%s: %s value %d has bits beyond its %d names" % (mname, pn, v, len(pk)))
+        r = 0
+        for i in range(len(pk)):
+            if (raw >> i) & 1:
+                r |= 1 << pk[i]
+        raw = r
+    if ty in ("bit", "bits"):
+        if ty == "bits" and not pk and (raw < 0 or raw >> p["n"]):
+            raise RegMapError("%s: %s value %d does not fit %d bits" % (mname, pn, v, p["n"]))
+        return [(raw >> i) & 1 for i in range(p["n"])]
+    n = p["n"]
+    lo_lim = -(1 << (16 * n - 1)) if ty[0] == "s" else 0
+    hi_lim = (1 << (16 * n - (1 if ty[0] == "s" else 0))) - 1
+    if raw < lo_lim or raw > hi_lim:
+        raise RegMapError("%s: %s value %d (raw %d) does not fit %s" % (mname, pn, v, raw, ty))
+    if n == 1:
+        return [raw & 0xFFFF]
+    raw &= 0xFFFFFFFF
+    hi = raw >> 16
+    lo = raw & 0xFFFF
+    return [lo, hi] if p["lo"] else [hi, lo]
+
+
+def encode_point(m, name, value):
+    """Any point -> (table, addr, words or bits): what a simulated device holds."""
+    p = m.points.get(name)
+    if p is None:
+        raise RegMapError("%s: unknown point %r" % (m.name, name), 2)
+    return p["table"], p["addr"], _words(p, value, m.name, name)
+
+
+def _check_write(m, name, p, value):
+    if p["access"] == "r":
+        raise RegMapError("%s: point %s is read-only" % (m.name, name), 2)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise RegMapError("%s: %s value %r is not an integer" % (m.name, name, value))
+    if ("min" in p and value < p["min"]) or ("max" in p and value > p["max"]):
+        raise RegMapError("%s: %s value %d outside %s..%s" % (
+            m.name, name, value, p.get("min", "-"), p.get("max", "-")))
+
+
+def encode_write(m, name, value):
+    """Writes setting point name to value: [(fc, addr, values_list), ...] in the order to
+    send. RegMapError if the point is unknown, read-only or value out of bounds."""
+    p = m.points.get(name)
+    if p is None:
+        raise RegMapError("%s: unknown point %r" % (m.name, name), 2)
+    _check_write(m, name, p, value)
+    w = _words(p, value, m.name, name)
+    a = p["addr"]
+    if p["table"] == "coil":
+        return [(5, a, w)] if len(w) == 1 else [(15, a, w)]
+    if p["table"] != "holding":
+        raise RegMapError("%s: point %s is in the %s table, not writable" % (m.name, name, p["table"]), 2)
+    if p["type"] == "cmdmag":
+        # mode registers first, then the magnitude, then the command: a device that was
+        # stopped never runs with a stale magnitude
+        out = [(6, pa, [pr]) for pa, pr in p["pre"]]
+        out.append((6, a + 1, [w[1]]))
+        out.append((6, a, [w[0]]))
+        return out
+    if len(w) == 1 and m.write_fc == 6:
+        return [(6, a, w)]
+    return [(16, a, w)]
+
+
+def decode_write(m, fc, addr, values, regs=None):
+    """Simulator side: a write request -> {name: int} of the points it sets. Points only
+    partly covered are completed from regs (dict addr -> current word/bit of that table)
+    when given, else left out. RegMapError(code 2) for addresses no writable point owns or
+    read-only points, (code 3) for values out of bounds."""
+    t = FC_TABLE.get(fc)
+    if fc not in (5, 6, 15, 16):
+        raise RegMapError("decode_write: fc %r is not a write function" % (fc,))
+    if fc in (5, 6) and not isinstance(values, (list, tuple)):
+        values = [values]
+    n = len(values)
+    end = addr + n
+    lst = m._idx.get(t) or ()
+    out = {}
+    # per-point: assemble its words from the frame and, for missing parts, regs
+    for a, pn_n, pn in lst:
+        if a >= end or a + pn_n <= addr:
+            continue
+        p = m.points[pn]
+        if p["access"] == "r":
+            raise RegMapError("%s: point %s is read-only" % (m.name, pn), 2)
+        data = []
+        ok = True
+        for i in range(a, a + pn_n):
+            if addr <= i < end:
+                data.append(values[i - addr])
+            elif regs is not None and i in regs:
+                data.append(regs[i])
+            else:
+                ok = False
+                break
+        if not ok:
+            continue
+        v = _value(p, data, 0)
+        if v is None:
+            raise RegMapError("%s: %s raw %r is not a valid value" % (m.name, pn, data))
+        if ("min" in p and v < p["min"]) or ("max" in p and v > p["max"]):
+            raise RegMapError("%s: %s value %d outside %s..%s" % (
+                m.name, pn, v, p.get("min", "-"), p.get("max", "-")))
+        out[pn] = v
+    for i in range(addr, end):  # a real device refuses writes to registers it lacks
+        own = False
+        for a, pn_n, pn in lst:
+            if a <= i < a + pn_n:
+                own = True
+                break
+        if not own:
+            raise RegMapError("%s: no writable point at %s address %d" % (m.name, t, i), 2)
+    return out
