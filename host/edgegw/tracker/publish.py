@@ -1,0 +1,135 @@
+"""The compute/forecast message (contracts: {seq, ts, exp, t0, step_s, load_w[], measured_w,
+source}, signed like every command) and the MQTT side: publish it, read the gateway's retained
+headroom."""
+import json
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+MAX_STEPS = 1440         # one day of minutes; the gateway keeps the list in RAM
+
+
+def topic(device_id, leaf):
+    try:
+        from protocols import topics
+        fn = getattr(topics, "topic", None)
+        if fn:
+            return fn(device_id, leaf)
+    except ImportError:
+        pass
+    return "edgegw/%s/%s" % (device_id, leaf)
+
+
+def build(seq, ts, exp, t0, step_s, load_w, measured_w, source):
+    """The forecast payload; ValueError naming the field when a value is out of range."""
+    for k, v in (("seq", seq), ("ts", ts), ("exp", exp), ("t0", t0), ("step_s", step_s),
+                 ("measured_w", measured_w)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError("%s: %r is not an int >= 0" % (k, v))
+    if step_s < 1:
+        raise ValueError("step_s: must be >= 1")
+    if exp <= ts:
+        raise ValueError("exp: %d not after ts %d" % (exp, ts))
+    if not isinstance(load_w, list) or not 1 <= len(load_w) <= MAX_STEPS:
+        raise ValueError("load_w: need a list of 1..%d W values" % MAX_STEPS)
+    for i, w in enumerate(load_w):
+        if not isinstance(w, int) or isinstance(w, bool) or w < 0:
+            raise ValueError("load_w[%d]: %r is not an int >= 0" % (i, w))
+    return {"seq": seq, "ts": ts, "exp": exp, "t0": t0, "step_s": step_s, "load_w": load_w,
+            "measured_w": measured_w, "source": str(source)}
+
+
+KIND = "forecast"       # the command kind the gateway verifies forecasts under (auth.canonical)
+
+
+def sign(msg, key, device_id, kind=KIND):
+    """msg plus "sig": HMAC-SHA256 over firmware/edgefw/auth.py's canonical form, which binds
+    the device id and the kind so a forecast cannot be replayed to another gateway or topic.
+    key: bytes, or the config's hex text."""
+    from edgefw import auth
+    if isinstance(key, str):
+        key = auth.parse_key(key.strip())
+    return auth.sign(key, device_id, kind, dict(msg))
+
+
+def parse_broker(s):
+    """'host:port' or 'host' -> (host, port)."""
+    host, _, port = s.rpartition(":")
+    if not host:
+        return s, 1883
+    try:
+        p = int(port)
+    except ValueError:
+        raise ValueError("broker: port %r is not a number" % port) from None
+    if not 0 < p < 65536:
+        raise ValueError("broker: port %d out of range" % p)
+    return host, p
+
+
+class Publisher:
+    """Connected paho client; `send(device_id, msg)` publishes a forecast with QoS 1."""
+
+    def __init__(self, broker, client_id=None, timeout_s=5):
+        self.host, self.port = parse_broker(broker)
+        self.timeout_s = timeout_s
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or "")
+        self._up = threading.Event()
+        self.c.on_connect = lambda c, u, f, rc, p=None: rc == 0 and self._up.set()
+        self.c.on_disconnect = lambda *a: self._up.clear()
+        try:
+            self.c.connect(self.host, self.port, keepalive=60)
+        except OSError as e:
+            raise ConnectionError("broker %s:%d: %s" % (self.host, self.port, e)) from None
+        self.c.loop_start()
+        if not self._up.wait(timeout_s):
+            self.close()
+            raise ConnectionError("broker %s:%d: no CONNACK in %d s" % (self.host, self.port, timeout_s))
+
+    def send(self, device_id, msg, retain=False):
+        info = self.c.publish(topic(device_id, "compute/forecast"),
+                              json.dumps(msg, separators=(",", ":")), qos=1, retain=retain)
+        info.wait_for_publish(self.timeout_s)
+        if not info.is_published():
+            raise ConnectionError("forecast not acknowledged by the broker in %d s" % self.timeout_s)
+        return info.mid
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def read_topic(broker, tpc, timeout_s=3):
+    """First message on tpc (a retained one arrives at once) as parsed JSON, or None."""
+    host, port = parse_broker(broker)
+    got = []
+    ev = threading.Event()
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+
+    def on_connect(cl, u, f, rc, p=None):
+        cl.subscribe(tpc, qos=1)
+
+    def on_message(cl, u, m):
+        try:
+            got.append(json.loads(m.payload))
+        except ValueError:
+            got.append({"raw": m.payload.decode("utf-8", "replace")})
+        ev.set()
+
+    c.on_connect = on_connect
+    c.on_message = on_message
+    try:
+        c.connect(host, port, keepalive=30)
+    except OSError as e:
+        raise ConnectionError("broker %s:%d: %s" % (host, port, e)) from None
+    c.loop_start()
+    try:
+        ev.wait(timeout_s)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    return got[0] if got else None
+
+
+def now_s():
+    return int(time.time())
