@@ -613,6 +613,8 @@ def decode_write(m, fc, addr, values, regs=None):
                 ok = False
                 break
         if not ok:
+            if p["type"] == "cmdmag" and addr <= a < end and values[a - addr] == p["zero"]:
+                out[pn] = 0  # a stop command needs no magnitude
             continue
         v = _value(p, data, 0)
         if v is None:

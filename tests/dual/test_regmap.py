@@ -219,3 +219,55 @@ def test_params_scale_points():
     m = r.load("sdm630", params={"sign": -1})
     hi, lo = r.scaled_to_f32(1500)
     assert r.decode(m, 4, 0x34, [hi, lo]) == {"p_w": -1500}
+
+
+def test_sungrow_composite_setpoint():
+    m = r.load("sungrow_sh")
+    assert r.encode_write(m, "p_set_w", 3000) == [(6, 13049, [2]), (6, 13051, [3000]), (6, 13050, [0xBB])]
+    assert r.encode_write(m, "p_set_w", -2500)[1:] == [(6, 13051, [2500]), (6, 13050, [0xAA])]
+    assert r.encode_write(m, "p_set_w", 0)[1:] == [(6, 13051, [0]), (6, 13050, [0xCC])]
+    raises(r.RegMapError, r.encode_write, m, "p_set_w", 10001)
+    # the simulator applies the writes one by one to its register image
+    regs = {13049: 0, 13050: 0xCC, 13051: 0}
+    seen = {}
+    for fc, a, vals in r.encode_write(m, "p_set_w", -2500):
+        seen.update(r.decode_write(m, fc, a, vals, regs))
+        for i in range(len(vals)):
+            regs[a + i] = vals[i]
+    assert seen == {"ems_mode": 2, "p_set_w": -2500}
+    assert r.decode_write(m, 16, 13050, [0xBB, 1200]) == {"p_set_w": 1200}
+    assert r.decode_write(m, 6, 13050, [0xCC]) == {"p_set_w": 0}
+    assert r.decode(m, 3, 13049, [2, 0xAA, 700]) == {"ems_mode": 2, "p_set_w": -700}
+    assert "p_set_w" not in r.decode(m, 3, 13050, [0x12, 700])  # unknown command word
+    # run: 0xCF start / 0xCE stop; state/fault from the system state word
+    assert r.encode_write(m, "run", 1) == [(6, 12999, [0xCF])]
+    assert r.decode_write(m, 6, 12999, [0xCE]) == {"run": 0}
+    raises(r.RegMapError, r.decode_write, m, 6, 12999, [0x11])
+    assert r.decode(m, 4, 12999, [0x0100]) == {"state": 256, "fault": 1}
+    assert r.decode(m, 4, 12999, [0x0040]) == {"state": 64, "fault": 0}
+    # int32 low word first: -3000 W = 0xFFFFF448
+    assert r.decode(m, 4, 5213, [0xF448, 0xFFFF]) == {"p_w": -3000}
+    assert r.plan(m) == [(4, 5213, 2), (4, 12999, 25), (3, 12999, 1), (3, 13049, 3), (3, 13057, 2),
+                         (3, 13073, 1)]  # never across the gaps
+
+
+def test_dtsu666_energy_address_variant():
+    a = r.load("dtsu666")
+    b = r.load("dtsu666@v4000")
+    c = r.load("dtsu666", variant="v4000")
+    assert a.points["e_imp_wh"]["addr"] == 0x101E and a.points["e_exp_wh"]["addr"] == 0x1028
+    assert b.points["e_imp_wh"]["addr"] == 0x401E and c.points["e_exp_wh"]["addr"] == 0x4028
+    assert r.plan(b)[0] == (3, 0x2006, 0x2046 - 0x2006)
+    e = raises(r.RegMapError, r.load, "dtsu666@v9")
+    assert "v9" in str(e) and "v4000" in str(e)
+    # x0.1 W float: 12345.6 (0.1 W units) -> 1235 W
+    hi, lo = r.scaled_to_f32(123456, 10)
+    assert r.decode(a, 3, 0x2012, [hi, lo]) == {"p_w": 1235}
+
+
+def test_dtsd1352_ct_ratio():
+    m = r.load("dtsd1352", params={"ct": 40})
+    v = r.decode(m, 3, 0x0164, [0xFFFF, 0xFC18, 0, 0, 0, 0, 0, 1000])  # -1000 and 1000 (x0.001 kW)
+    assert v["p1_w"] == -40000 and v["p_w"] == 40000
+    assert r.decode(m, 3, 0x0064, [123]) == {"i1_ma": 49200}  # 1.23 A secondary x 40
+    assert r.decode(r.load("dtsd1352"), 3, 0x000A, [0, 12345]) == {"e_imp_wh": 123450}
