@@ -1,0 +1,144 @@
+# Runs the firmware MQTT client / Link as a real MicroPython (or CPython) process for the
+# host tests and benches. Prints one JSON object per line on stdout; reads commands
+# (one per line) on stdin without blocking.
+#   micropython tests/host/link_driver.py mqtt HOST PORT KEEPALIVE_S N
+#       publish N QoS 1 messages on drv/out, echo drv/in messages to drv/echo,
+#       print {"ev": "done", ...} when all are acked; "quit" on stdin ends.
+#   micropython tests/host/link_driver.py link CFG.json
+#       run Link with injected telemetry every link.telemetry_ms; prints state changes,
+#       setpoint changes, counters. stdin: "hold" (stop polling the link), "run", "quit",
+#       "stats".
+import json
+import select
+import sys
+
+from edgefw import clock
+
+try:
+    import micropython
+
+    def mem_peak():
+        try:
+            return micropython.mem_peak()
+        except AttributeError:
+            return -1
+except ImportError:
+    def mem_peak():
+        return -1
+
+
+def out(d):
+    print(json.dumps(d))
+    try:
+        sys.stdout.flush()
+    except AttributeError:
+        pass
+
+
+class Stdin:
+    def __init__(self):
+        self.p = select.poll()
+        self.p.register(sys.stdin, select.POLLIN)
+
+    def lines(self):
+        got = []
+        while self.p.poll(0):
+            ln = sys.stdin.readline()
+            if not ln:
+                got.append("quit")
+                break
+            got.append(ln.strip())
+        return got
+
+
+def run_mqtt(host, port, ka, n):
+    from edgefw import mqtt
+    c = mqtt.MQTTClient("drv", host, port, keepalive_s=ka,
+                        will=("drv/status", b"offline", 1, True),
+                        backoff_min_ms=100, backoff_max_ms=1000)
+    acked = []
+    c.on_puback = acked.append
+    c.on_connect = lambda: out({"ev": "connected"})
+    c.on_disconnect = lambda r: out({"ev": "disconnected", "reason": r})
+
+    def on_msg(topic, payload, retain):
+        c.publish("drv/echo", bytes(payload), 1)
+    c.on_message = on_msg
+    c.subscribe("drv/in", 1)
+    sent = 0
+    done = False
+    inp = Stdin()
+    while True:
+        for ln in inp.lines():
+            if ln == "quit":
+                c.disconnect()
+                out({"ev": "bye", "mem_peak": mem_peak()})
+                return
+        now = clock.ticks_ms()
+        c.poll(now)
+        while c.connected and sent < n and len(c.inflight) < 8:
+            c.publish("drv/out", b"%d" % sent, 1)
+            sent += 1
+        if sent == n and not c.inflight and not done:
+            done = True
+            out({"ev": "done", "sent": sent, "acked": len(acked), "pings_ok": c.connected})
+        clock.sleep_ms(2)
+
+
+def run_link(path):
+    from edgefw import link
+    with open(path) as f:
+        cfg = json.load(f)
+    lk = link.Link(cfg["link"], cfg["device_id"], cfg["fs_dir"], limits=cfg.get("limits"))
+    period = lk.cfg["telemetry_ms"]
+    local_w = cfg.get("local_w", 0)
+    inp = Stdin()
+    hold = False
+    state = None
+    sp = None
+    n = 0
+    t_next = clock.ticks_ms()
+    configs = []
+    lk.on_config = lambda c: configs.append(c) or []
+    while True:
+        for ln in inp.lines():
+            if ln == "quit":
+                out({"ev": "bye", "stats": lk.stats(), "mem_peak": mem_peak(), "n": n})
+                return
+            if ln == "hold":
+                hold = True
+                out({"ev": "hold"})
+            elif ln == "run":
+                hold = False
+            elif ln == "stats":
+                out({"ev": "stats", "stats": lk.stats(), "mem_peak": mem_peak(), "n": n})
+        now = clock.ticks_ms()
+        if not hold:
+            lk.poll(now)
+        if lk.state != state:
+            state = lk.state
+            out({"ev": "state", "state": state, "ms": now})
+        w = lk.setpoint(clock.time(), local_w)
+        if w != sp:
+            sp = w
+            out({"ev": "sp", "w": w, "state": lk.state})
+        while configs:
+            out({"ev": "config", "config": configs.pop(0)})
+        if clock.ticks_diff(now, t_next) >= 0:
+            t_next = clock.ticks_add(t_next, period)
+            n += 1
+            lk.telemetry({"grid_w": 1000 + n, "pv_w": 0, "it_w": 1000, "aux_w": 0,
+                          "bat_w": 0, "soc_cpct": 5000, "sp_w": sp or 0, "curtail_w": 0})
+        clock.sleep_ms(2)
+
+
+def main(argv):
+    if argv[1] == "mqtt":
+        run_mqtt(argv[2], int(argv[3]), int(argv[4]), int(argv[5]))
+    elif argv[1] == "link":
+        run_link(argv[2])
+    else:
+        raise SystemExit("usage: link_driver.py mqtt|link ...")
+
+
+main(sys.argv)
