@@ -30,9 +30,10 @@ def _model_opts(f):
 
 
 def _horizon_opts(f):
-    f = click.option("--horizon", type=click.IntRange(1, 1440), default=240, show_default=True,
-                     help="Forecast length in steps.")(f)
-    f = click.option("--step", type=click.IntRange(1, 3600), default=60, show_default=True,
+    f = click.option("--horizon", type=click.IntRange(1, pub.MAX_STEPS), default=240,
+                     show_default=True, help="Forecast length in steps.")(f)
+    f = click.option("--step", type=click.IntRange(pub.MIN_STEP_S, pub.MAX_STEP_S), default=60,
+                     show_default=True,
                      help="Forecast step in s (W per step).")(f)
     f = click.option("--node-w", type=click.IntRange(0, fc.MAX_W), default=None,
                      help="W per node for jobs given as nodes (queue file default, squeue).")(f)
@@ -220,30 +221,19 @@ def run(broker, device_id, queue_file, use_squeue, node_w, step, horizon, p_idle
 
 
 def headroom_local(rec, site):
-    """Headroom from one telemetry record and the site parameters (docs/tracker.md):
-    W of new compute the node can take from PV + storage without grid import, now and
-    sustained for the next hour. PV is assumed to stay at its present level."""
-    try:
-        from edgefw import dispatch
-        if hasattr(dispatch, "headroom_from"):
-            return dispatch.headroom_from(rec, site)
-    except ImportError:
-        pass
+    """Headroom from one telemetry record and the site parameters, with the gateway's own
+    function (dispatch.headroom): W of new compute the node can take from PV + storage without
+    grid import, now and sustained for the next hour."""
+    from edgefw import dispatch
+    p = dispatch.validate_params(site)
     need = ("pv_w", "it_w", "aux_w", "soc_cpct")
     miss = [k for k in need if not isinstance(rec.get(k), int)]
     if miss:
-        raise ValueError("telemetry: %s missing or not int" % ", ".join(miss))
-    bwh = int(site.get("battery_wh", 0))
-    soc_min = int(site.get("soc_min_cpct", 1000))
-    pmax = min(int(site.get("discharge_max_w", 0)), int(site.get("pcs_w", site.get("discharge_max_w", 0))))
-    eta = int(site.get("eta_d_milli", 950))
-    reserve_wh = int(site.get("reserve_s", 0)) * rec["it_w"] // 3600
-    usable_wh = max(0, (rec["soc_cpct"] - soc_min) * bwh // 10000 - reserve_wh) * eta // 1000
-    bat_now = pmax if usable_wh > 0 else 0
-    load = rec["it_w"] + rec["aux_w"]
-    now_w = max(0, rec["pv_w"] + bat_now - load)
-    h1 = max(0, rec["pv_w"] + min(bat_now, usable_wh) - load)   # Wh over 1 h = W for 1 h
-    return {"headroom_w": now_w, "headroom_1h_w": h1}
+        raise ValueError("telemetry: %s missing or not an integer" % ", ".join(miss))
+    dcl = rec.get("dcl_w")
+    now, h1 = dispatch.headroom(p, rec["soc_cpct"], rec["pv_w"], rec["it_w"], rec["aux_w"],
+                                dcl if isinstance(dcl, int) else None)
+    return {"headroom_w": now, "headroom_1h_w": h1}
 
 
 @cli.command()
@@ -264,6 +254,8 @@ def headroom(broker, device_id, timeout, site_file, as_json):
                 site = json.load(f)
             if isinstance(site, dict) and isinstance(site.get("site"), dict):
                 site = site["site"]           # a whole gateway config
+            from edgefw import dispatch
+            dispatch.validate_params(site)
         except (OSError, ValueError) as e:
             raise UserError("--local %s: %s" % (site_file, e))
     try:

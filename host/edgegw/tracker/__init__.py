@@ -16,8 +16,8 @@ class Tracker:
 
     def __init__(self, jobs_fn=None, step_s=60, steps=240, valid_s=3600, smoother=None, key=None,
                  device_id=None, queued_delay_s=0):
-        if not 1 <= step_s <= 3600:
-            raise ValueError("step_s: %r not in 1..3600" % (step_s,))
+        if not _pub.MIN_STEP_S <= step_s <= _pub.MAX_STEP_S:
+            raise ValueError("step_s: %r not in %d..%d" % (step_s, _pub.MIN_STEP_S, _pub.MAX_STEP_S))
         if not 1 <= steps <= _pub.MAX_STEPS:
             raise ValueError("steps: %r not in 1..%d" % (steps, _pub.MAX_STEPS))
         if not 1 <= valid_s <= 86400:

@@ -7,7 +7,9 @@ import time
 
 import paho.mqtt.client as mqtt
 
-MAX_STEPS = 1440         # one day of minutes; the gateway keeps the list in RAM
+MAX_STEPS = 288          # the gateway keeps at most 288 points (dispatch.MAX_FC)
+MIN_STEP_S = 60          # and takes steps of 60..3600 s (dispatch.set_forecast)
+MAX_STEP_S = 3600
 
 
 def topic(device_id, leaf):
@@ -27,8 +29,8 @@ def build(seq, ts, exp, t0, step_s, load_w, measured_w, source):
                  ("measured_w", measured_w)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError("%s: %r is not an int >= 0" % (k, v))
-    if step_s < 1:
-        raise ValueError("step_s: must be >= 1")
+    if not MIN_STEP_S <= step_s <= MAX_STEP_S:
+        raise ValueError("step_s: %d not in %d..%d" % (step_s, MIN_STEP_S, MAX_STEP_S))
     if exp <= ts:
         raise ValueError("exp: %d not after ts %d" % (exp, ts))
     if not isinstance(load_w, list) or not 1 <= len(load_w) <= MAX_STEPS:
