@@ -2,6 +2,7 @@
 # module) over a canonical text of the command, and the gateway-side verifier that
 # rejects unsigned, forged, stale and replayed commands. Spec: docs/mqtt.md "Signing".
 import hashlib
+import json
 import os
 from binascii import hexlify, unhexlify
 
@@ -117,20 +118,27 @@ def _is_int(v):
 
 
 class Verifier:
-    """Checks signed commands for one device. The last accepted seq is kept in `path`
-    (one small file write per accepted command) so a reboot does not reopen replays."""
+    """Checks signed commands for one device. The last accepted seq of each command kind
+    (setpoints come from the cloud, forecasts from the tracker: separate counters) is kept
+    in `path` (one small file write per accepted command) so a reboot reopens no replays."""
 
     def __init__(self, key, device_id, path=None):
         self.key = key
         self.device_id = device_id
         self.path = path
-        self.last_seq = -1
+        self.last = {}  # kind -> last accepted seq
         if path:
             try:
                 with open(path) as f:
-                    self.last_seq = int(f.read().strip())
+                    d = json.loads(f.read())
+                for k in d:
+                    if _is_int(d[k]):
+                        self.last[k] = d[k]
             except (OSError, ValueError):
                 pass
+
+    def last_seq(self, kind):
+        return self.last.get(kind, -1)
 
     def check(self, kind, cmd, now_s):
         """Reason string: OK or why cmd is rejected. Does not consume the seq."""
@@ -152,17 +160,17 @@ class Verifier:
             return BAD_SIG
         if cmd["exp"] <= now_s:
             return STALE
-        if cmd["seq"] <= self.last_seq:
+        if cmd["seq"] <= self.last.get(kind, -1):
             return REPLAYED
         return OK
 
-    def accept(self, cmd):
+    def accept(self, kind, cmd):
         """Record cmd's seq as used (after the command was also found valid)."""
-        self.last_seq = cmd["seq"]
+        self.last[kind] = cmd["seq"]
         if self.path:
             tmp = self.path + ".tmp"
             with open(tmp, "w") as f:
-                f.write("%d\n" % self.last_seq)
+                f.write(json.dumps(self.last))
             try:
                 os.rename(tmp, self.path)
             except OSError:

@@ -68,7 +68,7 @@ def test_verify_reasons():
     v = auth.Verifier(KEY, DEV)
     c = _cmd(10, 1000, p_w=500)
     assert v.check("setpoint", c, 900) == auth.OK
-    v.accept(c)
+    v.accept("setpoint", c)
     assert v.check("setpoint", c, 900) == auth.REPLAYED
     assert v.check("setpoint", _cmd(9, 1000, p_w=1), 900) == auth.REPLAYED
     assert v.check("setpoint", _cmd(11, 900, p_w=1), 900) == auth.STALE
@@ -95,12 +95,15 @@ def test_verify_reasons():
 def test_last_seq_survives_restart():
     p = _tmp("seq")
     v = auth.Verifier(KEY, DEV, p)
-    assert v.last_seq == -1
-    v.accept(_cmd(41, 1000))
+    assert v.last_seq("setpoint") == -1
+    v.accept("setpoint", _cmd(41, 1000))
     v2 = auth.Verifier(KEY, DEV, p)
-    assert v2.last_seq == 41
+    assert v2.last_seq("setpoint") == 41 and v2.last_seq("forecast") == -1
     assert v2.check("setpoint", _cmd(41, 1000), 0) == auth.REPLAYED
     assert v2.check("setpoint", _cmd(42, 1000), 0) == auth.OK
+    # each kind has its own counter (forecasts come from the tracker, not the cloud)
+    f = auth.sign(KEY, DEV, "forecast", {"seq": 5, "ts": 1, "exp": 1000})
+    assert v2.check("forecast", f, 0) == auth.OK
     os.remove(p)
 
 

@@ -1,0 +1,182 @@
+# MQTT topic names and payload builders/validators shared by the gateway firmware and the
+# host tools (cloud stand-in, tracker, collectors). Spec: docs/mqtt.md. Runs on MicroPython.
+# All values are integers with the unit in the name (_w W, _cpct 0.01 %, _s seconds).
+
+PREFIX = "edgegw"
+
+# gateway -> cloud
+TELEMETRY = "telemetry"
+STATUS = "status"        # retained; the broker publishes the "offline" will
+EVENTS = "events"
+ACK = "ack"
+HEADROOM = "headroom"    # retained, for compute schedulers
+# cloud / tracker -> gateway (signed)
+CMD_SETPOINT = "cmd/setpoint"
+CMD_SCHEDULE = "cmd/schedule"
+CMD_CONFIG = "cmd/config"
+FORECAST = "compute/forecast"
+
+# topic leaf -> command kind (the kind is signed with the command, see edgefw/auth.py)
+COMMANDS = {CMD_SETPOINT: "setpoint", CMD_SCHEDULE: "schedule", CMD_CONFIG: "config",
+            FORECAST: "forecast"}
+
+STATES = ("ONLINE", "GRACE", "FALLBACK", "RECOVERING")
+
+# ack reasons beyond those of edgefw/auth.py (ok, malformed, unsigned, bad_sig, stale,
+# replayed, no_key)
+OUT_OF_BOUNDS = "out_of_bounds"
+INVALID = "invalid"
+
+MAX_WINDOWS = 48     # schedule windows (as Victron's Dynamic ESS)
+MAX_FC_STEPS = 288   # forecast points the gateway keeps
+P_ABS_MAX_W = 100000000  # 100 MW: anything beyond is a unit error
+
+
+def topic(device_id, leaf):
+    return "%s/%s/%s" % (PREFIX, device_id, leaf)
+
+
+def split(t):
+    """'edgegw/<id>/<leaf...>' -> (id, leaf) or (None, None)."""
+    p = t.split("/", 2)
+    if len(p) != 3 or p[0] != PREFIX or not p[1]:
+        return None, None
+    return p[1], p[2]
+
+
+def _int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _need_int(d, k, lo, hi, errs, pre=""):
+    v = d.get(k)
+    if not _int(v):
+        errs.append("%s%s: %r is not an integer" % (pre, k, v))
+        return None
+    if v < lo or v > hi:
+        errs.append("%s%s: %d out of range %d..%d" % (pre, k, v, lo, hi))
+        return None
+    return v
+
+
+# ---- builders (unsigned; sign with edgefw.auth.sign) ----------------------------------
+
+def setpoint_cmd(seq, ts, exp, p_w):
+    return {"seq": seq, "ts": ts, "exp": exp, "p_w": p_w}
+
+
+def schedule_cmd(seq, ts, exp, windows):
+    return {"seq": seq, "ts": ts, "exp": exp, "windows": windows}
+
+
+def config_cmd(seq, ts, exp, config):
+    return {"seq": seq, "ts": ts, "exp": exp, "config": config}
+
+
+def ack(seq, ts, kind, ok, reason, state, detail=None):
+    d = {"seq": seq, "ts": ts, "kind": kind, "ok": ok, "reason": reason, "state": state}
+    if detail:
+        d["detail"] = detail
+    return d
+
+
+def status(online, ts, boot=0):
+    return {"status": "online" if online else "offline", "ts": ts, "boot": boot}
+
+
+def event(seq, ts, kind, data=None):
+    d = {"seq": seq, "ts": ts, "kind": kind}
+    if data:
+        for k in data:
+            if k not in d:
+                d[k] = data[k]
+    return d
+
+
+# ---- validators: list of "field: problem" ([] = fine) ---------------------------------
+
+def check_setpoint(d, lo_w=-P_ABS_MAX_W, hi_w=P_ABS_MAX_W):
+    errs = []
+    v = d.get("p_w")
+    if not _int(v):
+        errs.append("p_w: %r is not an integer (W, + = discharge)" % (v,))
+    elif v < lo_w or v > hi_w:
+        errs.append("p_w: %d out of bounds %d..%d" % (v, lo_w, hi_w))
+    return errs
+
+
+def check_schedule(d):
+    errs = []
+    w = d.get("windows")
+    if not isinstance(w, list) or len(w) > MAX_WINDOWS:
+        return ["windows: need a list of at most %d windows" % MAX_WINDOWS]
+    prev = None
+    for i in range(len(w)):
+        x = w[i]
+        pre = "windows[%d]." % i
+        if not isinstance(x, dict):
+            errs.append(pre[:-1] + ": must be an object")
+            continue
+        for k in x:
+            if k not in ("t0", "t1", "soc_cpct", "pmin_w", "pmax_w"):
+                errs.append(pre + k + ": unknown field")
+        t0 = _need_int(x, "t0", 0, 1 << 40, errs, pre)
+        t1 = _need_int(x, "t1", 0, 1 << 40, errs, pre)
+        if t0 is not None and t1 is not None:
+            if t1 <= t0:
+                errs.append(pre + "t1: %d not after t0 %d" % (t1, t0))
+            if prev is not None and t0 < prev:
+                errs.append(pre + "t0: overlaps the previous window (sorted, no overlap)")
+            prev = t1
+        if "soc_cpct" in x:
+            _need_int(x, "soc_cpct", 0, 10000, errs, pre)
+        lo = _need_int(x, "pmin_w", -P_ABS_MAX_W, P_ABS_MAX_W, errs, pre) if "pmin_w" in x \
+            else None
+        hi = _need_int(x, "pmax_w", -P_ABS_MAX_W, P_ABS_MAX_W, errs, pre) if "pmax_w" in x \
+            else None
+        if lo is not None and hi is not None and lo > hi:
+            errs.append(pre + "pmin_w: %d above pmax_w %d" % (lo, hi))
+    return errs
+
+
+def check_forecast(d):
+    errs = []
+    _need_int(d, "t0", 0, 1 << 40, errs)
+    _need_int(d, "step_s", 1, 86400, errs)
+    lw = d.get("load_w")
+    if not isinstance(lw, list) or not 1 <= len(lw) <= 1440:
+        errs.append("load_w: need a list of 1..1440 W values")
+    else:
+        for i in range(len(lw)):
+            if not _int(lw[i]) or lw[i] < 0 or lw[i] > P_ABS_MAX_W:
+                errs.append("load_w[%d]: %r is not W >= 0" % (i, lw[i]))
+                break
+    if "measured_w" in d and d["measured_w"] is not None:
+        _need_int(d, "measured_w", 0, P_ABS_MAX_W, errs)
+    return errs
+
+
+def check_config(d):
+    c = d.get("config")
+    if not isinstance(c, dict):
+        return ["config: must be an object (the whole gateway config)"]
+    return []
+
+
+CHECKS = {"setpoint": check_setpoint, "schedule": check_schedule, "forecast": check_forecast,
+          "config": check_config}
+
+
+def check_telemetry(d):
+    """For receivers: the fields every telemetry record carries."""
+    errs = []
+    if not isinstance(d, dict):
+        return ["telemetry: must be an object"]
+    _need_int(d, "seq", 0, 1 << 62, errs)
+    _need_int(d, "ts", 0, 1 << 40, errs)
+    if d.get("state") not in STATES:
+        errs.append("state: %r is not one of %s" % (d.get("state"), ", ".join(STATES)))
+    for k in d:
+        if k.endswith("_w") and not _int(d[k]):
+            errs.append("%s: %r is not an integer W" % (k, d[k]))
+    return errs
