@@ -392,6 +392,11 @@ def test_smoother_constant_step_and_ramp():
     assert f[0] >= s.level_w and f[5] > f[0]
     assert f[10] == f[29]                               # beyond damp_s the trend stops
     assert f[29] - s.level_w <= 141 * 10
+    # noise is not a ramp to extrapolate: one jumpy sample projects (almost) nothing
+    s = fc.Smoother()
+    for w in (150, 150, 150, 200):
+        s.update(w, 1)
+    assert max(s.forecast(30, 60)) - s.level_w <= 5, (s.ramp, s.trend_w_min, s.forecast(3, 60))
     # a falling load never forecasts below 0
     s = fc.Smoother(jump_w=10 ** 6, jump_pct=100)
     for w in range(3000, 0, -100):

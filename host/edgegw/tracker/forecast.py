@@ -17,8 +17,9 @@ class Smoother:
     """alpha_q6/beta_q6: level/trend gains (16 = 0.25, 8 = 0.125). A sample further than
     jump_w (or jump_pct of the level) from the prediction is a step: the level jumps to it and
     the trend restarts, so a job start shows at once instead of over many samples. A trend
-    beyond ramp_w_min (W per minute) is a ramp. The trend is extrapolated at most damp_s
-    seconds ahead (a ramp does not go on for hours)."""
+    beyond ramp_w_min (W per minute) is a ramp. The trend is extrapolated no further ahead than
+    the ramp has lasted so far (a noise blip projects nothing), and at most damp_s seconds (a
+    ramp does not go on for hours)."""
 
     def __init__(self, alpha_q6=16, beta_q6=8, jump_w=200, jump_pct=20, ramp_w_min=50,
                  damp_s=600):
@@ -36,6 +37,7 @@ class Smoother:
         self.level_q2 = None
         self.trend_q2 = 0       # (W/4) per minute
         self.ramp = None        # None, "up", "down", "step_up", "step_down"
+        self.ramp_s = 0         # how long the present ramp has lasted (s)
         self.n = 0
 
     @property
@@ -62,20 +64,23 @@ class Smoother:
             self.level_q2 = x
             self.trend_q2 = 0
             self.ramp = "step_up" if err > 0 else "step_down"
+            self.ramp_s = 0
             return self.ramp
         old = self.level_q2
         self.level_q2 = pred + div_round(err * self.alpha_q6, 64)
         slope = clamp(div_trunc((self.level_q2 - old) * 60, dt_s), -TREND_MAX_Q2, TREND_MAX_Q2)
         self.trend_q2 += div_round((slope - self.trend_q2) * self.beta_q6, 64)
         tw = self.trend_w_min
-        self.ramp = "up" if tw >= self.ramp_w_min else "down" if tw <= -self.ramp_w_min else None
+        r = "up" if tw >= self.ramp_w_min else "down" if tw <= -self.ramp_w_min else None
+        self.ramp_s = min(self.ramp_s + dt_s, 3600) if r and r == self.ramp else 0
+        self.ramp = r
         return self.ramp
 
     def forecast(self, n, step_s):
         """W at the middle of each of the next n steps (integer list, >= 0)."""
         out = []
         for k in range(n):
-            ahead = min(k * step_s + step_s // 2, self.damp_s)
+            ahead = min(k * step_s + step_s // 2, self.damp_s, self.ramp_s)
             q = self.level_q2 or 0
             if self.ramp in ("up", "down"):   # below the ramp threshold the trend is noise
                 q += div_trunc(self.trend_q2 * ahead, 60)
