@@ -1,0 +1,213 @@
+# Bus traces as JSON Lines (spec: docs/trace-format.md): one record per frame, a header
+# first. Writer (gateway or host sniffer), read, pairing requests with responses, and an
+# importer for dotted-hex captures (">>> 01.04.10.00..." / "<<< 01.04.22..."). Runs on
+# MicroPython and CPython.
+import json
+import binascii
+
+from protocols import modbus_rtu as rtu
+
+VERSION = 1
+DIRS = ("req", "rsp", "junk")
+# Framer flag bits -> names, in a fixed order so both runtimes write identical lines
+FLAG_NAMES = ((rtu.F_CRC, "crc"), (rtu.F_GAP, "gap"), (rtu.F_LEN, "len"), (rtu.F_SHORT, "short"))
+_KNOWN = ("crc", "gap", "len", "short")
+
+
+class TraceError(ValueError):
+    """Malformed trace or capture; the message names the line and the problem."""
+
+
+def flag_list(flags):
+    """Framer flag bits (int) or a list of names -> list of names."""
+    if isinstance(flags, int):
+        return [n for b, n in FLAG_NAMES if flags & b]
+    return list(flags or ())
+
+
+def frame_flags(data):
+    """Flags a frame earns on its own: bad CRC, too short to be a frame."""
+    if len(data) < 4:
+        return ["crc", "short"]
+    return [] if rtu.check_crc(data) else ["crc"]
+
+
+def _q(s):
+    return json.dumps(s)
+
+
+class Writer:
+    """Writes the header at once, then one line per frame: w.frame(t_us, bus, dir, data, flags)."""
+
+    def __init__(self, f, header):
+        if not isinstance(header, dict):
+            raise TraceError("header must be a dict")
+        h = {"trace": VERSION}
+        for k in header:
+            h[k] = header[k]
+        if not isinstance(h.get("baud"), int) or h["baud"] <= 0:
+            raise TraceError("header: baud must be a positive int")
+        if not isinstance(h.get("source"), str):
+            raise TraceError("header: source must be a string")
+        self.f = f
+        self.n = 0
+        f.write(json.dumps(h) + "\n")
+
+    def frame(self, t_us, bus, d, data, flags=0):
+        if d not in DIRS:
+            raise TraceError("dir %r not one of req/rsp/junk" % (d,))
+        fl = flag_list(flags)
+        self.f.write('{"t_us": %d, "bus": %s, "dir": "%s", "hex": "%s", "flags": [%s]}\n' % (
+            t_us, _q(bus), d, binascii.hexlify(bytes(data)).decode(),
+            ", ".join('"%s"' % x for x in fl)))
+        self.n += 1
+
+    def write(self, rec):
+        self.frame(rec["t_us"], rec["bus"], rec["dir"], binascii.unhexlify(rec["hex"]), rec.get("flags"))
+
+
+def check_record(rec, where):
+    """Validate one parsed record (dict); returns it. TraceError names the field."""
+    if not isinstance(rec, dict):
+        raise TraceError("%s: record is not an object" % where)
+    t = rec.get("t_us")
+    if not isinstance(t, int) or isinstance(t, bool):
+        raise TraceError("%s: t_us must be an integer" % where)
+    if not isinstance(rec.get("bus"), str):
+        raise TraceError("%s: bus must be a string" % where)
+    if rec.get("dir") not in DIRS:
+        raise TraceError("%s: dir %r not one of req/rsp/junk" % (where, rec.get("dir")))
+    h = rec.get("hex")
+    if not isinstance(h, str) or len(h) & 1:
+        raise TraceError("%s: hex must be an even-length hex string" % where)
+    try:
+        binascii.unhexlify(h)
+    except ValueError:
+        raise TraceError("%s: hex %r is not hexadecimal" % (where, h[:16]))
+    fl = rec.get("flags", [])
+    if not isinstance(fl, list):
+        raise TraceError("%s: flags must be a list" % where)
+    rec["flags"] = fl
+    return rec
+
+
+def _records(f, close, name):
+    n = 1
+    try:
+        for line in f:
+            n += 1
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                raise TraceError("%s line %d: not JSON" % (name, n))
+            yield check_record(rec, "%s line %d" % (name, n))
+    finally:
+        if close:
+            f.close()
+
+
+def read(path_or_file):
+    """(header, iterator of records). Accepts a path or an open text file."""
+    if isinstance(path_or_file, str):
+        try:
+            f = open(path_or_file)
+        except OSError:
+            raise TraceError("%s: cannot open" % path_or_file)
+        close = True
+        name = path_or_file
+    else:
+        f = path_or_file
+        close = False
+        name = "trace"
+    first = f.readline()
+    try:
+        h = json.loads(first)
+    except ValueError:
+        h = None
+    if not isinstance(h, dict) or h.get("trace") != VERSION:
+        if close:
+            f.close()
+        raise TraceError("%s line 1: not a trace header ({\"trace\": 1, ...})" % name)
+    return h, _records(f, close, name)
+
+
+def data(rec):
+    """The frame bytes of a record."""
+    return binascii.unhexlify(rec["hex"])
+
+
+def transactions(records):
+    """Pair requests with the responses that follow them. Yields (req, rsp, rec_req, rec_rsp,
+    error): req a modbus_rtu.Request or None (did not decode), rsp a Response or None,
+    error a str or None (a frame that does not decode, a response without request, a
+    request left unanswered). A response to an undecodable request is still decoded."""
+    pend = None  # (Request or None, record, error or None)
+    for rec in records:
+        d = rec["dir"]
+        b = data(rec)
+        if d == "req":
+            if pend is not None:
+                yield pend[0], None, pend[1], None, pend[2] or "no response"
+            try:
+                pend = (rtu.decode_request(b), rec, None)
+            except rtu.ModbusError as e:
+                pend = (None, rec, "request: %s" % e)
+        elif d == "rsp":
+            req, rq, err = pend if pend is not None else (None, None, "response without request")
+            pend = None
+            try:
+                rsp = rtu.decode_response(b, req)
+            except rtu.ModbusError as e:
+                yield req, None, rq, rec, err or "response: %s" % e
+                continue
+            yield req, rsp, rq, rec, err
+        else:
+            yield None, None, rec, None, "junk"
+    if pend is not None:
+        yield pend[0], None, pend[1], None, pend[2] or "no response"
+
+
+def import_dotted(path_or_lines, bus="rs485", baud=19200, turnaround_us=5000, idle_us=50000):
+    """Records from a dotted-hex capture: '>>> 00.04.20.00...' requests and '<<< ...'
+    responses, one frame a line ('#' comments and blank lines skipped). The capture has no
+    timestamps: t_us is synthesised from the baud rate (frame end = start + bytes x 11 bits),
+    turnaround_us before a response and idle_us before the next request."""
+    if isinstance(path_or_lines, str):
+        try:
+            with open(path_or_lines) as f:
+                lines = f.read().split("\n")
+        except OSError:
+            raise TraceError("%s: cannot open" % path_or_lines)
+    else:
+        lines = path_or_lines
+    cu = rtu.char_us(baud)
+    t = 0
+    out = []
+    n = 0
+    for line in lines:
+        n += 1
+        s = line.strip()
+        if not s or s[0] == "#":
+            continue
+        if s[:3] == ">>>":
+            d = "req"
+            t += idle_us if out else 0
+        elif s[:3] == "<<<":
+            d = "rsp"
+            t += turnaround_us
+        else:
+            raise TraceError("line %d: expected '>>>' or '<<<', got %r" % (n, s[:10]))
+        h = s[3:].strip().replace(".", "").replace(" ", "")
+        try:
+            b = binascii.unhexlify(h)
+        except ValueError:
+            raise TraceError("line %d: bad dotted hex %r" % (n, s[3:20]))
+        if not b:
+            raise TraceError("line %d: empty frame" % n)
+        t += len(b) * cu
+        out.append({"t_us": t, "bus": bus, "dir": d, "hex": binascii.hexlify(b).decode(),
+                    "flags": frame_flags(b)})
+    return out

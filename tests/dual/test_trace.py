@@ -1,0 +1,86 @@
+# Trace format: runs under CPython (pytest) and MicroPython (tools/mpytest.py).
+import binascii
+import io
+
+from protocols import modbus_rtu as rtu
+from protocols import trace
+from _helpers import raises
+
+CAPTURE = """
+# two real exchanges from a Seplos V3 capture, one exception, one bad request
+>>> 01.04.10.00.00.11.34.C6
+<<< 01.04.22.14.CD.FF.77.6B.40.80.E8.01.22.03.40.03.E7.00.0A.0C.FF.0B.7F.0D.00.0C.FF.0B.81.0B.7E.00.00.00.B4.00.B4.D3.2E
+>>> 00.04.21.00.00.1A.7A.2C
+<<< 00.84.02.93.01
+>>> 01.01.12.00.09.00.3F.22
+<<< 01.81.02.C1.91
+""".split("\n")
+
+
+def test_writer_lines_and_read_back():
+    f = io.StringIO()
+    w = trace.Writer(f, {"baud": 9600, "source": "test", "site": "lab"})
+    req = rtu.encode_request(1, 3, 0, 2)
+    w.frame(1000, "bms", "req", req, 0)
+    w.frame(25000, "bms", "rsp", b"\x01\x03\x04\x00\x01\x00\x02\x00\x00", rtu.F_GAP | rtu.F_CRC)
+    w.frame(26000, "bms", "junk", b"\x00", ["short", "crc"])
+    lines = f.getvalue().split("\n")
+    assert lines[1] == ('{"t_us": 1000, "bus": "bms", "dir": "req", "hex": "%s", "flags": []}'
+                        % binascii.hexlify(req).decode())
+    assert '"flags": ["crc", "gap"]' in lines[2]
+    h, recs = trace.read(io.StringIO(f.getvalue()))
+    assert h["trace"] == 1 and h["baud"] == 9600 and h["site"] == "lab"
+    recs = list(recs)
+    assert [r["dir"] for r in recs] == ["req", "rsp", "junk"]
+    assert trace.data(recs[0]) == req and recs[1]["flags"] == ["crc", "gap"]
+    assert recs[2]["t_us"] == 26000
+    # records written back give the same text
+    g = io.StringIO()
+    w2 = trace.Writer(g, h)
+    for r in recs:
+        w2.write(r)
+    assert g.getvalue().split("\n")[1:] == lines[1:]
+
+
+def test_read_errors_name_the_line():
+    raises(trace.TraceError, trace.read, io.StringIO('{"t_us": 1}\n'))
+    h, it = trace.read(io.StringIO('{"trace": 1, "baud": 9600, "source": "x"}\n\n{"t_us": "a"}\n'))
+    e = raises(trace.TraceError, list, it)
+    assert "line 3" in str(e) and "t_us" in str(e)
+    for bad, word in (('{"t_us": 1, "bus": "b", "dir": "up", "hex": "", "flags": []}', "dir"),
+                      ('{"t_us": 1, "bus": "b", "dir": "req", "hex": "0g", "flags": []}', "hex"),
+                      ('{"t_us": 1, "bus": "b", "dir": "req", "hex": "abc", "flags": []}', "hex"),
+                      ("nope", "JSON")):
+        h, it = trace.read(io.StringIO('{"trace": 1, "baud": 9600, "source": "x"}\n' + bad + "\n"))
+        e = raises(trace.TraceError, list, it)
+        assert word in str(e) and "line 2" in str(e), str(e)
+    raises(trace.TraceError, trace.Writer, io.StringIO(), {"source": "x"})
+
+
+def test_import_dotted_and_pair():
+    recs = trace.import_dotted(CAPTURE, bus="bms", baud=19200)
+    assert len(recs) == 6
+    assert [r["dir"] for r in recs] == ["req", "rsp"] * 3
+    assert all(r["flags"] == [] for r in recs)  # every frame's CRC is right
+    ts = [r["t_us"] for r in recs]
+    assert ts == sorted(ts) and ts[0] == 8 * rtu.char_us(19200)
+    tx = list(trace.transactions(recs))
+    assert len(tx) == 3
+    req, rsp, a, b, err = tx[0]
+    assert err is None and req.fc == 4 and req.addr == 0x1000 and rsp.values[0] == 5325
+    req, rsp, a, b, err = tx[1]
+    assert err is None and rsp.exc == 2 and rsp.fc == 4
+    req, rsp, a, b, err = tx[2]  # 0x0900 coils > 2000: the master's mistake, refused
+    assert req is None and err.startswith("request:") and rsp.exc == 2 and rsp.fc == 1
+
+
+def test_import_dotted_errors_and_bad_crc():
+    e = raises(trace.TraceError, trace.import_dotted, ["", "oops 01.02"])
+    assert "line 2" in str(e)
+    e = raises(trace.TraceError, trace.import_dotted, [">>> 01.0G"])
+    assert "line 1" in str(e)
+    r = trace.import_dotted(["<<< 01.04.00.00.00.01.00.00", ">>> 01"])
+    assert r[0]["flags"] == ["crc"] and r[1]["flags"] == ["crc", "short"]
+    tx = list(trace.transactions(r))
+    assert tx[0][4] == "response without request"
+    assert tx[1][4] == "request: frame too short: 1 bytes, need 8"
