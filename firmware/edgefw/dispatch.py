@@ -1,0 +1,596 @@
+# Fallback dispatch: one PCS active-power setpoint (W, + = discharge) from ordered rules,
+# integer fixed point, no I/O. Rules, highest priority first (docs/dispatch.md):
+#   1 safety: SOC window (with hysteresis), BMS ccl/dcl, PCS rating, ramp rate
+#   2 zero export (aim export_margin_w into import), PV curtailment when the battery can't
+#   3 grid import cap (peak shaving)
+#   4 critical reserve: SOC kept above what the IT load needs for reserve_s
+#   5 PV self-consumption / peak levelling: a plan level T from the compute forecast
+#   6 the cloud schedule window (target SOC, power bounds) until it expires
+# Rules 1-4 narrow an interval [lo, hi]; 5-6 pick the wanted value inside it.
+# step() allocates nothing on the heap (MicroPython heap_lock test): ints only, all
+# state set up in __init__, reason strings are interned constants.
+# Every intermediate stays below 2**30: inputs are clamped to +-WMAX (10 MW), energies to
+# 10 MWh, and products that could be larger go through _mdiv (split multiply).
+from edgefw.fx import div_trunc, clamp
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+WMAX = const(10000000)      # |W| clamp for every power input (10 MW)
+WHMAX = const(10000000)     # battery up to 10 MWh
+MAX_WINDOWS = const(48)     # as Victron Dynamic ESS
+MAX_FC = const(288)         # forecast points kept (24 h at 5 min)
+
+# reason strings (interned constants: assigning them does not allocate)
+R_SAFETY = "safety"
+R_SOC = "soc"
+R_BMS = "bms"
+R_RAMP = "ramp"
+R_EXPORT = "export"
+R_CAP = "cap"
+R_RESERVE = "reserve"
+R_SHAVE = "shave"
+R_SELF = "self"
+R_HOLD = "hold"
+R_PRECHARGE = "precharge"
+R_SCHEDULE = "schedule"
+R_DEADBAND = "deadband"
+R_IDLE = "idle"
+
+# name: (lo, hi, default or None if it depends on others)
+_SPEC = (
+    ("battery_wh", 1, WHMAX, 10000),
+    ("soc_init_cpct", 0, 10000, 5000),
+    ("soc_min_cpct", 0, 10000, 1000),
+    ("soc_max_cpct", 0, 10000, 9500),
+    ("reserve_s", 0, 86400, 900),
+    ("pcs_w", 1, WMAX, 5000),
+    ("charge_max_w", 0, WMAX, None),
+    ("discharge_max_w", 0, WMAX, None),
+    ("eta_c_milli", 500, 1000, 950),
+    ("eta_d_milli", 500, 1000, 950),
+    ("grid_cap_w", 0, WMAX, WMAX),
+    ("export_margin_w", 0, 1000000, None),
+    ("ramp_w_s", 1, WMAX, None),
+    ("deadband_w", 0, 1000000, None),
+    ("hyst_cpct", 0, 1000, 100),
+    ("horizon_s", 600, 86400, 21600),
+    ("pv_persist_s", 0, 86400, 3600),
+    ("plan_s", 1, 3600, 60),
+    ("link_lost_s", 0, 100000000, None),
+    ("energy_persist_s", 10, 86400, 900),
+    ("grid_factor_g_kwh", 0, 2000, None),
+    ("grid_factor_dg_kwh", 0, 20000, None),
+)
+_OTHER = ("export_allowed", "region", "schedule", "name", "note", "forecast", "pv_peak_w")
+
+
+def _isint(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_params(site):
+    """Check the site section (also the scenario site JSON); returns a new dict with every
+    default filled in. Raises ValueError("site.<field>: problem") on the first problem."""
+    if site is None:
+        site = {}
+    if not isinstance(site, dict):
+        raise ValueError("site: must be an object")
+    known = [s[0] for s in _SPEC]
+    for k in site:
+        if k not in known and k not in _OTHER:
+            raise ValueError("site.%s: unknown field (typo?)" % k)
+    p = {}
+    for name, lo, hi, dflt in _SPEC:
+        v = site.get(name)
+        if v is None:
+            p[name] = dflt
+            continue
+        if not _isint(v):
+            raise ValueError("site.%s: %r is not an integer" % (name, v))
+        if v < lo or v > hi:
+            raise ValueError("site.%s: %d out of range %d..%d" % (name, v, lo, hi))
+        p[name] = v
+    pcs = p["pcs_w"]
+    if p["charge_max_w"] is None:
+        p["charge_max_w"] = pcs
+    if p["discharge_max_w"] is None:
+        p["discharge_max_w"] = pcs
+    if p["export_margin_w"] is None:
+        # Sungrow-style: aim 1 % of the ESS rating into import
+        p["export_margin_w"] = max(20, pcs // 100)
+    if p["ramp_w_s"] is None:
+        p["ramp_w_s"] = max(1, pcs // 10)
+    if p["deadband_w"] is None:
+        p["deadband_w"] = p["export_margin_w"] // 2
+    if p["soc_min_cpct"] >= p["soc_max_cpct"]:
+        raise ValueError("site.soc_min_cpct: %d must be below soc_max_cpct %d"
+                         % (p["soc_min_cpct"], p["soc_max_cpct"]))
+    ea = site.get("export_allowed", False)
+    if not isinstance(ea, bool):
+        raise ValueError("site.export_allowed: %r is not true/false" % (ea,))
+    p["export_allowed"] = ea
+    reg = site.get("region", "national")
+    try:
+        from edgefw import energy
+        p["grid_factor_dg_kwh"] = energy.grid_factor(reg, p["grid_factor_g_kwh"],
+                                                     p["grid_factor_dg_kwh"])
+    except ImportError:  # pragma: no cover - energy.py missing on a trimmed image
+        p["grid_factor_dg_kwh"] = p["grid_factor_dg_kwh"] or 5306
+    p["region"] = reg
+    for k in ("schedule", "forecast", "name", "note", "pv_peak_w"):
+        if k in site:
+            p[k] = site[k]
+    if "schedule" in p:
+        _windows(p["schedule"], "site.schedule")
+    return p
+
+
+def _mdiv(a, m, d):
+    """floor(a * m / d) for 0 <= a < 2**30, 0 <= m <= 10000, 1 <= d <= 10000, without an
+    intermediate above 2**30: a = ah * 2**15 + al. The result must itself fit."""
+    ah = a >> 15            # a >= 0 here, so the shift is a plain floor
+    al = a - (ah << 15)
+    x = ah * m
+    q1 = x // d
+    r1 = x - q1 * d
+    return (q1 << 15) + (r1 * 32768 + al * m) // d
+
+
+def _frac(e, bat):
+    """floor(e * 10000 / bat) for 0 <= e <= bat <= 10**7, in two x100 steps (< 2**30)."""
+    a = e * 100
+    q = a // bat
+    r = a - q * bat
+    return q * 100 + (r * 100) // bat
+
+
+def _wh(w, s):
+    """Wh of w W (>= 0) for s seconds (0..86400)."""
+    if s > 3600:
+        return _mdiv(w, div_trunc(s, 60), 60)
+    return _mdiv(w, s, 3600)
+
+
+def _windows(ws, field):
+    """Validate schedule windows; returns parallel int lists."""
+    if not isinstance(ws, list):
+        raise ValueError("%s: must be a list of windows" % field)
+    if len(ws) > MAX_WINDOWS:
+        raise ValueError("%s: %d windows, at most %d" % (field, len(ws), MAX_WINDOWS))
+    out = []
+    for i in range(len(ws)):
+        w = ws[i]
+        f = "%s[%d]" % (field, i)
+        if not isinstance(w, dict):
+            raise ValueError("%s: must be an object" % f)
+        for k in w:
+            if k not in ("t0", "t1", "soc_cpct", "pmin_w", "pmax_w", "exp"):
+                raise ValueError("%s.%s: unknown field" % (f, k))
+        for k in ("t0", "t1"):
+            if not _isint(w.get(k)):
+                raise ValueError("%s.%s: missing or not an integer" % (f, k))
+        if w["t1"] <= w["t0"]:
+            raise ValueError("%s.t1: must be after t0" % f)
+        soc = w.get("soc_cpct")
+        if soc is not None and (not _isint(soc) or soc < 0 or soc > 10000):
+            raise ValueError("%s.soc_cpct: %r not an integer 0..10000" % (f, soc))
+        pmin = w.get("pmin_w", -WMAX)
+        pmax = w.get("pmax_w", WMAX)
+        for k, v in (("pmin_w", pmin), ("pmax_w", pmax)):
+            if not _isint(v) or v < -WMAX or v > WMAX:
+                raise ValueError("%s.%s: %r not an integer within +-%d" % (f, k, v, WMAX))
+        if pmin > pmax:
+            raise ValueError("%s.pmin_w: %d above pmax_w %d" % (f, pmin, pmax))
+        exp = w.get("exp")
+        if exp is not None and not _isint(exp):
+            raise ValueError("%s.exp: not an integer" % f)
+        out.append((w["t0"], w["t1"], -1 if soc is None else soc, pmin, pmax, exp))
+    return out
+
+
+def _min(a, b):
+    return a if a < b else b
+
+
+def _max(a, b):
+    return a if a > b else b
+
+
+def energy_wh(bat_wh, cpct):
+    """Wh held between 0 and cpct (>= 0) of a bat_wh battery."""
+    if cpct <= 0:
+        return 0
+    return _mdiv(bat_wh, cpct, 10000)
+
+
+def floor_cpct(p, it_w):
+    """SOC (0.01 %) below which the IT load can no longer ride through reserve_s."""
+    e = _wh(clamp(it_w, 0, WMAX), p["reserve_s"])
+    e = _mdiv(e, 1000, p["eta_d_milli"])
+    extra = _frac(e, p["battery_wh"]) if e < p["battery_wh"] else 10000
+    return _min(10000, p["soc_min_cpct"] + extra)
+
+
+def headroom(p, soc_cpct, pv_w, it_w, aux_w, dcl_w=None):
+    """W of new compute load the node can take from PV + storage without grid import:
+    (now, sustained for 1 h). p: validated params. The reserve for the IT load is kept."""
+    soc = clamp(soc_cpct, 0, 10000)
+    load = clamp(it_w, 0, WMAX) + clamp(aux_w, 0, WMAX)
+    sur = clamp(pv_w, 0, WMAX) - load
+    dmax = _min(p["discharge_max_w"], p["pcs_w"])
+    if dcl_w is not None:
+        dmax = _min(dmax, clamp(dcl_w, 0, WMAX))
+    fl = floor_cpct(p, it_w)
+    if soc <= fl:
+        dmax = 0
+        e = 0
+    else:
+        e = _mdiv(energy_wh(p["battery_wh"], soc - fl), p["eta_d_milli"], 1000)
+    now = _max(0, sur + dmax)
+    h1 = _max(0, sur + _min(dmax, e))   # e Wh over 1 h = e W
+    return now, _min(now, h1)
+
+
+class Dispatcher:
+    def __init__(self, params):
+        p = validate_params(params)
+        self.p = p
+        self._bat = p["battery_wh"]
+        self._smin = p["soc_min_cpct"]
+        self._smax = p["soc_max_cpct"]
+        self._cmax = _min(p["charge_max_w"], p["pcs_w"])
+        self._dmax = _min(p["discharge_max_w"], p["pcs_w"])
+        self._etac = p["eta_c_milli"]
+        self._etad = p["eta_d_milli"]
+        self._cap = p["grid_cap_w"]
+        self._xok = p["export_allowed"]
+        self._margin = p["export_margin_w"]
+        self._ramp = p["ramp_w_s"]
+        # ramp limit off once dt is long enough to sweep the whole range
+        self._ramp_full_s = div_trunc(2 * p["pcs_w"], p["ramp_w_s"]) + 1
+        self._db = p["deadband_w"]
+        self._hyst = p["hyst_cpct"]
+        self._hor = p["horizon_s"]
+        self._pvp = div_trunc(p["pv_persist_s"], 60)
+        self._plan_s = p["plan_s"]
+        self._tol = _max(10, div_trunc(p["pcs_w"], 200))
+        self._res_s = p["reserve_s"]
+        # state (every attribute step() touches exists from here on: no dict growth)
+        self._first = True
+        self._t = 0
+        self._sp = 0
+        self._dis_ok = True
+        self._ch_ok = True
+        self._res_low = False
+        self._bias = 0
+        self._curt = 0
+        self._level = 0          # plan level T: import the battery shaves down to (W)
+        self._gc = False         # grid (pre)charging needed to hold the plan level
+        self._need = 0           # Wh the plan needs above the floor
+        self._tplan = 0
+        self._replan = True
+        self._fl = self._smin
+        self._itnow = 0
+        self._lastit = 0
+        self.curtail_w = 0
+        self.reason = R_IDLE
+        self.sp_w = 0
+        self.level_w = 0
+        # schedule windows: parallel int lists (filled by set_schedule, read by step)
+        self._nw = 0
+        self._wt0 = [0] * MAX_WINDOWS
+        self._wt1 = [0] * MAX_WINDOWS
+        self._wsoc = [0] * MAX_WINDOWS
+        self._wpmin = [0] * MAX_WINDOWS
+        self._wpmax = [0] * MAX_WINDOWS
+        self._wexp = [0] * MAX_WINDOWS
+        self._win = -1           # index of the window in force at the last step
+        # compute forecast
+        self._nfc = 0
+        self._fc = [0] * MAX_FC
+        self._fct0 = 0
+        self._fcstep = 900
+        self._fcexp = 0
+        if "schedule" in p:
+            self.set_schedule(p["schedule"])
+
+    # ---- inputs from the cloud / tracker (may allocate; not in the control step) ----
+
+    def set_schedule(self, windows, exp=None):
+        """windows: [{"t0","t1","soc_cpct"?,"pmin_w"?,"pmax_w"?,"exp"?}], times in site s.
+        A window is followed while t0 <= now < t1 and now < its exp (or `exp`)."""
+        ws = _windows(windows, "schedule")
+        for i in range(len(ws)):
+            w = ws[i]
+            self._wt0[i] = w[0]
+            self._wt1[i] = w[1]
+            self._wsoc[i] = w[2]
+            self._wpmin[i] = w[3]
+            self._wpmax[i] = w[4]
+            e = w[5] if w[5] is not None else exp
+            self._wexp[i] = w[1] if e is None else e
+        self._nw = len(ws)
+        self._replan = True
+
+    def set_forecast(self, t0, step_s, load_w, exp):
+        """Compute-load (IT) forecast: load_w[k] W for [t0 + k*step_s, ...), valid until exp."""
+        if not _isint(step_s) or step_s < 60 or step_s > 3600:
+            raise ValueError("forecast.step_s: %r not an integer 60..3600" % (step_s,))
+        if not _isint(t0) or not _isint(exp):
+            raise ValueError("forecast.t0/exp: must be integers (site s)")
+        if not isinstance(load_w, (list, tuple)):
+            raise ValueError("forecast.load_w: must be a list of W")
+        n = _min(len(load_w), MAX_FC)
+        for i in range(n):
+            v = load_w[i]
+            if not _isint(v):
+                raise ValueError("forecast.load_w[%d]: %r is not an integer" % (i, v))
+            self._fc[i] = clamp(v, 0, WMAX)
+        self._nfc = n
+        self._fct0 = t0
+        self._fcstep = step_s
+        self._fcexp = exp
+        self._replan = True
+
+    def clear_forecast(self):
+        self._nfc = 0
+        self._replan = True
+
+    # ---- the plan: level T that the available energy can hold over the horizon -------
+
+    def _f(self, k, step, k0, fcok, base, pv):
+        # forecast net load (W) of planning step k: IT forecast (or persistence) + aux,
+        # minus PV fading out linearly over pv_persist_s (no PV forecast on the gateway)
+        i = k0 + k
+        if fcok and 0 <= i < self._nfc:
+            f = self._fc[i] + base
+        else:
+            f = self._itnow + base
+        if pv > 0 and self._pvp > 0:
+            m = div_trunc(k * step, 60)
+            if m < self._pvp:
+                f -= _mdiv(pv, self._pvp - m, self._pvp) if self._pvp <= 10000 else pv
+        return clamp(f, -WMAX, WMAX)
+
+    def _feasible(self, T, n, step, k0, fcok, base, pv, e0, emax, grid):
+        # simulate deliverable energy e (Wh) holding grid at T; grid=True also charges from
+        # the grid below T. Returns the Wh needed above the floor, or -1 if e goes negative.
+        e = e0
+        need = 0
+        for k in range(n):
+            f = self._f(k, step, k0, fcok, base, pv)
+            if f > T:
+                d = _wh(_min(f - T, self._dmax), step)
+                e -= d
+                need += d
+                if e < 0:
+                    return -1
+            else:
+                c = 0
+                if f < 0:
+                    c = -f
+                if grid and T - f > c:
+                    c = T - f
+                if c > 0 and e < emax:
+                    c = _wh(_min(c, self._cmax), step)
+                    c = _mdiv(_mdiv(c, self._etac, 1000), self._etad, 1000)
+                    e = _min(emax, e + c)
+        return need
+
+    def _bisect(self, lo, hi, n, step, k0, fcok, base, pv, e0, emax, grid):
+        # smallest T in [lo, hi] that stays feasible (hi assumed feasible)
+        while hi - lo > self._tol:
+            mid = lo + ((hi - lo) >> 1)   # hi > lo: non-negative shift
+            if self._feasible(mid, n, step, k0, fcok, base, pv, e0, emax, grid) >= 0:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    def _plan(self, now, pv, it, aux, soc):
+        self._itnow = it
+        fcok = self._nfc > 0 and now < self._fcexp
+        if fcok:
+            step = self._fcstep
+            dk = now - self._fct0
+            k0 = div_trunc(dk, step) if dk >= 0 else -1 - div_trunc(-dk - 1, step)
+        else:
+            step = 900
+            k0 = 0
+        n = _max(1, div_trunc(self._hor, step))
+        fl = self._fl
+        e0 = 0
+        if soc > fl:
+            e0 = _mdiv(energy_wh(self._bat, soc - fl), self._etad, 1000)
+        emax = _mdiv(energy_wh(self._bat, _max(0, self._smax - fl)), self._etad, 1000)
+        lo = self._margin
+        hi = lo
+        for k in range(n):
+            f = self._f(k, step, k0, fcok, aux, pv)
+            if f > hi:
+                hi = f
+        T = self._bisect(lo, hi, n, step, k0, fcok, aux, pv, e0, emax, False) if hi > lo else lo
+        gc = False
+        if T > lo:
+            # would charging from the grid below the level allow a lower one?
+            Tc = self._bisect(lo, T, n, step, k0, fcok, aux, pv, e0, emax, True)
+            # only for a hard need (the cap) or a forecast ramp: the gateway has no PV
+            # forecast, so pessimistic plans must not pull grid energy on their own
+            big = _max(self._tol + self._db, div_trunc(self._dmax, 20))
+            if T > self._cap or (fcok and T - Tc > big):
+                T = Tc
+                gc = True
+        need = self._feasible(T, n, step, k0, fcok, aux, pv, e0, emax, False)
+        self._gc = gc and need < 0
+        # hysteresis on the level: a small re-plan does not move the setpoint
+        d = T - self._level
+        if d > self._db or -d > self._db or self._first:
+            self._level = T
+        self.level_w = self._level
+
+    # ---- the control step -----------------------------------------------------------
+
+    def step(self, now_s, pv_w, it_w, aux_w, grid_w, soc_cpct, ccl_w, dcl_w):
+        pv = clamp(pv_w, 0, WMAX)
+        it = clamp(it_w, 0, WMAX)
+        aux = clamp(aux_w, 0, WMAX)
+        soc = clamp(soc_cpct, 0, 10000)
+        ccl = clamp(ccl_w, 0, WMAX)
+        dcl = clamp(dcl_w, 0, WMAX)
+        first = self._first
+        dt = 1 if first else clamp(now_s - self._t, 0, 86400)
+        sp0 = self._sp
+
+        # grid meter vs model: slowly learn a bias (unmetered load, meter offset). Low
+        # gain, so a lagging meter cannot make it oscillate.
+        net = it + aux - pv
+        if grid_w is not None and not first:
+            g = clamp(grid_w, -WMAX, WMAX)
+            r = g - (net + self._curt - sp0) - self._bias
+            if r > self._db or -r > self._db:
+                self._bias = clamp(self._bias + div_trunc(r, 4), -self._dmax, self._dmax)
+        net = clamp(net + self._bias, -2 * WMAX, 2 * WMAX)
+
+        # 1 safety: SOC window with hysteresis, BMS and PCS limits, ramp
+        h = self._hyst
+        if soc <= self._smin:
+            self._dis_ok = False
+        elif soc >= self._smin + h:
+            self._dis_ok = True
+        if soc >= self._smax:
+            self._ch_ok = False
+        elif soc <= self._smax - h:
+            self._ch_ok = True
+        lo_r = R_BMS
+        hi_r = R_BMS
+        lo0 = -_min(self._cmax, ccl)
+        hi0 = _min(self._dmax, dcl)
+        if not self._ch_ok:
+            lo0 = 0
+            lo_r = R_SOC
+        if not self._dis_ok:
+            hi0 = 0
+            hi_r = R_SOC
+        if dt >= self._ramp_full_s:
+            lo = lo0
+            hi = hi0
+        else:
+            rr = self._ramp * dt
+            lo = clamp(sp0 - rr, lo0, hi0)
+            hi = clamp(sp0 + rr, lo0, hi0)
+            if lo > lo0:
+                lo_r = R_RAMP
+            if hi < hi0:
+                hi_r = R_RAMP
+
+        # 2 zero export: sp <= net - margin keeps grid >= margin; else curtail PV
+        curt = 0
+        if not self._xok:
+            x = net - self._margin
+            if x < lo:
+                curt = _min(pv, lo - x)
+                hi = lo
+                hi_r = R_EXPORT
+            elif x < hi:
+                hi = x
+                hi_r = R_EXPORT
+
+        # 3 import cap: sp >= net - cap
+        c = net - self._cap
+        if c > hi:
+            lo = hi          # cap out of reach: whatever limits hi is the binding reason
+            lo_r = hi_r
+        elif c > lo:
+            lo = c
+            lo_r = R_CAP
+
+        # 4 critical reserve (hysteresis): below it, discharge only what the cap needs
+        if self._replan or first or it - self._lastit > self._tol or self._lastit - it > self._tol:
+            self._fl = floor_cpct(self.p, it)
+            self._lastit = it
+        fl = self._fl
+        if soc < fl:
+            self._res_low = True
+        elif soc >= fl + h:
+            self._res_low = False
+        if self._res_low and hi > lo:
+            z = _max(lo, 0)
+            if z < hi:
+                hi = z
+                hi_r = R_RESERVE
+
+        # plan level (periodic, or at once after a new forecast/schedule)
+        if first or self._replan or now_s - self._tplan >= self._plan_s:
+            self._plan(now_s, pv, it, aux, soc)
+            self._tplan = now_s
+            self._replan = False
+        T = self._level
+
+        # 5 local rule: shave above T, absorb surplus PV, hold in between
+        if net > T:
+            want = net - T
+            wr = R_SHAVE
+        elif self._gc or (self._res_low and net < T):
+            want = net - T
+            wr = R_PRECHARGE
+        elif net < self._margin:
+            want = net - self._margin
+            wr = R_SELF
+        else:
+            want = 0
+            wr = R_HOLD
+
+        # 6 cloud schedule window in force (first match)
+        wi = -1
+        for i in range(self._nw):
+            if self._wt0[i] <= now_s < self._wt1[i] and now_s < self._wexp[i]:
+                wi = i
+                break
+        self._win = wi
+        if wi >= 0:
+            tgt = self._wsoc[wi]
+            if tgt >= 0:
+                sur = net - self._margin if net < self._margin else 0
+                if soc < tgt - (h >> 1):
+                    e = _mdiv(energy_wh(self._bat, tgt - soc), 1000, self._etac)
+                    left = _max(1, div_trunc(self._wt1[wi] - now_s, 60))
+                    if left > 10000:
+                        left = 10000
+                    need = _min(WMAX, _mdiv(_min(e, 10000000), 60, left))
+                    want = _min(sur, -need)
+                elif soc > tgt + (h >> 1):
+                    want = net - self._margin
+                else:
+                    want = _min(sur, 0)
+            want = clamp(want, self._wpmin[wi], self._wpmax[wi])
+            wr = R_SCHEDULE
+
+        # pick inside [lo, hi]; deadband: keep the old setpoint if it is close and allowed
+        if want < lo:
+            sp = lo
+            self.reason = lo_r
+        elif want > hi:
+            sp = hi
+            self.reason = hi_r
+        else:
+            sp = want
+            self.reason = wr
+            if lo <= sp0 <= hi and not first:
+                d = want - sp0
+                if -self._db <= d <= self._db:
+                    sp = sp0
+                    if d:
+                        self.reason = R_DEADBAND
+        if curt:
+            self.reason = R_EXPORT
+        self._sp = sp
+        self.sp_w = sp
+        self._curt = curt
+        self.curtail_w = curt
+        self._t = now_s
+        self._first = False
+        return sp
