@@ -260,10 +260,10 @@ def headroom(broker, device_id, timeout, site_file, as_json):
             raise UserError("--local %s: %s" % (site_file, e))
     try:
         pub.parse_broker(broker)
-        got = pub.read_topic(broker, pub.topic(device_id, "headroom"), timeout)
+        got = pub.read_topic(broker, pub.topic(device_id, pub.topics.HEADROOM), timeout)
         out = {"published": got}
         if site is not None:
-            rec = pub.read_topic(broker, pub.topic(device_id, "telemetry"), timeout)
+            rec = pub.read_topic(broker, pub.topic(device_id, pub.topics.TELEMETRY), timeout)
             out["telemetry_seq"] = rec.get("seq") if rec else None
             out["local"] = headroom_local(rec, site) if rec else None
     except (ConnectionError, ValueError) as e:

@@ -15,6 +15,7 @@ import pytest
 
 from conftest import REPO
 from edgefw import auth
+from protocols import topics
 from edgegw.tracker import Tracker
 from edgegw.tracker import forecast as fc
 from edgegw.tracker import publish as pub
@@ -420,6 +421,7 @@ def test_tracker_payload_and_signature():
     assert m["load_w"] == [400, 400, 3400, 3400, 3400, 3400, 3400, 3400, 3400, 3400]
     assert (m["ts"], m["exp"], m["t0"], m["step_s"], m["measured_w"], m["source"]) == \
         (1000, 1900, 1000, 60, 400, "model")
+    assert topics.check_forecast(m) == []          # the link's validator accepts it
     v = auth.Verifier(auth.parse_key(KEY_HEX), "gw1")
     assert v.check(pub.KIND, m, 1001) == auth.OK
     assert auth.Verifier(auth.parse_key(KEY_HEX), "gw2").check(pub.KIND, m, 1001) == auth.BAD_SIG

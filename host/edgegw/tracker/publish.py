@@ -7,20 +7,15 @@ import time
 
 import paho.mqtt.client as mqtt
 
-MAX_STEPS = 288          # the gateway keeps at most 288 points (dispatch.MAX_FC)
+from protocols import topics
+
+MAX_STEPS = topics.MAX_FC_STEPS   # 288: the points the gateway keeps (dispatch.MAX_FC)
 MIN_STEP_S = 60          # and takes steps of 60..3600 s (dispatch.set_forecast)
 MAX_STEP_S = 3600
 
 
 def topic(device_id, leaf):
-    try:
-        from protocols import topics
-        fn = getattr(topics, "topic", None)
-        if fn:
-            return fn(device_id, leaf)
-    except ImportError:
-        pass
-    return "edgegw/%s/%s" % (device_id, leaf)
+    return topics.topic(device_id, leaf)
 
 
 def build(seq, ts, exp, t0, step_s, load_w, measured_w, source):
@@ -42,7 +37,7 @@ def build(seq, ts, exp, t0, step_s, load_w, measured_w, source):
             "measured_w": measured_w, "source": str(source)}
 
 
-KIND = "forecast"       # the command kind the gateway verifies forecasts under (auth.canonical)
+KIND = topics.COMMANDS[topics.FORECAST]   # "forecast": the kind the signature binds
 
 
 def sign(msg, key, device_id, kind=KIND):
@@ -89,7 +84,7 @@ class Publisher:
             raise ConnectionError("broker %s:%d: no CONNACK in %d s" % (self.host, self.port, timeout_s))
 
     def send(self, device_id, msg, retain=False):
-        info = self.c.publish(topic(device_id, "compute/forecast"),
+        info = self.c.publish(topic(device_id, topics.FORECAST),
                               json.dumps(msg, separators=(",", ":")), qos=1, retain=retain)
         info.wait_for_publish(self.timeout_s)
         if not info.is_published():
