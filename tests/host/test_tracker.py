@@ -530,6 +530,52 @@ def test_cli_headroom_published_and_local(broker, tmp_path):
     assert out["telemetry_seq"] == 9
 
 
+# ---- the tracker's forecast into the real dispatch -------------------------------------------------
+
+SITE = {"battery_wh": 10000, "soc_init_cpct": 3000, "soc_min_cpct": 1000, "soc_max_cpct": 9500,
+        "pcs_w": 5000, "grid_cap_w": 2500, "reserve_s": 900}
+
+
+def _night_with_a_job(use_tracker):
+    """Minute steps through a night (no PV): 500 W base, a 3 kW job queued to start in 1 h for
+    2 h, grid import capped at 2.5 kW. The dispatch gets the tracker's messages (or none)."""
+    from edgefw import dispatch
+    d = dispatch.Dispatcher(SITE)
+    t0 = 1700000000
+    job = {"id": "train", "start": t0 + 3600, "duration_s": 7200, "power_w": 3000,
+           "state": "planned"}
+    tr = Tracker(lambda now: [job], step_s=60, steps=240)
+    e = SITE["soc_init_cpct"] * SITE["battery_wh"]        # Wh x 10000
+    soc, sp, rows = SITE["soc_init_cpct"], 0, []
+    for m in range(200):
+        now = t0 + m * 60
+        it = 500 + (3000 if t0 + 3600 <= now < t0 + 3600 + 7200 else 0)
+        if use_tracker:
+            msg = tr.tick(now, it, "model")
+            d.set_forecast(msg["t0"], msg["step_s"], msg["load_w"], msg["exp"])
+        sp = d.step(now, 0, it, 0, it - sp, soc, 5000, 5000)
+        if sp < 0:
+            e += -sp * 60 * 950 // 1000 * 10000 // 3600
+        else:
+            e -= sp * 60 * 1000 // 950 * 10000 // 3600
+        soc = e // 10000
+        rows.append((m, it, sp, it - sp, soc, d.reason))
+    return rows
+
+
+def test_tracker_forecast_makes_dispatch_precharge_before_the_job():
+    without = _night_with_a_job(False)
+    withfc = _night_with_a_job(True)
+    # without a forecast the battery drifts down before the job and the cap breaks during it
+    assert without[59][4] < SITE["soc_init_cpct"]
+    assert max(r[3] for r in without) > SITE["grid_cap_w"]
+    # with the tracker's forecast SOC rises before the job starts (minute 60) ...
+    assert withfc[59][4] >= SITE["soc_init_cpct"] + 500, withfc[59]
+    assert any(r[5] == "precharge" for r in withfc[:60])
+    # ... and the grid stays within its cap for the whole job
+    assert max(r[3] for r in withfc) <= SITE["grid_cap_w"]
+
+
 def test_e2e_queued_job_raises_soc_before_it_starts():
     pytest.skip("needs the virtual gateway (host/edgegw/vgw.py) and the link/dispatch forecast "
                 "path (firmware/edgefw/link.py, dispatch.set_forecast); not landed yet")
