@@ -167,10 +167,17 @@ def forecast(queue_file, use_squeue, node_w, step, horizon, base_w, as_json):
               help="Seconds the gateway may use a forecast (exp = ts + valid), fallback too.")
 @click.option("--key-file", type=click.Path(exists=True, dir_okay=False), default=None,
               envvar="EDGEGW_KEY_FILE", help="Device key (hex) to sign with [env EDGEGW_KEY_FILE].")
+@click.option("--clock", type=click.Choice(["local", "gateway"]), default="local",
+              show_default=True, help="Time base for t0: this host, or the gateway's telemetry ts.")
+@click.option("--speed", type=click.IntRange(1, 3600), default=1, show_default=True,
+              help="With --clock gateway: site seconds per real second (virtual gateway).")
+@click.option("--measure", type=click.Choice(["host", "gateway"]), default="host",
+              show_default=True, help="Measured load: this host's sources, or the gateway's "
+              "IT-load meter (telemetry it_w, the whole node).")
 @click.option("--once", is_flag=True, help="Measure, publish one forecast, exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print each message sent as JSON.")
 def run(broker, device_id, queue_file, use_squeue, node_w, step, horizon, p_idle, p_max,
-        interval, valid, key_file, once, as_json):
+        interval, valid, key_file, clock, speed, measure, once, as_json):
     """Measure, forecast and publish on edgegw/<device>/compute/forecast every --interval s."""
     key = None
     if key_file:
@@ -189,16 +196,37 @@ def run(broker, device_id, queue_file, use_squeue, node_w, step, horizon, p_idle
         jobs(int(time.time()))       # a broken queue file is a user error at start
         if jobs.error:
             raise UserError(jobs.error)
+    gwc = None
     try:
         p = pub.Publisher(broker, client_id="edgegw-tracker-%s-%d" % (device_id, os.getpid()))
+        if clock == "gateway" or measure == "gateway":
+            gwc = pub.GatewayClock(broker, device_id, speed)
     except (ConnectionError, ValueError) as e:
         raise UserError("--broker %s: %s" % (broker, e))
     try:
         time.sleep(min(interval, 1.0))   # psutil/RAPL need a window for the first figure
+        waited = 0.0
         while True:
             t = time.monotonic()
             r = s.sample()
-            msg = tr.tick(r["ts"], r["measured_w"], r["source"])
+            now = r["ts"]
+            if gwc is not None:
+                gnow = gwc.now()
+                if gnow is None:
+                    if waited > max(30.0, 3 * interval):
+                        raise UserError("no telemetry from %s in %d s (--clock/--measure gateway)"
+                                        % (device_id, waited))
+                    click.echo("waiting for telemetry from %s" % device_id, err=True)
+                    time.sleep(1.0)
+                    waited += 1.0
+                    continue
+                if clock == "gateway":
+                    now = gnow
+                if measure == "gateway":
+                    it = gwc.rec.get("it_w")
+                    if isinstance(it, int) and it >= 0:
+                        r["measured_w"], r["source"] = it, "gateway"
+            msg = tr.tick(now, r["measured_w"], r["source"])
             p.send(device_id, msg)
             if as_json:
                 click.echo(json.dumps(msg, sort_keys=True))
@@ -218,6 +246,8 @@ def run(broker, device_id, queue_file, use_squeue, node_w, step, horizon, p_idle
         raise UserError(str(e))
     finally:
         p.close()
+        if gwc:
+            gwc.close()
 
 
 def headroom_local(rec, site):

@@ -487,6 +487,53 @@ def test_cli_run_once_publishes_the_queue_forecast(broker, tmp_path):
     assert p.returncode == 2 and "no such file" in p.stderr
 
 
+class Feeder:
+    """Publishes a gateway telemetry record every 0.1 s (telemetry is not retained)."""
+
+    def __init__(self, broker, device_id, rec):
+        host, port = broker.split(":")
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.c.connect(host, int(port))
+        self.c.loop_start()
+        self.rec = rec
+        self.topic = "edgegw/%s/telemetry" % device_id
+        self.stop = threading.Event()
+        self.th = threading.Thread(target=self._run)
+        self.th.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            self.c.publish(self.topic, json.dumps(self.rec), qos=0)
+            self.stop.wait(0.1)
+
+    def close(self):
+        self.stop.set()
+        self.th.join()
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def test_cli_run_on_the_gateway_clock_and_meter(broker, tmp_path):
+    # the gateway's site clock is far from this host's (a virtual gateway, or no NTP):
+    # t0 follows the telemetry ts, the measured load is its IT meter
+    site_ts = 1500000000
+    qf = tmp_path / "q.csv"
+    qf.write_text("id,start,duration_s,power_w\njob,%d,600,2000\n" % (site_ts + 120))
+    fd = Feeder(broker, "gwc", {"seq": 1, "ts": site_ts, "state": "ONLINE", "it_w": 1234})
+    try:
+        p = _edgegw("tracker", "run", "--broker", broker, "--device", "gwc", "--queue", str(qf),
+                    "--clock", "gateway", "--measure", "gateway", "--once", "--json",
+                    "--horizon", "20")
+    finally:
+        fd.close()
+    assert p.returncode == 0, p.stderr
+    m = json.loads(p.stdout.strip().splitlines()[-1])
+    assert site_ts <= m["t0"] <= site_ts + 30 and m["exp"] == m["ts"] + 3600
+    assert m["measured_w"] == 1234 and m["source"] == "gateway"
+    k = (site_ts + 120 - m["t0"]) // 60        # the minute the job starts in
+    assert m["load_w"][:k] == [1234] * k and m["load_w"][k + 1:k + 10] == [3234] * 9
+
+
 def test_cli_headroom_published_and_local(broker, tmp_path):
     host, port = broker.split(":")
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)

@@ -130,3 +130,45 @@ def read_topic(broker, tpc, timeout_s=3):
 
 def now_s():
     return int(time.time())
+
+
+class GatewayClock:
+    """Site time as the gateway sees it, from its telemetry "ts": the forecast's t0 must be on
+    the gateway's clock (a host clock minutes off, or a virtual gateway running `speed` x real
+    time, would shift every step). now() = last ts + elapsed since it arrived x speed, or None
+    before the first record."""
+
+    def __init__(self, broker, device_id, speed=1):
+        self.speed = speed
+        self.last = None          # (ts, monotonic at receipt)
+        self.rec = None
+        host, port = parse_broker(broker)
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        t = topic(device_id, topics.TELEMETRY)
+        self.c.on_connect = lambda c, u, f, rc, p=None: c.subscribe(t, qos=0)
+        self.c.on_message = self._msg
+        try:
+            self.c.connect(host, port, keepalive=30)
+        except OSError as e:
+            raise ConnectionError("broker %s:%d: %s" % (host, port, e)) from None
+        self.c.loop_start()
+
+    def _msg(self, c, u, m):
+        try:
+            d = json.loads(m.payload)
+            ts = d["ts"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if isinstance(ts, int):
+            self.rec = d
+            self.last = (ts, time.monotonic())
+
+    def now(self):
+        if self.last is None:
+            return None
+        ts, t = self.last
+        return ts + int((time.monotonic() - t) * self.speed)
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
