@@ -156,3 +156,158 @@ def test_mqtt_client_publish_subscribe_reconnect(broker):
     finally:
         drv.kill()
         cloud.close()
+
+
+# ---- the Link (firmware/edgefw/link.py) under MicroPython -------------------------------
+
+from edgefw import auth  # noqa: E402
+from protocols import topics as T  # noqa: E402
+
+KEY_HEX = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+KEY = bytes.fromhex(KEY_HEX)
+DEV = "gw-t"
+KEEPALIVE_S = 2
+
+
+def link_cfg(broker, tmp_path, **kw):
+    lk = {"host": broker.host, "port": broker.port, "keepalive_s": KEEPALIVE_S, "grace_s": 1,
+          "loss_s": 0, "recover_s": 2, "ramp_w_s": 5000, "telemetry_ms": 100,
+          "backoff_min_ms": 100, "backoff_max_ms": 1000, "key": KEY_HEX, "ring_kb": 64}
+    lk.update(kw)
+    cfg = {"device_id": DEV, "fs_dir": str(tmp_path / "fs"), "link": lk,
+           "limits": {"pcs_charge_max_w": 5000, "pcs_discharge_max_w": 5000}}
+    p = tmp_path / "link.json"
+    p.write_text(json.dumps(cfg))
+    return str(p)
+
+
+class CloudEMS(Cloud):
+    """The cloud stand-in: signs commands, dedups what the gateway sends."""
+
+    def __init__(self, broker):
+        super().__init__(broker, "edgegw/%s/#" % DEV)
+        self.c.on_disconnect = lambda *a: self.ready.clear()
+        self.seq = int(time.time() * 1000)
+
+    def command(self, leaf, payload, sign=True, seq=None, exp_in=60, tamper=None):
+        now = int(time.time())
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
+        cmd = dict(payload, seq=seq, ts=now, exp=now + exp_in)
+        if sign:
+            auth.sign(KEY, DEV, T.COMMANDS[leaf], cmd)
+        if tamper:
+            cmd.update(tamper)
+        self.c.publish(T.topic(DEV, leaf), json.dumps(cmd), 1)
+        return cmd
+
+    def ack_for(self, seq, reason=None, timeout=5):
+        def pred(t, p):
+            if not t.endswith("/ack"):
+                return False
+            a = json.loads(p)
+            return a["seq"] == seq and (reason is None or a["reason"] == reason)
+        return json.loads(self.wait(pred, timeout, "ack for seq %s %s" % (seq, reason or ""))[1])
+
+    def records(self):
+        """Telemetry and events in arrival order: (seq, dict)."""
+        out = []
+        for t, p in list(self.msgs):
+            if t.endswith("/telemetry") or t.endswith("/events"):
+                d = json.loads(p)
+                out.append((d["seq"], d))
+        return out
+
+
+def dedup_report(recs):
+    seen = set()
+    first = []
+    dup = 0
+    for s, d in recs:
+        if s in seen:
+            dup += 1
+        else:
+            seen.add(s)
+            first.append(s)
+    lost = (max(seen) - min(seen) + 1 - len(seen)) if seen else 0
+    in_order = all(first[i] < first[i + 1] for i in range(len(first) - 1))
+    return {"received": len(first), "dup": dup, "lost": lost, "in_order": in_order}
+
+
+def state_at(drv, st, after=0.0, timeout=10):
+    return drv.wait(lambda d: d["ev"] == "state" and d["state"] == st and d["_t"] >= after,
+                    timeout, "state %s" % st)
+
+
+def test_link_commands_outage_and_store_and_forward(broker, tmp_path):
+    cloud = CloudEMS(broker)
+    cloud.wait_ready()
+    drv = Driver("link", link_cfg(broker, tmp_path))
+    try:
+        state_at(drv, "RECOVERING")
+        sp = cloud.command(T.CMD_SETPOINT, {"p_w": 1500})
+        a = cloud.ack_for(sp["seq"])
+        assert a["ok"] and a["reason"] == "ok" and a["kind"] == "setpoint"
+        # bumpless: from the local 0 W up to 1500 W, then ONLINE
+        state_at(drv, "ONLINE")
+        sps = [d["w"] for d in drv.lines if d["ev"] == "sp" and d["w"] is not None]
+        assert sps[-1] == 1500 and sps[0] < 1500
+        # rejections, each acked with its reason; the applied setpoint does not move
+        c = cloud.command(T.CMD_SETPOINT, {"p_w": 100}, sign=False)
+        assert cloud.ack_for(c["seq"])["reason"] == "unsigned"
+        c = cloud.command(T.CMD_SETPOINT, {"p_w": 100}, tamper={"p_w": 4000})
+        assert cloud.ack_for(c["seq"])["reason"] == "bad_sig"
+        c = cloud.command(T.CMD_SETPOINT, {"p_w": 100}, exp_in=-1)
+        assert cloud.ack_for(c["seq"])["reason"] == "stale"
+        cloud.c.publish(T.topic(DEV, T.CMD_SETPOINT), json.dumps(sp), 1)  # replay
+        assert cloud.ack_for(sp["seq"], "replayed")["ok"] is False
+        c = cloud.command(T.CMD_SETPOINT, {"p_w": 6000})  # beyond the PCS rating
+        a = cloud.ack_for(c["seq"])
+        assert a["reason"] == "out_of_bounds" and "p_w" in a["detail"]
+        c = cloud.command(T.CMD_SCHEDULE, {"windows": [{"t0": 1, "t1": 0}]})
+        assert cloud.ack_for(c["seq"])["reason"] == "invalid"
+        c = cloud.command(T.CMD_SCHEDULE, {"windows": [{"t0": 0, "t1": 2 ** 33, "soc_cpct": 9000}]})
+        assert cloud.ack_for(c["seq"])["ok"]
+        c = cloud.command(T.FORECAST, {"t0": 0, "step_s": 60, "load_w": [1, 2], "measured_w": 1,
+                                       "source": "test"})
+        assert cloud.ack_for(c["seq"])["ok"]
+        c = cloud.command(T.CMD_CONFIG, {"config": {"buses": "nope"}})
+        a = cloud.ack_for(c["seq"])
+        assert a["reason"] == "invalid" and a["detail"].startswith("buses")
+        assert [d["w"] for d in drv.lines if d["ev"] == "sp"][-1] == 1500
+
+        # broker dies: GRACE holds the cloud setpoint, FALLBACK within keepalive x 1.5
+        time.sleep(0.3)
+        t_kill = time.monotonic()
+        broker.stop()
+        state_at(drv, "GRACE", t_kill)
+        fb = state_at(drv, "FALLBACK", t_kill)
+        assert fb["_t"] - t_kill <= KEEPALIVE_S * 1.5
+        drv.wait(lambda d: d["ev"] == "sp" and d["w"] is None, 2, "local dispatch")
+        time.sleep(1.0)  # telemetry of the outage goes to the ring
+        drv.send("hold")  # so the cloud is subscribed again before the gateway drains
+        drv.wait(lambda d: d["ev"] == "hold")
+        broker.start()
+        cloud.wait_ready(10)
+        t_back = time.monotonic()
+        drv.send("run")
+        state_at(drv, "RECOVERING", t_back)
+        state_at(drv, "ONLINE", t_back)
+        # everything of the outage arrives, in order, once after dedup
+        time.sleep(0.5)
+        drv.send("stats")
+        st = drv.wait(lambda d: d["ev"] == "stats")["stats"]
+        assert st["ring_n"] == 0 and st["ring_dropped"] == 0
+        recs = cloud.records()
+        rep = dedup_report(recs)
+        assert rep["lost"] == 0 and rep["in_order"], rep
+        outage = [s for s, d in recs if d.get("state") in ("GRACE", "FALLBACK")
+                  and "grid_w" in d]
+        assert len(set(outage)) >= 8
+        assert recs[0][0] == 0  # from the very first record of this gateway's life
+        bye = drv.quit()
+        assert bye["mem_peak"] > 0
+    finally:
+        drv.kill()
+        cloud.close()
