@@ -62,8 +62,8 @@ _SPEC = (
     ("plan_s", 1, 3600, 60),
     ("link_lost_s", 0, 100000000, None),
     ("energy_persist_s", 10, 86400, 900),
-    ("grid_factor_g_kwh", 0, 2000, None),
-    ("grid_factor_dg_kwh", 0, 20000, None),
+    ("grid_factor_g_kwh", 0, 1000, None),
+    ("grid_factor_dg_kwh", 0, 10000, None),
 )
 _OTHER = ("export_allowed", "region", "schedule", "name", "note", "forecast", "pv_peak_w")
 
