@@ -165,6 +165,10 @@ def forecast(queue_file, use_squeue, node_w, step, horizon, base_w, as_json):
               help="Seconds between measurements/messages.")
 @click.option("--valid", type=click.IntRange(60, 86400), default=3600, show_default=True,
               help="Seconds the gateway may use a forecast (exp = ts + valid), fallback too.")
+@click.option("--refresh", type=click.IntRange(1, 86400), default=300, show_default=True,
+              help="Resend an unchanged forecast after this many s (changes go out at once).")
+@click.option("--change-w", type=click.IntRange(0, fc.MAX_W), default=100, show_default=True,
+              help="A step moving by more than max(this, 10 %) is a change to send.")
 @click.option("--key-file", type=click.Path(exists=True, dir_okay=False), default=None,
               envvar="EDGEGW_KEY_FILE", help="Device key (hex) to sign with [env EDGEGW_KEY_FILE].")
 @click.option("--clock", type=click.Choice(["local", "gateway"]), default="local",
@@ -177,7 +181,7 @@ def forecast(queue_file, use_squeue, node_w, step, horizon, base_w, as_json):
 @click.option("--once", is_flag=True, help="Measure, publish one forecast, exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print each message sent as JSON.")
 def run(broker, device_id, queue_file, use_squeue, node_w, step, horizon, p_idle, p_max,
-        interval, valid, key_file, clock, speed, measure, once, as_json):
+        interval, valid, refresh, change_w, key_file, clock, speed, measure, once, as_json):
     """Measure, forecast and publish on edgegw/<device>/compute/forecast every --interval s."""
     key = None
     if key_file:
@@ -191,7 +195,10 @@ def run(broker, device_id, queue_file, use_squeue, node_w, step, horizon, p_idle
         raise UserError("--queue %s: no such file" % queue_file)
     jobs = _Jobs(queue_file, use_squeue, node_w) if (queue_file or use_squeue) else None
     s = _sampler(p_idle, p_max)
-    tr = Tracker(jobs, step_s=step, steps=horizon, valid_s=valid, key=key, device_id=device_id)
+    if refresh >= valid:
+        raise UserError("--refresh %d: must be below --valid %d" % (refresh, valid))
+    tr = Tracker(jobs, step_s=step, steps=horizon, valid_s=valid, key=key, device_id=device_id,
+                 refresh_s=refresh, change_w=change_w)
     if jobs:
         jobs(int(time.time()))       # a broken queue file is a user error at start
         if jobs.error:
@@ -226,9 +233,14 @@ def run(broker, device_id, queue_file, use_squeue, node_w, step, horizon, p_idle
                     it = gwc.rec.get("it_w")
                     if isinstance(it, int) and it >= 0:
                         r["measured_w"], r["source"] = it, "gateway"
-            msg = tr.tick(now, r["measured_w"], r["source"])
-            p.send(device_id, msg)
-            if as_json:
+            msg = tr.tick(now, r["measured_w"], r["source"], force=once)
+            if msg is not None:
+                p.send(device_id, msg)
+            if msg is None:
+                if not as_json:
+                    click.echo("measured %d W (%s): forecast unchanged, not sent"
+                               % (r["measured_w"], r["source"]))
+            elif as_json:
                 click.echo(json.dumps(msg, sort_keys=True))
             else:
                 lw = msg["load_w"]

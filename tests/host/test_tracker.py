@@ -414,13 +414,14 @@ def test_combine_adds_only_the_change_the_queue_brings():
 
 
 def test_tracker_payload_and_signature():
-    jobs = [{"id": "a", "start": 1000 + 120, "duration_s": 7200, "power_w": 3000, "state": "planned"}]
+    jobs = [{"id": "a", "start": 1020 + 120, "duration_s": 7200, "power_w": 3000, "state": "planned"}]
     tr = Tracker(lambda now: jobs, step_s=60, steps=10, valid_s=900, key=auth.parse_key(KEY_HEX),
                  device_id="gw1")
     m = tr.tick(1000, 400, "model")
-    assert m["load_w"] == [400, 400, 3400, 3400, 3400, 3400, 3400, 3400, 3400, 3400]
+    # t0 on the minute grid (960): the job starts at 1140 = step 3
+    assert m["load_w"] == [400, 400, 400, 3400, 3400, 3400, 3400, 3400, 3400, 3400]
     assert (m["ts"], m["exp"], m["t0"], m["step_s"], m["measured_w"], m["source"]) == \
-        (1000, 1900, 1000, 60, 400, "model")
+        (1000, 1900, 960, 60, 400, "model")
     assert topics.check_forecast(m) == []          # the link's validator accepts it
     v = auth.Verifier(auth.parse_key(KEY_HEX), "gw1")
     assert v.check(pub.KIND, m, 1001) == auth.OK
@@ -429,6 +430,22 @@ def test_tracker_payload_and_signature():
     assert m2["seq"] > m["seq"]
     with pytest.raises(ValueError, match="load_w"):
         pub.build(1, 1, 2, 1, 60, [1, -1], 0, "x")
+
+
+def test_tracker_sends_changes_at_once_and_refreshes_the_rest():
+    jobs = []
+    tr = Tracker(lambda now: jobs, step_s=60, steps=30, valid_s=3600, refresh_s=300)
+    assert tr.tick(6000, 500, "model") is not None        # the first one always goes
+    assert tr.tick(6010, 520, "model") is None            # 20 W of noise: nothing to say
+    assert tr.tick(6070, 480, "model") is None            # a minute on: same forecast, shifted
+    jobs.append({"id": "j", "start": 6600, "duration_s": 600, "power_w": 2000, "state": "planned"})
+    m = tr.tick(6080, 500, "model")                       # a job appears: sent at once
+    assert m is not None and m["load_w"][(6600 - m["t0"]) // 60] >= 2400
+    assert tr.tick(6090, 500, "model") is None
+    assert tr.tick(6380, 500, "model") is not None        # refresh_s after the last one
+    assert tr.tick(6390, 500, "model", force=True) is not None
+    with pytest.raises(ValueError, match="refresh_s"):
+        Tracker(refresh_s=3600, valid_s=3600)
 
 
 # ---- MQTT: publish to a real broker, receive with paho -------------------------------------------
@@ -472,12 +489,13 @@ def test_cli_run_once_publishes_the_queue_forecast(broker, tmp_path):
     m = printed
     base = m["measured_w"]
     assert len(m["load_w"]) == 200 and m["step_s"] == 60
-    # '+3600' counts from when the file was read, a second or two before t0: minutes 59 and
-    # 179 hold the job's share of the minute
+    # '+3600' counts from when the file was read (shortly before ts); t0 is on the minute grid,
+    # so the job's first and last minutes hold its share of the minute
     lw = m["load_w"]
-    assert lw[:59] == [base] * 59 and lw[60:179] == [base + 5000] * 119 and lw[180:] == [base] * 20
-    assert base < lw[59] < base + 5000 and base < lw[179] < base + 5000
-    assert lw[59] + lw[179] == 2 * base + 5000
+    k0 = (m["ts"] - 2 + 3600 - m["t0"]) // 60     # the job starts in minute k0 or k0 + 1
+    assert lw[:k0] == [base] * k0 and lw[k0 + 2:k0 + 120] == [base + 5000] * 118
+    assert lw[k0 + 122:] == [base] * (200 - k0 - 122)
+    assert sum(lw) == 200 * base + 5000 * 120
     assert auth.Verifier(auth.parse_key(KEY_HEX), "node-a").check(pub.KIND, m, m["ts"]) == auth.OK
     # user mistakes: clear message, exit 2, no traceback
     p = _edgegw("tracker", "run", "--broker", "127.0.0.1:1", "--device", "x", "--once")
