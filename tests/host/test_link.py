@@ -311,3 +311,36 @@ def test_link_commands_outage_and_store_and_forward(broker, tmp_path):
     finally:
         drv.kill()
         cloud.close()
+
+
+def test_cli_setpoint_watch_collect(broker, tmp_path):
+    from click.testing import CliRunner
+    from edgegw.cmd_link import Collector, cli
+    col = Collector("%s:%d" % (broker.host, broker.port), DEV)
+    drv = Driver("link", link_cfg(broker, tmp_path))
+    try:
+        state_at(drv, "RECOVERING")
+        b = ["--broker", "%s:%d" % (broker.host, broker.port), "--device", DEV]
+        r = CliRunner().invoke(cli, ["setpoint", "-1200", "--key", KEY_HEX] + b)
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output)["ok"] is True
+        drv.wait(lambda d: d["ev"] == "sp" and d["w"] == -1200, 5, "setpoint -1200")
+        r = CliRunner().invoke(cli, ["setpoint", "100", "--key", "ab" * 16] + b)
+        assert r.exit_code == 2 and "bad_sig" in r.output
+        sched = tmp_path / "s.json"
+        sched.write_text('[{"t0": 0, "t1": 10, "soc_cpct": 12000}]')
+        r = CliRunner().invoke(cli, ["schedule", str(sched), "--key", KEY_HEX] + b)
+        assert r.exit_code == 2 and "windows[0].soc_cpct" in r.output
+        r = CliRunner().invoke(cli, ["forecast", "--load-w", "400,900", "--step-s", "60",
+                                     "--key", KEY_HEX] + b)
+        assert r.exit_code == 0, r.output
+        r = CliRunner().invoke(cli, ["watch", "--json", "--count", "2", "--timeout", "5"] + b)
+        lines = [json.loads(x) for x in r.output.splitlines()]
+        assert len(lines) == 2 and lines[0]["device"] == DEV
+        time.sleep(0.5)
+        rep = col.report()
+        assert rep["received"] > 5 and rep["lost"] == 0 and rep["out_of_order"] == 0
+        drv.quit()
+    finally:
+        drv.kill()
+        col.close()

@@ -1,0 +1,361 @@
+"""`edgegw link`: the bench's stand-in for the cloud EMS over MQTT (paho-mqtt).
+
+    edgegw link watch [--json]                    telemetry, events, acks, status as they come
+    edgegw link setpoint W --key HEX              a signed setpoint (+ = discharge), waits for the ack
+    edgegw link schedule FILE --key HEX           a signed schedule (JSON windows)
+    edgegw link forecast --load-w 400,900 ...     a signed compute-load forecast
+    edgegw link collect --out F                   receiver: dedup by seq, reports lost/dup
+
+Broker, device and key also come from EDGEGW_BROKER, EDGEGW_DEVICE, EDGEGW_KEY.
+Topics and payloads: docs/mqtt.md.
+"""
+import json
+import os
+import sys
+import threading
+import time
+
+import click
+import paho.mqtt.client as paho
+
+from edgefw import auth
+from protocols import topics as T
+
+
+
+def UserError(msg):
+    # imported when raised: importing edgegw.cli at load time would be circular when this
+    # module is imported first (tests, benches use Collector and send_command)
+    from edgegw.cli import UserError as E
+    return E(msg)
+
+
+def parse_broker(s):
+    host, _, port = s.rpartition(":")
+    if not host:
+        return s, 1883
+    try:
+        p = int(port)
+    except ValueError:
+        raise UserError("--broker: port %r is not a number" % port) from None
+    if not 0 < p < 65536:
+        raise UserError("--broker: port %d out of range 1..65535" % p)
+    return host, p
+
+
+def connect(broker, client_id="", timeout_s=5, on_connect=None):
+    host, port = parse_broker(broker)
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id)
+    up = threading.Event()
+
+    def _on_connect(cl, u, f, rc, p=None):
+        if on_connect:
+            on_connect(cl)
+        up.set()
+    c.on_connect = _on_connect
+    try:
+        c.connect(host, port, keepalive=30)
+    except OSError as e:
+        raise UserError("--broker %s:%d: %s" % (host, port, e)) from None
+    c.loop_start()
+    if not up.wait(timeout_s):
+        c.loop_stop()
+        raise UserError("--broker %s:%d: no CONNACK within %d s" % (host, port, timeout_s))
+    return c
+
+
+class Collector:
+    """Receives telemetry and events of one gateway (or '+'), deduplicates by
+    (device, seq) and counts lost records (gaps in seq within one boot of a gateway)."""
+
+    def __init__(self, broker, device="+", out=None):
+        self.lock = threading.Lock()
+        self.seen = {}     # device -> set of seq
+        self.first = []    # (device, seq, record) first arrivals, in order
+        self.dup = 0
+        self.raw = 0
+        self.out = out
+        self.ready = threading.Event()
+        self.device = device
+
+        def on_connect(cl):
+            cl.subscribe([(T.topic(device, T.TELEMETRY), 1), (T.topic(device, T.EVENTS), 1)])
+        self.c = connect(broker, on_connect=on_connect)
+        self.c.on_subscribe = lambda *a: self.ready.set()
+        self.c.on_disconnect = lambda *a: self.ready.clear()
+        self.c.on_message = self._on
+        self.c.reconnect_delay_set(0.05, 1)
+        self.ready.wait(5)
+
+    def _on(self, c, u, msg):
+        dev, leaf = T.split(msg.topic)
+        try:
+            d = json.loads(msg.payload)
+            seq = d["seq"]
+        except (ValueError, KeyError, TypeError):
+            return
+        with self.lock:
+            self.raw += 1
+            s = self.seen.setdefault(dev, set())
+            if seq in s:
+                self.dup += 1
+                return
+            s.add(seq)
+            self.first.append((dev, seq, d))
+            if self.out:
+                d2 = dict(d, _device=dev, _topic=leaf)
+                self.out.write(json.dumps(d2) + "\n")
+                self.out.flush()
+
+    def report(self):
+        """{received, dup, lost, out_of_order}; gaps across a gateway reboot (the `boot`
+        field changes) are not counted as lost: the gateway skips to a new seq block."""
+        with self.lock:
+            first = list(self.first)
+            dup = self.dup
+        lost = 0
+        ooo = 0
+        last = {}
+        bysdev = {}
+        for dev, seq, d in first:
+            bysdev.setdefault(dev, []).append((seq, d.get("boot")))
+            if dev in last and seq < last[dev]:
+                ooo += 1
+            last[dev] = max(seq, last.get(dev, seq))
+        for dev, lst in bysdev.items():
+            lst.sort()
+            for i in range(1, len(lst)):
+                gap = lst[i][0] - lst[i - 1][0] - 1
+                if gap > 0 and lst[i][1] == lst[i - 1][1]:
+                    lost += gap
+        return {"received": len(first), "dup": dup, "lost": lost, "out_of_order": ooo}
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def _key(key, key_file):
+    if key_file:
+        try:
+            with open(key_file) as f:
+                key = f.read().strip()
+        except OSError as e:
+            raise UserError("--key-file: %s" % e) from None
+    if not key:
+        raise UserError("--key (or --key-file, EDGEGW_KEY): the device key as hex is needed "
+                        "to sign commands")
+    try:
+        return auth.parse_key(key.strip())
+    except ValueError as e:
+        raise UserError("--key: %s" % e) from None
+
+
+def send_command(broker, device, leaf, payload, key, seq=None, ts=None, exp_s=60,
+                 wait_s=5.0, sign=True):
+    """Sign and publish a command; returns the gateway's ack (dict) or None on timeout."""
+    now = int(time.time()) if ts is None else ts
+    cmd = dict(payload, seq=int(time.time() * 1000) if seq is None else seq, ts=now,
+               exp=now + exp_s)
+    if sign:
+        auth.sign(key, device, T.COMMANDS[leaf], cmd)
+    got = []
+    ev = threading.Event()
+
+    def on_msg(c, u, m):
+        try:
+            a = json.loads(m.payload)
+        except ValueError:
+            return
+        if a.get("seq") == cmd["seq"]:
+            got.append(a)
+            ev.set()
+    subbed = threading.Event()
+    c = connect(broker, on_connect=lambda cl: cl.subscribe(T.topic(device, T.ACK), 1))
+    c.on_subscribe = lambda *a: subbed.set()
+    c.on_message = on_msg
+    try:
+        subbed.wait(wait_s)
+        info = c.publish(T.topic(device, leaf), json.dumps(cmd, separators=(",", ":")), qos=1)
+        info.wait_for_publish(wait_s)
+        if wait_s:
+            ev.wait(wait_s)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    return cmd, (got[0] if got else None)
+
+
+def _common(f):
+    f = click.option("--broker", envvar="EDGEGW_BROKER", default="127.0.0.1:1883",
+                     show_default=True, help="MQTT broker HOST:PORT")(f)
+    f = click.option("--device", envvar="EDGEGW_DEVICE", required=True,
+                     help="gateway device_id")(f)
+    return f
+
+
+def _cmd_opts(f):
+    f = _common(f)
+    f = click.option("--key", envvar="EDGEGW_KEY", help="device key, hex (config link.key)")(f)
+    f = click.option("--key-file", type=click.Path(), help="file holding the key as hex")(f)
+    f = click.option("--exp", "exp_s", type=click.IntRange(1, 7 * 86400), default=60,
+                     show_default=True, help="valid for S seconds from --ts")(f)
+    f = click.option("--ts", type=int, help="command time, epoch s (default: now; use the "
+                     "gateway's site time for a sped-up virtual gateway)")(f)
+    f = click.option("--seq", type=click.IntRange(0), help="sequence number (default: "
+                     "epoch ms, rising across invocations)")(f)
+    f = click.option("--wait", "wait_s", type=click.FloatRange(0), default=5.0,
+                     show_default=True, help="seconds to wait for the gateway's ack")(f)
+    return f
+
+
+def _send(o, leaf, payload):
+    key = _key(o["key"], o["key_file"])
+    cmd, a = send_command(o["broker"], o["device"], leaf, payload, key, o["seq"], o["ts"],
+                          o["exp_s"], o["wait_s"])
+    if not o["wait_s"]:
+        click.echo("sent seq %d" % cmd["seq"])
+        return
+    if a is None:
+        raise UserError("no ack from %s within %.1f s (gateway offline? wrong --device?)"
+                        % (o["device"], o["wait_s"]))
+    click.echo(json.dumps(a))
+    if not a.get("ok"):
+        raise UserError("%s rejected: %s%s" % (T.COMMANDS[leaf], a.get("reason"),
+                                               " (%s)" % a["detail"] if a.get("detail") else ""))
+
+
+@click.group()
+def cli():
+    """Cloud EMS stand-in over MQTT: watch, signed commands, collector."""
+
+
+@cli.command()
+@click.option("--broker", envvar="EDGEGW_BROKER", default="127.0.0.1:1883", show_default=True)
+@click.option("--device", envvar="EDGEGW_DEVICE", default="+", show_default=True,
+              help="device_id, + = every gateway")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@click.option("--count", type=click.IntRange(1), help="stop after N messages")
+@click.option("--timeout", type=click.FloatRange(0), help="stop after S seconds")
+def watch(broker, device, as_json, count, timeout):
+    """Print telemetry, events, acks and status as they arrive."""
+    n = [0]
+    done = threading.Event()
+
+    def on_msg(c, u, m):
+        dev, leaf = T.split(m.topic)
+        if leaf is None or leaf.startswith("cmd/") or leaf == T.FORECAST:
+            return
+        try:
+            d = json.loads(m.payload)
+        except ValueError:
+            d = {"raw": m.payload.decode("utf-8", "replace")}
+        if as_json:
+            click.echo(json.dumps({"device": dev, "topic": leaf, "msg": d}))
+        elif leaf == T.TELEMETRY and isinstance(d, dict):
+            click.echo("%s #%s %s grid=%s pv=%s it=%s bat=%s soc=%s sp=%s" % (
+                dev, d.get("seq"), d.get("state"), d.get("grid_w"), d.get("pv_w"),
+                d.get("it_w"), d.get("bat_w"), d.get("soc_cpct"), d.get("sp_w")))
+        else:
+            click.echo("%s %s %s" % (dev, leaf, json.dumps(d)))
+        n[0] += 1
+        if count and n[0] >= count:
+            done.set()
+    c = connect(broker, on_connect=lambda cl: cl.subscribe(T.topic(device, "#"), 1))
+    c.on_message = on_msg
+    try:
+        done.wait(timeout)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})  # so -1500 is a value
+@click.argument("watts", type=int)
+@_cmd_opts
+def setpoint(watts, **o):
+    """Send a signed PCS setpoint of WATTS (+ = discharge, - = charge)."""
+    _send(o, T.CMD_SETPOINT, {"p_w": watts})
+
+
+@cli.command()
+@click.argument("file", type=click.File())
+@_cmd_opts
+def schedule(file, **o):
+    """Send a signed schedule: FILE holds a JSON list of windows {t0, t1, soc_cpct?,
+    pmin_w?, pmax_w?} (or {"windows": [...]}); the gateway follows it until --exp."""
+    try:
+        d = json.load(file)
+    except ValueError as e:
+        raise UserError("%s: not JSON (%s)" % (file.name, e)) from None
+    if isinstance(d, dict):
+        d = d.get("windows")
+    errs = T.check_schedule({"windows": d})
+    if errs:
+        raise UserError("%s: %s" % (file.name, errs[0]))
+    _send(o, T.CMD_SCHEDULE, {"windows": d})
+
+
+@cli.command()
+@click.option("--load-w", required=True, help="forecast W per step, comma separated")
+@click.option("--step-s", type=click.IntRange(60, 3600), default=300, show_default=True)
+@click.option("--t0", type=int, help="epoch s of the first step (default: --ts/now)")
+@click.option("--measured-w", type=click.IntRange(0), default=0)
+@click.option("--source", default="cli", show_default=True)
+@_cmd_opts
+def forecast(load_w, step_s, t0, measured_w, source, **o):
+    """Send a signed compute-load forecast (as the tracker does)."""
+    try:
+        lw = [int(x) for x in load_w.split(",") if x.strip()]
+    except ValueError:
+        raise UserError("--load-w: %r is not a list of integers" % load_w) from None
+    p = {"t0": t0 if t0 is not None else (o["ts"] or int(time.time())), "step_s": step_s,
+         "load_w": lw, "measured_w": measured_w, "source": source}
+    errs = T.check_forecast(p)
+    if errs:
+        raise UserError("--" + errs[0].replace("_", "-", 1) if errs[0].startswith("load_w")
+                        else errs[0])
+    _send(o, T.FORECAST, p)
+
+
+@cli.command("config")
+@click.argument("file", type=click.File())
+@_cmd_opts
+def config_(file, **o):
+    """Send a signed whole-gateway config (taken at the gateway's next restart)."""
+    try:
+        d = json.load(file)
+    except ValueError as e:
+        raise UserError("%s: not JSON (%s)" % (file.name, e)) from None
+    if not isinstance(d, dict):
+        raise UserError("%s: must hold a JSON object" % file.name)
+    _send(o, T.CMD_CONFIG, {"config": d})
+
+
+@cli.command()
+@click.option("--broker", envvar="EDGEGW_BROKER", default="127.0.0.1:1883", show_default=True)
+@click.option("--device", envvar="EDGEGW_DEVICE", default="+", show_default=True)
+@click.option("--out", type=click.File("a"), required=True, help="JSON Lines of first arrivals")
+@click.option("--duration", type=click.FloatRange(0), help="stop after S seconds (default: Ctrl-C)")
+def collect(broker, device, out, duration):
+    """Receive telemetry and events, keep each record once (dedup by seq), report
+    received / duplicates / lost / out of order when stopped."""
+    col = Collector(broker, device, out)
+    try:
+        if duration is None:
+            while True:
+                time.sleep(1)
+        time.sleep(duration)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        col.close()
+    click.echo(json.dumps(col.report()), err=False)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    cli()
