@@ -126,6 +126,11 @@ class Site:
             else:
                 v[miss] = i + a - p - g
             q[miss] = Q_DERIVED
+        if not configured["aux_w"] and self.ok("grid_w", "pv_w", "it_w", "bat_w"):
+            # no aux meter: what the meters do not explain is the other load
+            a = v["grid_w"] + v["pv_w"] + v["bat_w"] - v["it_w"]
+            v["aux_w"] = a if a > 0 else 0
+            q["aux_w"] = Q_DERIVED
         v["soc_cpct"], _, q["soc_cpct"] = self.role_point("bms", "soc_cpct", now)
         vv, _, qv = self.role_point("bms", "v_cv", now)
         for k, pt in (("ccl_w", "ccl_ca"), ("dcl_w", "dcl_ca")):

@@ -1,0 +1,300 @@
+"""Virtual gateway: the unmodified firmware under the unix `micropython`, its filesystem
+in a directory, each RS-485 bus a pty with simulated devices on the host side, the site
+clock running `speed` x real time, and its REPL on a pty that mpremote can use.
+
+    from edgegw.vgw import VirtualGateway
+    from edgegw.simsite import SimSite
+
+    with VirtualGateway(dirpath, config=cfg, site=SimSite(...), speed=10) as gw:
+        gw.repl_port            # pty path: `mpremote connect <it> resume exec ...`
+        gw.bus_ports            # {bus name: pty path the firmware opened}
+        gw.sim                  # the SimSite (physics; fault hooks bms_alarm, pcs_fault)
+        gw.devices              # {device name: SimDevice} (mode = "silent"/"crc"/...)
+        gw.buses                # {bus name: SimBus} (trace of frames on each line)
+        gw.expect(r"regex", timeout=10)   # wait for console output -> re.Match
+        gw.exec("print(1)")     # run code on the gateway's REPL (mpremote API) -> str
+        gw.status()             # app.status() as a dict
+        gw.wait(lambda s: ..., timeout)   # poll status() until the predicate holds
+
+config: a gateway config dict (written as config.json with every bus port replaced by
+the path dev/<bus name>, a symlink to that bus's pty). None = the firmware's factory
+default (no config.json written; it already uses dev/bus0 and dev/bus1). With
+write_config=False the directory's files are left as they are (tests of bad files) and
+`config` only says which devices to simulate.
+
+How the REPL works: micropython's stdin/stdout is a pty slave (raw mode); a relay
+thread copies between its master and a second pty whose slave is `repl_port` (and keeps
+a copy of the output for expect()). main.py starts the control loop in a _thread (config
+"console": true, the unix default), so the REPL stays usable while control runs; the
+same happens on an ESP32 given "console": true. Nobody listening on repl_port: output is
+dropped, as on an unplugged serial port.
+"""
+import json
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import tty
+
+from edgegw.simdev import SimBus, SimDevice
+from edgegw.simsite import SimSite
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIRMWARE = os.path.join(REPO, "firmware")
+MICROPYTHON = os.path.join(REPO, ".venv", "bin", "micropython")
+
+
+def _default_config():
+    import sys
+    for p in (FIRMWARE, REPO):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    from edgefw import config
+    c = config.default()
+    config.validate(c)
+    return c
+
+
+def site_config(period_ms=1000, timeout_ms=50, **sections):
+    """The typical two-bus site as a config dict (PCS and three SDM630 meters on bus0 at
+    9600, the Seplos BMS on bus1 at 19200); keyword arguments replace whole sections
+    (control={...}, safety={...}, site={...}, link={...}, ...)."""
+    c = _default_config()
+    for b in c["buses"]:
+        b["timeout_ms"] = timeout_ms
+    for d in c["devices"]:
+        d["period_ms"] = period_ms
+    c["status_s"] = 0
+    c.update(sections)
+    return c
+
+
+def _pty_raw():
+    m, s = pty.openpty()
+    tty.setraw(s)
+    return m, s, os.ttyname(s)
+
+
+class VirtualGateway:
+    def __init__(self, dirpath=None, config=None, site=None, speed=10, heapsize="384k",
+                 write_config=True, pace=False, micropython=MICROPYTHON, env=None,
+                 ready_timeout=15):
+        self.dir = os.path.abspath(dirpath or tempfile.mkdtemp(prefix="edgegw-vgw-"))
+        self.config = config
+        self.sim = site if site is not None else SimSite()
+        self.speed = int(speed)
+        self.heapsize = heapsize
+        self.write_config = write_config
+        self.pace = pace
+        self.micropython = micropython
+        self.extra_env = env or {}
+        self.ready_timeout = ready_timeout
+        self.devices = {}
+        self.buses = {}
+        self.bus_ports = {}
+        self.repl_port = None
+        self.proc = None
+        self.output = ""
+        self._pos = 0
+        self._out_lock = threading.Condition()
+        self._exec_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._fds = []
+        self._threads = []
+
+    # ---- lifecycle ----------------------------------------------------------
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def start(self):
+        os.makedirs(os.path.join(self.dir, "dev"), exist_ok=True)
+        cfg = self.config if self.config is not None else _default_config()
+        cfg = json.loads(json.dumps(cfg))  # our copy
+        for b in cfg["buses"]:
+            b.setdefault("name", "bus%d" % cfg["buses"].index(b))
+        for b in cfg["buses"]:
+            m, s, path = _pty_raw()
+            self._fds += [m, s]
+            link = os.path.join(self.dir, "dev", b["name"])
+            if os.path.lexists(link):
+                os.remove(link)
+            os.symlink(path, link)
+            self.bus_ports[b["name"]] = path
+            b["port"] = "dev/" + b["name"]
+            devs = []
+            for i, d in enumerate(cfg.get("devices") or []):
+                if d.get("bus", cfg["buses"][0]["name"]) != b["name"]:
+                    continue
+                name = d.get("name") or d.get("role")
+                sd = SimDevice(d["map"], d["slave"], d["role"], site=self.sim, name=name)
+                self.devices[name] = sd
+                devs.append(sd)
+            self.buses[b["name"]] = SimBus(m, devs, b.get("baud", 9600), self.pace,
+                                           b["name"]).start()
+        if self.config is not None and self.write_config:
+            with open(os.path.join(self.dir, "config.json"), "w") as f:
+                json.dump(cfg, f, indent=1)
+        self.cfg = cfg
+        self._start_site()
+        self._start_micropython()
+        return self
+
+    def _start_site(self):
+        def run():
+            last = time.monotonic()
+            while not self._stop.is_set():
+                time.sleep(0.01)
+                now = time.monotonic()
+                self.sim.step((now - last) * self.speed)
+                last = now
+        th = threading.Thread(target=run, name="simsite", daemon=True)
+        th.start()
+        self._threads.append(th)
+
+    def _start_micropython(self):
+        m1, s1, _ = _pty_raw()      # micropython's console
+        m2, s2, path2 = _pty_raw()  # what the user (mpremote) opens
+        self._fds += [m1, s1, m2, s2]
+        self.repl_port = path2
+        env = dict(os.environ)
+        env.update({"MICROPYPATH": ".frozen:%s:%s" % (REPO, FIRMWARE),
+                    "EDGEGW_SPEED": str(self.speed), "EDGEGW_EPOCH": str(int(self.sim.t))})
+        env.update(self.extra_env)
+        launch = "exec(open(%r).read());exec(open(%r).read())" % (
+            os.path.join(FIRMWARE, "boot.py"), os.path.join(FIRMWARE, "main.py"))
+        self.proc = subprocess.Popen(
+            [self.micropython, "-X", "heapsize=%s" % self.heapsize, "-i", "-c", launch],
+            stdin=s1, stdout=s1, stderr=s1, cwd=self.dir, env=env, start_new_session=True)
+        os.set_blocking(m2, False)
+        th = threading.Thread(target=self._relay, args=(m1, m2), name="repl-relay", daemon=True)
+        th.start()
+        self._threads.append(th)
+        self._m1 = m1
+        try:
+            self.expect(r">>> ", self.ready_timeout)
+        except TimeoutError:
+            self.close()
+            raise RuntimeError("virtual gateway did not reach its REPL:\n" + self.output[-3000:])
+
+    def _relay(self, m1, m2):
+        while not self._stop.is_set():
+            try:
+                r, _, _ = select.select([m1, m2], [], [], 0.2)
+            except (OSError, ValueError):
+                return
+            if m1 in r:
+                try:
+                    d = os.read(m1, 4096)
+                except OSError:
+                    d = b""
+                if not d:
+                    if self.proc.poll() is not None:
+                        return
+                    time.sleep(0.05)
+                    continue
+                with self._out_lock:
+                    self.output += d.decode("utf-8", "replace")
+                    if len(self.output) > 1000000:  # keep memory bounded on long runs
+                        cut = len(self.output) - 500000
+                        self.output = self.output[cut:]
+                        self._pos = max(0, self._pos - cut)
+                    self._out_lock.notify_all()
+                try:
+                    os.write(m2, d)
+                except (BlockingIOError, OSError):
+                    pass  # nobody reads the REPL port: drop, like an unplugged UART
+            if m2 in r:
+                try:
+                    d = os.read(m2, 4096)
+                except (BlockingIOError, OSError):
+                    d = b""
+                if d:
+                    os.write(m1, d)
+
+    def close(self):
+        self._stop.set()
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(3)
+            except (OSError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(3)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+        for b in self.buses.values():
+            b.stop()
+        for th in self._threads:
+            th.join(1)
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = []
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    # ---- console ------------------------------------------------------------
+
+    def expect(self, regex, timeout=10):
+        """Wait until the console output (after the last match) matches regex."""
+        rx = re.compile(regex)
+        end = time.monotonic() + timeout
+        with self._out_lock:
+            while True:
+                m = rx.search(self.output, self._pos)
+                if m:
+                    self._pos = m.end()
+                    return m
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no %r in the gateway output within %s s; tail:\n%s"
+                                       % (regex, timeout, self.output[-1500:]))
+                self._out_lock.wait(min(left, 0.2))
+
+    def exec(self, code, timeout=10):
+        """Run code on the gateway's REPL through mpremote's serial transport -> stdout."""
+        from mpremote.transport import TransportExecError
+        from mpremote.transport_serial import SerialTransport
+        with self._exec_lock:
+            t = SerialTransport(self.repl_port, baudrate=115200)
+            try:
+                t.enter_raw_repl(soft_reset=False, timeout_overall=timeout)
+                out, err = t.exec_raw(code, timeout=timeout)
+                t.exit_raw_repl()
+            finally:
+                t.close()
+        if err:
+            raise TransportExecError(out, err.decode())
+        return out.decode("utf-8", "replace")
+
+    def status(self, points=True, timeout=10):
+        out = self.exec("import json\nfrom edgefw import app as _a\n"
+                        "print(json.dumps(_a.status(%s)))" % bool(points), timeout)
+        return json.loads(out.strip().splitlines()[-1])
+
+    def wait(self, pred, timeout=20, interval=0.3, points=True):
+        """Poll status() until pred(status) is true; returns that status."""
+        end = time.monotonic() + timeout
+        s = None
+        while True:
+            s = self.status(points)
+            if pred(s):
+                return s
+            if time.monotonic() > end:
+                raise TimeoutError("status condition not met in %s s; last status:\n%s"
+                                   % (timeout, json.dumps(s, indent=1)[:4000]))
+            time.sleep(interval)
