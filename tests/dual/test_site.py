@@ -41,7 +41,8 @@ def test_derived_values():
     devs, s = _site()
     v = s.update()
     assert v["pv_w"] == 3000 and v["it_w"] == 3200 and v["grid_w"] == 1200
-    assert v["aux_w"] == 0 and s.q["aux_w"] == Q_NONE  # no aux meter: 0 W
+    # no aux meter: the load the meters do not explain (here none)
+    assert v["aux_w"] == 0 and s.q["aux_w"] == Q_DERIVED
     assert v["bat_w"] == -1000 and v["soc_cpct"] == 8320
     assert v["ccl_w"] == 9585 and v["dcl_w"] == 9585  # 180 A x 53.25 V
     assert s.ok("grid_w", "pv_w", "it_w", "bat_w", "soc_cpct")
@@ -56,6 +57,13 @@ def test_missing_meter_derived_from_balance():
     devs[1].is_stale = True  # two unknown: nothing derived
     s.update()
     assert s.q["grid_w"] == Q_STALE and not s.ok("grid_w")
+
+
+def test_unmetered_aux_derived():
+    devs, s = _site()
+    devs[0].set({"p_w": 1500})
+    v = s.update()
+    assert v["aux_w"] == 300 and s.q["aux_w"] == Q_DERIVED
 
 
 def test_battery_from_bms_without_pcs():
