@@ -210,3 +210,15 @@ def test_corrupt_config_boots_on_last_good(tmp_path):
         s = gw.status(points=False)
         assert s["config"] == "config.last_good.json"
         assert any("checksum" in e for e in s["config_errors"])
+
+
+def test_cli_sil_prints_ports_and_live_line(tmp_path):
+    from click.testing import CliRunner
+    from edgegw.cli import cli
+    r = CliRunner().invoke(cli, ["sil", "--dir", str(tmp_path), "--speed", "10",
+                                 "--scenario", "steady", "--duration", "1.5"])
+    assert r.exit_code == 0, r.output
+    assert "REPL: /dev/pts/" in r.output and "bus1: /dev/pts/" in r.output
+    assert "soc  60.0 %" in r.output and "pv  3000 W" in r.output
+    r = CliRunner().invoke(cli, ["sil", "--scenario", "nope"])
+    assert r.exit_code == 2 and "--scenario" in r.output and "Traceback" not in r.output

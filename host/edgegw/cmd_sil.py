@@ -1,0 +1,169 @@
+"""`edgegw sil`: the virtual gateway - the unmodified firmware under micropython against
+a simulated site (BMS, PCS, PV, grid and IT-load meters answering real Modbus RTU on
+ptys). Prints where the REPL and the buses are, then a live line of site values."""
+import json
+import os
+import sys
+import time
+
+import click
+
+from edgegw.cli import UserError
+
+# built-in scenarios: SimSite parameters (+ the start hour, site time UTC)
+SCENARIOS = {
+    "sunny": {"start_h": 7, "pv_peak_w": 6000, "it": 2500, "aux": 400, "soc_init_cpct": 5000},
+    "cloudy": {"start_h": 9, "pv_peak_w": 1800, "it": 2500, "aux": 400, "soc_init_cpct": 6000},
+    "night": {"start_h": 20, "pv_peak_w": 6000, "it": 2200, "aux": 300, "soc_init_cpct": 9000},
+    "steady": {"start_h": 12, "pv": 3000, "it": 2200, "aux": 400, "soc_init_cpct": 6000},
+}
+# scenario keys that shape the simulation; every other key is a dispatch site parameter
+_SIM_KEYS = ("start_h", "t0", "pv_peak_w", "pv", "it", "aux", "soc_init_cpct", "battery_wh",
+             "pcs_w", "ramp_w_s", "eta_c_milli", "eta_d_milli", "max_charge_a",
+             "max_discharge_a", "note", "name")
+
+
+def load_scenario(spec):
+    """A built-in name or a JSON file -> (scenario dict, site params for the config)."""
+    if spec in SCENARIOS:
+        sc = dict(SCENARIOS[spec])
+    else:
+        if not os.path.exists(spec):
+            raise UserError("--scenario: %r is neither a built-in (%s) nor a file"
+                            % (spec, ", ".join(sorted(SCENARIOS))))
+        try:
+            with open(spec) as f:
+                sc = json.load(f)
+        except ValueError as e:
+            raise UserError("--scenario %s: not valid JSON (%s)" % (spec, e))
+        if not isinstance(sc, dict):
+            raise UserError("--scenario %s: must be a JSON object" % spec)
+    site = {k: v for k, v in sc.items() if k not in _SIM_KEYS or k in (
+        "battery_wh", "pcs_w", "ramp_w_s", "eta_c_milli", "eta_d_milli")}
+    return sc, site
+
+
+def make_site(sc):
+    from edgegw.simsite import SimSite
+    for k in ("pv", "it", "aux"):
+        v = sc.get(k)
+        if v is not None and not isinstance(v, (int, float, list)):
+            raise UserError("scenario.%s: a number (W) or a list of [seconds_of_day, W]" % k)
+    if "t0" in sc:
+        t0 = sc["t0"]
+    else:
+        day = int(time.time()) // 86400 * 86400
+        t0 = day + int(float(sc.get("start_h", 7)) * 3600)
+    kw = {}
+    for k in ("battery_wh", "pcs_w", "ramp_w_s", "eta_c_milli", "eta_d_milli", "pv_peak_w",
+              "max_charge_a", "max_discharge_a", "pv", "it", "aux"):
+        if k in sc:
+            kw[k] = sc[k]
+    if "soc_init_cpct" in sc:
+        kw["soc_cpct"] = sc["soc_init_cpct"]
+    try:
+        return SimSite(t0=t0, **kw)
+    except (TypeError, ValueError) as e:
+        raise UserError("scenario: %s" % e)
+
+
+def read_config(path):
+    """A gateway config file (plain JSON or with the firmware's CRC trailer), validated."""
+    from edgefw import config as fwconfig
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise UserError("--config %s: %s" % (path, e))
+    cfg, errs = fwconfig.parse(text)
+    if cfg is not None:
+        errs = fwconfig.validate(cfg)
+    if errs:
+        raise UserError("--config %s: %s" % (path, "; ".join(errs)))
+    return cfg
+
+
+def live_line(sim, extra=""):
+    s = sim.summary()
+    t = time.gmtime(s["t"])
+    return ("%02d:%02d:%02d grid %6d W  pv %5d W  it %5d W  aux %4d W  bat %6d W  "
+            "soc %5.1f %%  PCS set %6d W run %d%s" % (
+                t.tm_hour, t.tm_min, t.tm_sec, s["grid_w"], s["pv_w"], s["it_w"], s["aux_w"],
+                s["bat_w"], s["soc_cpct"] / 100.0, s["p_set_w"], s["run"], extra))
+
+
+def run_live(sim, duration, every=1.0, stats=None):
+    """Print the live line until Ctrl-C (or duration real seconds)."""
+    tty = sys.stdout.isatty()
+    t_end = None if duration is None else time.monotonic() + duration
+    try:
+        while t_end is None or time.monotonic() < t_end:
+            line = live_line(sim, stats() if stats else "")
+            if tty:
+                sys.stdout.write("\r" + line + "\x1b[K")
+                sys.stdout.flush()
+            else:
+                print(line, flush=True)
+            time.sleep(every)
+    except KeyboardInterrupt:
+        pass
+    if tty:
+        print()
+
+
+@click.command()
+@click.option("--dir", "dirpath", type=click.Path(file_okay=False),
+              help="The gateway's filesystem directory (default: a new temporary one).")
+@click.option("--speed", type=click.IntRange(1, 3600), default=1, show_default=True,
+              help="Site clock speed-up over real time (bus timing stays real).")
+@click.option("--scenario", default="sunny", show_default=True,
+              help="Built-in (sunny, cloudy, night, steady) or a JSON file: site parameters "
+                   "plus pv/it/aux profiles, start_h, soc_init_cpct.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Gateway config JSON (default: the typical two-bus site).")
+@click.option("--heapsize", default="384k", show_default=True,
+              help="MicroPython heap (ESP32 class: 128k-384k).")
+@click.option("--pace/--no-pace", default=False,
+              help="Simulated devices answer at the bus baud rate's pace.")
+@click.option("--duration", type=float, help="Stop after this many real seconds.")
+def cli(dirpath, speed, scenario, config_path, heapsize, pace, duration):
+    """Run the virtual gateway against a simulated site (Ctrl-C stops it)."""
+    from edgegw.vgw import VirtualGateway, site_config
+    sc, site_params = load_scenario(scenario)
+    cfg = read_config(config_path) if config_path else site_config()
+    if site_params:
+        cfg["site"] = dict(cfg.get("site") or {}, **site_params)
+    try:
+        from edgefw import dispatch
+        dispatch.validate_params(dict(cfg["site"]))
+    except ImportError:
+        pass
+    except ValueError as e:
+        raise UserError("scenario/config site parameters: %s" % e)
+    sim = make_site(sc)
+    gw = VirtualGateway(dirpath, cfg, sim, speed=speed, heapsize=heapsize, pace=pace)
+    try:
+        gw.start()
+    except (RuntimeError, OSError) as e:
+        raise UserError("virtual gateway did not start: %s" % e)
+    try:
+        click.echo("virtual gateway: %s (micropython heap %s, clock x%d)" % (gw.dir, heapsize, speed))
+        click.echo("REPL: %s" % gw.repl_port)
+        click.echo("  mpremote connect %s resume exec \"from edgefw import app; "
+                   "print(app.status(False))\"" % gw.repl_port)
+        for b in cfg["buses"]:
+            devs = ", ".join("%s@%d %s" % (d["name"], d["slave"], d["map"])
+                             for d in cfg["devices"] if d["bus"] == b["name"])
+            click.echo("%s: %s %d baud: %s" % (b["name"], gw.bus_ports[b["name"]],
+                                              b["baud"], devs))
+        click.echo("site (simulated truth; PCS set = what the gateway wrote):")
+
+        def stats():
+            if not gw.alive():
+                return "  [gateway exited]"
+            return "  frames %d" % sum(b.frames for b in gw.buses.values())
+        run_live(sim, duration, stats=stats)
+    finally:
+        gw.close()
+    if not gw.alive() and gw.proc.returncode not in (0, None, -15, -9):
+        click.echo(gw.output[-2000:])
