@@ -1,0 +1,290 @@
+"""`edgegw report`: daily energy flows, renewable share of the compute load, Scope 2 CO2
+and PNG plots, from gateway telemetry (JSON Lines, e.g. `edgegw link collect --out`) or
+from a dispatch evaluation (`edgegw dispatch eval --json > RUN.json`).
+
+Telemetry is accounted with the firmware's own edgefw.energy.Energy (the same integer flow
+split the gateway runs), stepped over the time between records, day by day (UTC, or
+--utc-offset hours). Scope 2 is location-based: grid import x the grid factor (default the
+China national average 2023, 0.5306 t/MWh; --region or --grid-factor G/KWH)."""
+import csv
+import json
+import os
+
+import click
+
+from edgegw.cli import UserError
+
+FLOWS = ("pv_load", "pv_bat", "pv_grid", "bat_load", "bat_grid", "grid_load", "grid_bat",
+         "curtail", "grid_imp", "grid_exp", "it", "aux", "pv")
+GAP_S = 600   # a hole longer than this in the telemetry is not integrated across
+
+
+def _energy_params(region, grid_factor):
+    from edgefw import energy
+    try:
+        dg = energy.grid_factor(region, grid_factor)
+    except ValueError as e:
+        raise UserError("--region: %s" % str(e).split(": ", 1)[-1])
+    return {"grid_factor_dg_kwh": dg}, dg
+
+
+def read_telemetry(path):
+    """Telemetry records sorted by time; collector lines of other topics are skipped."""
+    recs = []
+    try:
+        f = open(path)
+    except OSError as e:
+        raise UserError("--telemetry %s: cannot read (%s)" % (path, e.strerror))
+    with f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                d = json.loads(line)
+            except ValueError:
+                raise UserError("--telemetry %s line %d: not JSON" % (path, n))
+            if isinstance(d, dict) and "payload" in d and isinstance(d["payload"], dict):
+                d = d["payload"]
+            if not isinstance(d, dict) or d.get("_topic", "telemetry") != "telemetry":
+                continue
+            if not isinstance(d.get("ts"), (int, float)):
+                raise UserError("--telemetry %s line %d: no ts (site time, s)" % (path, n))
+            recs.append(d)
+    if len(recs) < 2:
+        raise UserError("--telemetry %s: %d telemetry records, need at least 2"
+                        % (path, len(recs)))
+    recs.sort(key=lambda d: d["ts"])
+    return recs
+
+
+def _i(d, k):
+    v = d.get(k)
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 0
+
+
+def daily_from_telemetry(recs, params, utc_offset_h=0):
+    """{day: {flow_wh..., co2_kg, renewable_pct, pv_used_pct, hours}} plus series."""
+    from edgefw import energy
+    days = {}
+    cur = None
+    e = None
+    off = int(utc_offset_h * 3600)
+    for a, b in zip(recs, recs[1:]):
+        dt = b["ts"] - a["ts"]
+        if dt <= 0 or dt > GAP_S:
+            continue
+        day = _day(a["ts"] + off)
+        if day != cur:
+            if e is not None:
+                days[cur] = _summary(e, hours)
+            cur, e, hours = day, energy.Energy(params), 0.0
+        pv = _i(a, "pv_w")
+        e.step(int(dt * 1000), pv + _i(a, "curtail_w"), pv, _i(a, "it_w"), _i(a, "aux_w"),
+               _i(a, "bat_w"), _i(a, "grid_w"))
+        hours += dt / 3600.0
+    if e is not None:
+        days[cur] = _summary(e, hours)
+    return days
+
+
+def _day(ts):
+    import time
+    return time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def _summary(e, hours):
+    c = e.counters()
+    d = {k + "_wh": c[k + "_wh"] for k in FLOWS}
+    d["co2_kg"] = c["co2_kg"]
+    d["renewable_pct"] = round(c["renewable_cpct"] / 100.0, 2)
+    d["pv_used_pct"] = round(e.pv_used_cpct() / 100.0, 2)
+    d["hours"] = round(hours, 3)
+    return d
+
+
+def totals(days):
+    t = {}
+    for d in days.values():
+        for k, v in d.items():
+            if k.endswith("_wh") or k in ("co2_kg", "hours"):
+                t[k] = round(t.get(k, 0) + v, 3)
+    it = t.get("it_wh", 0)
+    # renewable share of the whole period, weighted by each day's compute energy
+    green = sum(d["renewable_pct"] * d["it_wh"] for d in days.values())
+    t["renewable_pct"] = round(green / it, 2) if it else 0.0
+    pv = t.get("pv_wh", 0)
+    t["pv_used_pct"] = round(100.0 * (pv - t.get("pv_grid_wh", 0)) / pv, 2) if pv else 0.0
+    return t
+
+
+def plot_telemetry(recs, days, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    files = []
+    names = sorted(days)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names) + 3), 4.5))
+    parts = (("pv_load_wh", "PV -> load", "#f2b701"), ("bat_load_wh", "battery -> load",
+                                                       "#3c9d5d"),
+             ("grid_load_wh", "grid -> load", "#7f7f7f"))
+    bottom = [0.0] * len(names)
+    for key, label, col in parts:
+        vals = [days[n][key] / 1000.0 for n in names]
+        ax.bar(names, vals, bottom=bottom, label=label, color=col)
+        bottom = [a + b for a, b in zip(bottom, vals)]
+    ax.plot(names, [days[n]["pv_bat_wh"] / 1000.0 for n in names], "o-", color="#1f77b4",
+            label="PV -> battery")
+    ax.set_ylabel("kWh per day")
+    ax.set_title("Daily energy flows (load supply)")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    p = os.path.join(out, "daily_energy.png")
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    files.append(p)
+
+    t0 = recs[0]["ts"]
+    h = [(r["ts"] - t0) / 3600.0 for r in recs]
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True,
+                                 gridspec_kw={"height_ratios": [3, 1]})
+    for k, col in (("pv_w", "#f2b701"), ("it_w", "#d62728"), ("aux_w", "#9467bd"),
+                   ("bat_w", "#3c9d5d"), ("grid_w", "#7f7f7f")):
+        a1.plot(h, [_i(r, k) / 1000.0 for r in recs], label=k[:-2], color=col, lw=1)
+    a1.set_ylabel("kW")
+    a1.legend(loc="upper right", fontsize=8, ncol=5)
+    a1.set_title("Site powers (bat > 0 = discharging, grid > 0 = import)")
+    a2.plot(h, [_i(r, "soc_cpct") / 100.0 for r in recs], color="#1f77b4")
+    a2.set_ylabel("SOC %")
+    a2.set_xlabel("hours from start")
+    fig.tight_layout()
+    p = os.path.join(out, "power.png")
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    files.append(p)
+    return files
+
+
+# ---- dispatch evaluation runs ------------------------------------------------------------------
+
+def eval_policies(doc):
+    """{policy: {metric: number}} from a `dispatch eval --json` document (policies at the
+    top level, or under "runs"/"policies"/"results")."""
+    if not isinstance(doc, dict):
+        raise UserError("--eval: the file is not a JSON object")
+    for key in ("runs", "policies", "results"):
+        if isinstance(doc.get(key), dict):
+            doc = doc[key]
+            break
+    out = {}
+    for name, m in doc.items():
+        if isinstance(m, dict):
+            nums = {k: v for k, v in m.items() if isinstance(v, (int, float))
+                    and not isinstance(v, bool)}
+            if nums:
+                out[name] = nums
+    if not out:
+        raise UserError("--eval: no policies with numeric metrics found (expected "
+                        "{policy: {metric: number}})")
+    return out
+
+
+def plot_eval(pol, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = []
+    for want in ("peak", "import_kwh", "export", "pv_used", "renewable", "co2"):
+        for m in sorted(set(k for v in pol.values() for k in v)):
+            if want in m and m not in keys:
+                keys.append(m)
+    keys = keys[:6] or sorted(set(k for v in pol.values() for k in v))[:6]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.8))
+    if len(keys) == 1:
+        axes = [axes]
+    names = list(pol)
+    for ax, k in zip(axes, keys):
+        ax.bar(names, [pol[n].get(k, 0) for n in names], color="#3c9d5d")
+        ax.set_title(k, fontsize=9)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+    fig.tight_layout()
+    p = os.path.join(out, "eval.png")
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    return [p]
+
+
+@click.command()
+@click.option("--telemetry", type=click.Path(dir_okay=False), help="Telemetry JSON Lines.")
+@click.option("--eval", "eval_file", type=click.Path(dir_okay=False),
+              help="A `edgegw dispatch eval --json` result.")
+@click.option("--out", "-o", type=click.Path(file_okay=False),
+              help="Directory for report.json, daily.csv and PNG plots.")
+@click.option("--region", default="national", show_default=True,
+              help="Grid region for the Scope 2 factor (national, north, east, south, ...).")
+@click.option("--grid-factor", type=click.IntRange(0, 2000), metavar="G/KWH",
+              help="Grid emission factor in g CO2/kWh (overrides --region).")
+@click.option("--utc-offset", type=click.FloatRange(-14, 14), default=0.0, show_default=True,
+              help="Hours added to UTC to cut days (8 for China).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def cli(telemetry, eval_file, out, region, grid_factor, utc_offset, as_json):
+    """Energy, renewable share and Scope 2 CO2 per day, with plots.
+
+    \b
+    edgegw report --telemetry tel.jsonl --out report/ --utc-offset 8
+    edgegw report --eval sandstorm.json --out report/ --json
+    """
+    if (telemetry is None) == (eval_file is None):
+        raise UserError("give one of --telemetry F.jsonl or --eval RUN.json")
+    if out:
+        os.makedirs(out, exist_ok=True)
+    if eval_file:
+        try:
+            doc = json.load(open(eval_file))
+        except OSError as e:
+            raise UserError("--eval %s: cannot read (%s)" % (eval_file, e.strerror))
+        except ValueError:
+            raise UserError("--eval %s: not JSON" % eval_file)
+        rep = {"source": eval_file, "policies": eval_policies(doc)}
+        if out:
+            rep["plots"] = plot_eval(rep["policies"], out)
+    else:
+        params, dg = _energy_params(region, grid_factor)
+        recs = read_telemetry(telemetry)
+        days = daily_from_telemetry(recs, params, utc_offset)
+        rep = {"source": telemetry, "records": len(recs), "grid_factor_g_kwh": dg / 10.0,
+               "days": days, "total": totals(days)}
+        if out:
+            with open(os.path.join(out, "daily.csv"), "w", newline="") as f:
+                cols = ["day"] + sorted({k for d in days.values() for k in d})
+                w = csv.writer(f)
+                w.writerow(cols)
+                for n in sorted(days):
+                    w.writerow([n] + [days[n].get(c) for c in cols[1:]])
+            rep["plots"] = plot_telemetry(recs, days, out)
+    if out:
+        with open(os.path.join(out, "report.json"), "w") as f:
+            json.dump(rep, f, indent=2)
+    if as_json:
+        click.echo(json.dumps(rep, indent=2))
+        return
+    if eval_file:
+        pol = rep["policies"]
+        ms = sorted({k for v in pol.values() for k in v})
+        click.echo("%-14s %s" % ("policy", " ".join("%14s" % m[:14] for m in ms)))
+        for n, v in pol.items():
+            click.echo("%-14s %s" % (n[:14], " ".join("%14s" % v.get(m, "") for m in ms)))
+    else:
+        click.echo("%-11s %9s %9s %9s %9s %9s %7s %7s %8s" % (
+            "day", "IT kWh", "PV kWh", "PV>load", "bat>load", "grid imp", "renew%", "PVuse%",
+            "CO2 kg"))
+        for n in sorted(rep["days"]) + ["total"]:
+            d = rep["days"].get(n) or rep["total"]
+            click.echo("%-11s %9.1f %9.1f %9.1f %9.1f %9.1f %7.1f %7.1f %8.1f" % (
+                n, d["it_wh"] / 1e3, d["pv_wh"] / 1e3, d["pv_load_wh"] / 1e3,
+                d["bat_load_wh"] / 1e3, d["grid_imp_wh"] / 1e3, d["renewable_pct"],
+                d["pv_used_pct"], d["co2_kg"]))
+        click.echo("Scope 2 (location-based) at %.1f g CO2/kWh" % rep["grid_factor_g_kwh"])
+    if out:
+        click.echo("wrote %s" % ", ".join([os.path.join(out, "report.json")]
+                                         + rep.get("plots", [])), err=True)
