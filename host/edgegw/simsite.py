@@ -173,6 +173,20 @@ class SimSite:
         self.aux_w = max(0.0, float(self.aux_f(self.t)))
         self.grid_w = self.it_w + self.aux_w - self.pv_w - self.bat_w
 
+    def start_clock(self, speed=1, tick_s=0.01):
+        """Advance the physics in a thread at `speed` x real time; returns a
+        threading.Event that stops it when set."""
+        stop = threading.Event()
+
+        def run():
+            last = time.monotonic()
+            while not stop.wait(tick_s):
+                now = time.monotonic()
+                self.step((now - last) * speed)
+                last = now
+        threading.Thread(target=run, name="simsite-clock", daemon=True).start()
+        return stop
+
     def freeze(self, on=True):
         """Stop time in the physics (values hold still for exact comparisons)."""
         with self.lock:

@@ -222,3 +222,29 @@ def test_cli_sil_prints_ports_and_live_line(tmp_path):
     assert "soc  60.0 %" in r.output and "pv  3000 W" in r.output
     r = CliRunner().invoke(cli, ["sil", "--scenario", "nope"])
     assert r.exit_code == 2 and "--scenario" in r.output and "Traceback" not in r.output
+
+
+def test_cli_sim_serves_pymodbus_on_a_pty():
+    # pymodbus as an independent master against `edgegw sim` (what a real board sees)
+    import re
+    import struct
+    import sys
+    from pymodbus.client import ModbusSerialClient
+    p = subprocess.Popen([sys.executable, "-m", "edgegw", "sim", "--bus", "bus0=pty",
+                          "--scenario", "steady", "--duration", "20"],
+                         stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        line = p.stdout.readline()
+        port = re.match(r"bus0: (\S+) 9600 baud", line).group(1)
+        c = ModbusSerialClient(port=port, baudrate=9600, timeout=2)
+        assert c.connect()
+        r = c.read_input_registers(52, count=2, device_id=3)  # SDM630 total W, PV meter
+        assert not r.isError(), r
+        w = struct.unpack(">f", struct.pack(">HH", *r.registers))[0]
+        assert abs(w - 3000) < 1
+        r = c.read_holding_registers(40000, count=14, device_id=1)  # the PCS block
+        assert not r.isError() and len(r.registers) == 14
+        c.close()
+    finally:
+        p.terminate()
+        p.wait(5)
