@@ -538,12 +538,35 @@ def _words(p, v, mname, pn):
     return [lo, hi] if p["lo"] else [hi, lo]
 
 
-def encode_point(m, name, value):
-    """Any point -> (table, addr, words or bits): what a simulated device holds."""
+def encode_point(m, name, value, image=None):
+    """Any point -> (table, addr, words or bits): what a simulated device holds.
+    For bitfields with a pick list, the bits the point does not own come from image
+    (dict addr -> current word/bit of that table; 0 when absent), so points that share
+    registers (Seplos alarm/protect) can be written one after the other."""
     p = m.points.get(name)
     if p is None:
         raise RegMapError("%s: unknown point %r" % (m.name, name), 2)
-    return p["table"], p["addr"], _words(p, value, m.name, name)
+    w = _words(p, value, m.name, name)
+    pk = p.get("pick")
+    if pk:
+        a = p["addr"]
+        g = image.get if image is not None else (lambda k, d: d)
+        if p["table"] in ("coil", "discrete"):
+            own = {}
+            for b in pk:
+                own[b] = 1
+            w = [w[i] if i in own else (1 if g(a + i, 0) else 0) for i in range(len(w))]
+        else:
+            mask = 0
+            for b in pk:
+                mask |= 1 << b
+            n = len(w)
+            for i in range(n):
+                # word i of the point holds raw bits (n-1-i)*16.. (hi first) or i*16.. (lo first)
+                sh = 16 * i if p["lo"] or n == 1 else 16 * (n - 1 - i)
+                wm = (mask >> sh) & 0xFFFF
+                w[i] = (w[i] & wm) | (g(a + i, 0) & ~wm & 0xFFFF)
+    return p["table"], p["addr"], w
 
 
 def _check_write(m, name, p, value):

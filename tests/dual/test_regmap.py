@@ -271,3 +271,22 @@ def test_dtsd1352_ct_ratio():
     assert v["p1_w"] == -40000 and v["p_w"] == 40000
     assert r.decode(m, 3, 0x0064, [123]) == {"i1_ma": 49200}  # 1.23 A secondary x 40
     assert r.decode(r.load("dtsd1352"), 3, 0x000A, [0, 12345]) == {"e_imp_wh": 123450}
+
+
+def test_encode_point_keeps_bits_other_points_own():
+    m = r.load("seplos_v3")
+    img = {}
+    for pn, v in (("alarm", 0b101), ("protect", 1 << 27), ("hw_fault", 0x80)):
+        t, a, bits = r.encode_point(m, pn, v, img)
+        for i in range(len(bits)):
+            img[a + i] = bits[i]
+    data = [img.get(0x1200 + i, 0) for i in range(144)]
+    v = r.decode(m, 1, 0x1200, data)
+    assert v["alarm"] == 0b101 and v["protect"] == 1 << 27 and v["hw_fault"] == 0x80
+    # register bitfields: only the picked bits change
+    m2 = r.build({"name": "t", "points": {
+        "lo": {"table": "holding", "addr": 0, "type": "u32", "pick": [0, 17]},
+        "hi": {"table": "holding", "addr": 0, "type": "u32", "pick": [1, 31]}}})
+    t, a, w = r.encode_point(m2, "lo", 3, {0: 0x8000, 1: 0x0002})
+    assert w == [0x8002, 0x0003]
+    assert r.decode(m2, 3, 0, w) == {"lo": 3, "hi": 3}
