@@ -22,7 +22,6 @@ except ImportError:
     dispatch = None
 
 ENERGY_FILE = "energy.json"
-ENERGY_SAVE_MS = 3600000  # site ms between energy counter saves (flash wear)
 _MAXERR = 6
 
 _app = None
@@ -130,7 +129,6 @@ class App:
             except Exception as e:
                 self._err("link: %s" % e)
         self.energy = None
-        self.e_saved = self.t_boot
         en = _opt("energy") if self.params is not None else None
         if en is not None:
             try:
@@ -272,9 +270,7 @@ class App:
             try:
                 self.energy.step(dt, v["pv_w"] + self.curtail_w, v["pv_w"], v["it_w"],
                                  v["aux_w"] or 0, v["bat_w"], v["grid_w"])
-                if clock.ticks_diff(now, self.e_saved) >= ENERGY_SAVE_MS:
-                    self.e_saved = now
-                    self.energy.save(ENERGY_FILE)
+                self.energy.persist(now_s, ENERGY_FILE)  # bounded flash writes
             except Exception as e:
                 self._err("energy: %s" % e)
         if self.pcs is None or ctl["mode"] == "off":
@@ -453,6 +449,7 @@ class App:
             "buses": buses,
             "link": None if self.link is None else self.link.stats(),
             "errors": self.errors, "nerr": self.nerr, "heap": heap,
+            "energy": None if self.energy is None else self.energy.counters(),
         }
 
 
