@@ -6,8 +6,8 @@
 #       print {"ev": "done", ...} when all are acked; "quit" on stdin ends.
 #   micropython tests/host/link_driver.py link CFG.json
 #       run Link with injected telemetry every link.telemetry_ms; prints state changes,
-#       setpoint changes, counters. stdin: "hold" (stop polling the link), "run", "quit",
-#       "stats".
+#       setpoint changes, counters. stdin: "hold" (stop polling the link), "run", "mute"
+#       (stop making telemetry), "stats", "quit".
 import json
 import select
 import sys
@@ -25,6 +25,22 @@ try:
 except ImportError:
     def mem_peak():
         return -1
+
+
+_live = [0]
+
+
+def heap_sample():
+    # live heap after a collection (micropython.mem_peak counts allocations that the GC
+    # later frees, so on the unix port it only ever grows)
+    try:
+        import gc
+        gc.collect()
+        a = gc.mem_alloc()
+    except (ImportError, AttributeError):
+        return
+    if a > _live[0]:
+        _live[0] = a
 
 
 def out(d):
@@ -58,7 +74,13 @@ def run_mqtt(host, port, ka, n):
                         backoff_min_ms=100, backoff_max_ms=1000)
     acked = []
     c.on_puback = acked.append
-    c.on_connect = lambda: out({"ev": "connected"})
+    t_conn = []
+
+    def on_connect():
+        if not t_conn:
+            t_conn.append(clock.ticks_ms())
+        out({"ev": "connected"})
+    c.on_connect = on_connect
     c.on_disconnect = lambda r: out({"ev": "disconnected", "reason": r})
 
     def on_msg(topic, payload, retain):
@@ -81,7 +103,10 @@ def run_mqtt(host, port, ka, n):
             sent += 1
         if sent == n and not c.inflight and not done:
             done = True
-            out({"ev": "done", "sent": sent, "acked": len(acked), "pings_ok": c.connected})
+            ms = clock.ticks_diff(clock.ticks_ms(), t_conn[0])
+            heap_sample()
+            out({"ev": "done", "sent": sent, "acked": len(acked), "pings_ok": c.connected,
+                 "ms": ms, "mem_peak": mem_peak(), "heap_live_max": _live[0]})
         clock.sleep_ms(2)
 
 
@@ -98,20 +123,26 @@ def run_link(path):
     sp = None
     n = 0
     t_next = clock.ticks_ms()
+    t_heap = t_next
+    mute = False
     configs = []
     lk.on_config = lambda c: configs.append(c) or []
     while True:
         for ln in inp.lines():
             if ln == "quit":
-                out({"ev": "bye", "stats": lk.stats(), "mem_peak": mem_peak(), "n": n})
+                out({"ev": "bye", "stats": lk.stats(), "mem_peak": mem_peak(), "n": n,
+                     "heap_live_max": _live[0]})
                 return
             if ln == "hold":
                 hold = True
                 out({"ev": "hold"})
             elif ln == "run":
                 hold = False
+            elif ln == "mute":  # stop making telemetry (to count what arrived)
+                mute = True
             elif ln == "stats":
-                out({"ev": "stats", "stats": lk.stats(), "mem_peak": mem_peak(), "n": n})
+                out({"ev": "stats", "stats": lk.stats(), "mem_peak": mem_peak(), "n": n,
+                     "heap_live_max": _live[0], "inflight": len(lk.inflight)})
         now = clock.ticks_ms()
         if not hold:
             lk.poll(now)
@@ -124,7 +155,10 @@ def run_link(path):
             out({"ev": "sp", "w": w, "state": lk.state})
         while configs:
             out({"ev": "config", "config": configs.pop(0)})
-        if clock.ticks_diff(now, t_next) >= 0:
+        if clock.ticks_diff(now, t_heap) >= 1000:
+            t_heap = now
+            heap_sample()
+        if not mute and clock.ticks_diff(now, t_next) >= 0:
             t_next = clock.ticks_add(t_next, period)
             n += 1
             lk.telemetry({"grid_w": 1000 + n, "pv_w": 0, "it_w": 1000, "aux_w": 0,
