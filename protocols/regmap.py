@@ -4,6 +4,7 @@
 # Integer-only: float32 registers are converted from their IEEE bits with exact integer
 # arithmetic, so both runtimes give the same ints and the gateway never uses floats.
 import json
+import sys
 
 TABLES = ("coil", "discrete", "input", "holding")
 READ_FC = {"coil": 1, "discrete": 2, "input": 4, "holding": 3}
@@ -33,6 +34,7 @@ def _maps_dir():
 
 
 MAPS_DIR = _maps_dir()
+DOC = sys.implementation.name != "micropython"  # keep unit/bits/desc in loaded points
 
 
 class RegMap:
@@ -55,7 +57,7 @@ def _int(v, what):
     raise RegMapError("%s: %r is not an integer" % (what, v))
 
 
-def load(name_or_path, variant=None, params=None):
+def load(name_or_path, variant=None, params=None, doc=None):
     """Load a map by name ("sdm630", "dtsu666@v4000") or path to a .json file.
     variant: name of a variant in the map's "variants" (address overrides);
     params: overrides for the map's "params" (e.g. {"ct": 40} for a CT-connected meter)."""
@@ -70,43 +72,47 @@ def load(name_or_path, variant=None, params=None):
         path = MAPS_DIR + "/" + s + ".json"
     try:
         with open(path) as f:
-            doc = json.load(f)
+            mdoc = json.load(f)
     except OSError:
         raise RegMapError("map %r: no such file %s" % (s, path), 2)
     except ValueError as e:
         raise RegMapError("map %r: invalid JSON (%s)" % (s, e))
-    return build(doc, variant, params)
+    return build(mdoc, variant, params, doc)
 
 
-def build(doc, variant=None, params=None):
-    """Validate a map document (dict) and build the RegMap; errors name map and point."""
-    if not isinstance(doc, dict):
+def build(mdoc, variant=None, params=None, doc=None):
+    """Validate a map document (dict) and build the RegMap; errors name map and point.
+    doc: keep unit/bits/desc in the points (default: on CPython, not on MicroPython)."""
+    if doc is None:
+        doc = DOC
+    if not isinstance(mdoc, dict):
         raise RegMapError("map document is not a JSON object")
-    name = doc.get("name")
+    name = mdoc.get("name")
     if not isinstance(name, str) or not name:
         raise RegMapError("map: 'name' missing")
-    pts = doc.get("points")
+    pts = mdoc.get("points")
     if not isinstance(pts, dict) or not pts:
         raise RegMapError("%s: 'points' missing or empty" % name)
+    pts = dict(pts)  # variants replace entries: leave the caller's document alone
     m = RegMap()
     m.name = name
-    m.source = doc.get("source", "")
-    m.max_regs = _int(doc.get("max_regs", 125), name + ": max_regs")
-    m.max_bits = _int(doc.get("max_bits", 2000), name + ": max_bits")
+    m.source = mdoc.get("source", "")
+    m.max_regs = _int(mdoc.get("max_regs", 125), name + ": max_regs")
+    m.max_bits = _int(mdoc.get("max_bits", 2000), name + ": max_bits")
     if not 1 <= m.max_regs <= 125 or not 1 <= m.max_bits <= 2000:
         raise RegMapError("%s: max_regs must be 1..125 and max_bits 1..2000" % name)
-    m.write_fc = _int(doc.get("write_fc", 6), name + ": write_fc")
+    m.write_fc = _int(mdoc.get("write_fc", 6), name + ": write_fc")
     if m.write_fc not in (6, 16):
         raise RegMapError("%s: write_fc must be 6 or 16" % name)
-    wo = doc.get("word_order", "hi")
-    prm = dict(doc.get("params") or {})
+    wo = mdoc.get("word_order", "hi")
+    prm = dict(mdoc.get("params") or {})
     if params:
         for k in params:
             if k not in prm:
                 raise RegMapError("%s: unknown param %r (known: %s)" % (name, k, ", ".join(sorted(prm))))
             prm[k] = params[k]
     if variant is not None:
-        vs = doc.get("variants") or {}
+        vs = mdoc.get("variants") or {}
         if variant not in vs:
             raise RegMapError("%s: unknown variant %r (known: %s)" % (name, variant, ", ".join(sorted(vs)) or "none"))
         for pn, over in vs[variant].items():
@@ -116,14 +122,14 @@ def build(doc, variant=None, params=None):
             p.update(over)
             pts[pn] = p
     m.gaps = []
-    for g in doc.get("gaps", ()):
+    for g in mdoc.get("gaps", ()):
         if not isinstance(g, list) or len(g) != 3 or g[0] not in TABLES:
             raise RegMapError("%s: gap %r must be [table, first, last]" % (name, g))
         m.gaps.append((g[0], _int(g[1], name + ": gap"), _int(g[2], name + ": gap")))
     m.points = {}
     idx = {}
     for pn in pts:
-        p = _point(name, pn, pts[pn], wo, prm)
+        p = _point(name, pn, pts[pn], wo, prm, doc)
         a = p["addr"]
         n = p["n"]
         for g in m.gaps:
@@ -138,7 +144,7 @@ def build(doc, variant=None, params=None):
     return m
 
 
-def _point(mname, pn, src, wo, prm):
+def _point(mname, pn, src, wo, prm, doc):
     what = "%s: point %s" % (mname, pn)
     if not isinstance(src, dict):
         raise RegMapError(what + ": not an object")
@@ -219,7 +225,24 @@ def _point(mname, pn, src, wo, prm):
             p[b] = _int(p[b], what + " " + b)
     if acc != "r" and ("min" not in p or "max" not in p) and "values" not in p and ty != "bit":
         raise RegMapError(what + ": writable points need min and max")
-    return p
+    # a fresh, minimal dict: defaults (mul 1, div 1, offset 0, hi word first) are left out
+    # and read with .get, documentation only when asked for; the gateway's heap is small
+    q = {"table": t, "addr": a, "type": ty, "n": n, "access": acc}
+    if k != 1:
+        q["mul"] = k
+    for key in ("div", "offset"):
+        if p[key] != (1 if key == "div" else 0):
+            q[key] = p[key]
+    if p["lo"]:
+        q["lo"] = True
+    for key in ("pick", "values", "default", "min", "max", "pos", "neg", "zero", "pre"):
+        if key in p:
+            q[key] = p[key]
+    if doc:
+        for key in ("unit", "bits", "desc"):
+            if key in p:
+                q[key] = p[key]
+    return q
 
 
 # ---- integer helpers (values may be negative: no bare // on them) -----------------------
@@ -233,13 +256,13 @@ def _div_round(a, b):
 
 def _scale_in(p, raw):
     # raw register integer -> point units
-    return _div_round(raw * p["mul"], p["div"]) + p["offset"]
+    return _div_round(raw * p.get("mul", 1), p.get("div", 1)) + p.get("offset", 0)
 
 
 def _scale_out(p, v):
     # point units -> raw integer (mul may be negative: keep the divisor positive)
-    num = (v - p["offset"]) * p["div"]
-    d = p["mul"]
+    num = (v - p.get("offset", 0)) * p.get("div", 1)
+    d = p.get("mul", 1)
     if d < 0:
         num = -num
         d = -d
@@ -391,7 +414,7 @@ def _raw(p, data, o):
             if data[o + i]:
                 v |= 1 << i
         return v
-    if p["lo"]:
+    if p.get("lo"):
         return (data[o + 1] << 16) | data[o]
     return (data[o] << 16) | data[o + 1]
 
@@ -400,12 +423,12 @@ def _value(p, data, o):
     """Decoded int of point p at data[o..], or None when not representable."""
     ty = p["type"]
     if ty == "f32":
-        if p["lo"]:
+        if p.get("lo"):
             hi, lo = data[o + 1], data[o]
         else:
             hi, lo = data[o], data[o + 1]
-        v = f32_to_scaled(hi, lo, p["mul"], p["div"])
-        return None if v is None else v + p["offset"]
+        v = f32_to_scaled(hi, lo, p.get("mul", 1), p.get("div", 1))
+        return None if v is None else v + p.get("offset", 0)
     if ty == "cmdmag":
         c = data[o]
         mag = data[o + 1]
@@ -491,12 +514,12 @@ def _words(p, v, mname, pn):
             raise RegMapError("%s: %s magnitude %d exceeds 65535" % (mname, pn, mag))
         return [p["pos"] if v > 0 else p["neg"], mag]
     if ty == "f32":
-        num = (v - p["offset"]) * p["div"]
-        d = p["mul"]
+        num = (v - p.get("offset", 0)) * p.get("div", 1)
+        d = p.get("mul", 1)
         if d < 0:
             num, d = -num, -d
         hi, lo = scaled_to_f32(num, d)
-        return [lo, hi] if p["lo"] else [hi, lo]
+        return [lo, hi] if p.get("lo") else [hi, lo]
     vs = p.get("values")
     if vs:
         raw = None
@@ -535,7 +558,7 @@ def _words(p, v, mname, pn):
     raw &= 0xFFFFFFFF
     hi = raw >> 16
     lo = raw & 0xFFFF
-    return [lo, hi] if p["lo"] else [hi, lo]
+    return [lo, hi] if p.get("lo") else [hi, lo]
 
 
 def encode_point(m, name, value, image=None):
@@ -563,7 +586,7 @@ def encode_point(m, name, value, image=None):
             n = len(w)
             for i in range(n):
                 # word i of the point holds raw bits (n-1-i)*16.. (hi first) or i*16.. (lo first)
-                sh = 16 * i if p["lo"] or n == 1 else 16 * (n - 1 - i)
+                sh = 16 * i if p.get("lo") or n == 1 else 16 * (n - 1 - i)
                 wm = (mask >> sh) & 0xFFFF
                 w[i] = (w[i] & wm) | (g(a + i, 0) & ~wm & 0xFFFF)
     return p["table"], p["addr"], w

@@ -21,7 +21,7 @@ def words(hexstr):
 
 def test_all_maps_load_with_canonical_points_and_units():
     for name in MAPS:
-        m = r.load(name)
+        m = r.load(name, doc=True)
         assert m.name == name and m.source
         for pn in ROLE[name]:
             assert pn in m.points, (name, pn)
@@ -76,7 +76,7 @@ def test_seplos_capture_block():
 
 
 def test_seplos_alarm_and_protect_bits():
-    m = r.load("seplos_v3")
+    m = r.load("seplos_v3", doc=True)
     bits = [0] * 144
     assert r.decode(m, 1, 0x1200, bits)["alarm"] == 0
     bits[0x1248 - 0x1200 + 2] = 1  # TB02 bit2 cell low-voltage alarm
@@ -156,12 +156,12 @@ def test_encode_point_decode_roundtrip_all_maps():
                 if p["type"] in ("u16", "u32", "bits") or p["table"] in ("coil", "discrete"):
                     if v > p.get("max", v):
                         continue
-                if p["type"] != "f32" and ((v - p["offset"]) * p["div"]) % abs(p["mul"]):
+                if p["type"] != "f32" and ((v - p.get("offset", 0)) * p.get("div", 1)) % abs(p.get("mul", 1)):
                     continue  # not a multiple of the register's resolution
                 try:
                     t, a, regs = r.encode_point(m, pn, v)
                 except r.RegMapError:
-                    assert p["type"] in ("bit",) or p["offset"] or p["type"] == "bits", (name, pn, v)
+                    assert p["type"] in ("bit", "bits") or p.get("offset"), (name, pn, v)
                     continue
                 got = r.decode(m, r.READ_FC[t], a, regs)
                 assert got[pn] == v, (name, pn, v, regs, got)
