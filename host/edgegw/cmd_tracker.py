@@ -308,6 +308,9 @@ def headroom(broker, device_id, timeout, site_file, as_json):
             rec = pub.read_topic(broker, pub.topic(device_id, pub.topics.TELEMETRY), timeout)
             out["telemetry_seq"] = rec.get("seq") if rec else None
             out["local"] = headroom_local(rec, site) if rec else None
+            # what the gateway itself put in that record, to compare
+            out["in_telemetry"] = {k: rec[k] for k in ("headroom_w", "headroom_1h_w")
+                                   if rec and k in rec} if rec else None
     except (ConnectionError, ValueError) as e:
         raise UserError(str(e))
     if as_json:
@@ -326,3 +329,7 @@ def headroom(broker, device_id, timeout, site_file, as_json):
         else:
             click.echo("computed here from telemetry seq %s: now %d W, next hour %d W" % (
                 out["telemetry_seq"], out["local"]["headroom_w"], out["local"]["headroom_1h_w"]))
+            t = out["in_telemetry"]
+            if t:
+                click.echo("the gateway's figures in that record: now %s W, next hour %s W" % (
+                    t.get("headroom_w"), t.get("headroom_1h_w")))

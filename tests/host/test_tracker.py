@@ -688,6 +688,12 @@ def test_e2e_queued_job_raises_soc_before_it_starts(tmp_path):
                     if s["t"] >= t_job + 60:
                         break
                     time.sleep(0.5)
+                # the gateway's retained headroom, and the same figures computed here from its
+                # telemetry with its site parameters
+                site = tmp_path / "site.json"
+                site.write_text(json.dumps(cfg))
+                hp = _edgegw("tracker", "headroom", "--broker", broker, "--device", "gw-e2e",
+                             "--local", str(site), "--json")
             finally:
                 tr.terminate()
                 out = tr.communicate(10)[0]
@@ -707,3 +713,12 @@ def test_e2e_queued_job_raises_soc_before_it_starts(tmp_path):
     assert max(r[4] for r in before if r[4] is not None and r[0] < t_job - 30) <= 2500 + 50
     # and the job, once running, is carried by the battery: discharge after the start
     assert any(r[2] > 500 for r in rows if r[0] >= t_job + 30), rows[-5:]
+    assert hp.returncode == 0, hp.stderr
+    h = json.loads(hp.stdout)
+    assert isinstance(h["published"]["headroom_w"], int) and h["published"]["ts"] >= t_job
+    assert h["published"]["headroom_1h_w"] <= h["published"]["headroom_w"]
+    # telemetry carries no dcl_w (the BMS discharge limit, here a little under the 5 kW PCS
+    # rating) that the gateway also bounds with: equal up to that
+    loc, tel = h["local"], h["in_telemetry"]
+    assert loc["headroom_1h_w"] == tel["headroom_1h_w"], h
+    assert 0 <= loc["headroom_w"] - tel["headroom_w"] <= 100, h
