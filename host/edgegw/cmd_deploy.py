@@ -280,19 +280,23 @@ def default_build_dir():
 @click.option("--baud", "-b", default=115200, show_default=True, type=click.IntRange(300, 4000000))
 @click.option("--build-dir", type=click.Path(file_okay=False), default=None,
               help="Where compiled files go (default build/deploy in the repo).")
+@click.option("--src", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Checkout holding firmware/ and protocols/ (default: this repo).")
 @click.option("--no-compile", is_flag=True, help="Copy .py sources instead of .mpy.")
 @click.option("--force", is_flag=True, help="Copy everything, ignore the device's manifest.")
 @click.option("--dry-run", is_flag=True, help="List what would be copied and deleted.")
 @click.option("--reset", is_flag=True, help="Soft-reset the gateway afterwards.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def cli(port, baud, build_dir, no_compile, force, dry_run, reset, as_json):
+def cli(port, baud, build_dir, src, no_compile, force, dry_run, reset, as_json):
     """Compile firmware/ and protocols/ and copy what changed to the gateway.
 
     \b
     edgegw deploy --port /dev/ttyUSB0 --dry-run
     edgegw deploy --port /dev/pts/5 --reset
     """
-    files = build(build_dir or default_build_dir(), not no_compile)
+    if src and not os.path.isdir(os.path.join(src, "firmware")):
+        raise UserError("--src %s has no firmware/ directory" % src)
+    files = build(build_dir or default_build_dir(), not no_compile, src)
     with Device(port, baud) as dev:
         r = deploy(dev, files, force, dry_run, progress=not as_json)
         if reset and not dry_run:

@@ -275,8 +275,10 @@ class Replayer:
             d = t_us - self._now_us()
             if d <= 0:
                 return
-            if d > 1500:
-                time.sleep((d - 1000) / 1e6)  # sleep most of it, spin the last millisecond
+            if d > 2500:
+                time.sleep((d - 2000) / 1e6)  # sleep most of it, spin the last 2 ms
+            else:
+                time.sleep(0)  # the spin lets other threads (a test's master) run
 
     def _read(self, timeout_s):
         ser = self.ser

@@ -4,6 +4,7 @@ import json
 import os
 import pty
 import select
+import shutil
 import subprocess
 import threading
 import tty
@@ -11,7 +12,7 @@ import tty
 import pytest
 from click.testing import CliRunner
 
-from conftest import MICROPYTHON, VENV_BIN
+from conftest import MICROPYTHON, REPO, VENV_BIN
 from edgegw.cli import cli  # first: importing a cmd module alone is circular
 from edgegw import cmd_config, cmd_deploy  # noqa: E402
 from edgefw import config as fwconfig  # noqa: E402
@@ -66,8 +67,19 @@ def repl(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("build"))
+def src(tmp_path_factory):
+    """A snapshot of the gateway code: others edit the shared tree while tests run."""
+    d = tmp_path_factory.mktemp("src")
+    for top in ("firmware", "protocols"):
+        shutil.copytree(os.path.join(REPO, top), str(d / top),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.mpy"))
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, src):
+    b = str(tmp_path_factory.mktemp("build"))
+    return ["--build-dir", b, "--src", src]
 
 
 def _cfg():
@@ -78,21 +90,21 @@ def _cfg():
 
 def test_deploy_then_only_changes(repl, built):
     run = CliRunner()
-    r = run.invoke(cli, ["deploy", "--port", repl.path, "--build-dir", built, "--json"])
+    r = run.invoke(cli, ["deploy", "--port", repl.path, *built, "--json"])
     assert r.exit_code == 0, r.output
     first = json.loads(r.output)
     assert "protocols/modbus_rtu.mpy" in first["copy"] and "edgefw/config.mpy" in first["copy"]
     assert not any(x.endswith(".py") and x not in ("boot.py", "main.py") for x in first["copy"])
     assert os.path.exists(os.path.join(repl.fsdir, cmd_deploy.MANIFEST))
-    r = run.invoke(cli, ["deploy", "--port", repl.path, "--build-dir", built, "--json"])
+    r = run.invoke(cli, ["deploy", "--port", repl.path, *built, "--json"])
     assert json.loads(r.output)["copy"] == []
     # a file damaged behind the manifest's back is copied again, and only that one
     with open(os.path.join(repl.fsdir, "protocols", "modbus_rtu.mpy"), "ab") as f:
         f.write(b"junk")
-    r = run.invoke(cli, ["deploy", "--port", repl.path, "--build-dir", built, "--dry-run"])
+    r = run.invoke(cli, ["deploy", "--port", repl.path, *built, "--dry-run"])
     assert r.exit_code == 0 and "would copy protocols/modbus_rtu.mpy" in r.output
     assert "would copy 1 files" in r.output
-    r = run.invoke(cli, ["deploy", "--port", repl.path, "--build-dir", built, "--json"])
+    r = run.invoke(cli, ["deploy", "--port", repl.path, *built, "--json"])
     assert json.loads(r.output)["copy"] == ["protocols/modbus_rtu.mpy"]
     # the compiled code runs on the device
     with cmd_deploy.Device(repl.path) as dev:
@@ -104,7 +116,7 @@ def test_deploy_then_only_changes(repl, built):
 
 def test_deploy_removes_files_gone_from_the_build(repl, built, tmp_path):
     with cmd_deploy.Device(repl.path) as dev:
-        files = cmd_deploy.build(built)
+        files = cmd_deploy.build(built[1], repo=built[3])
         extra = tmp_path / "old.py"
         extra.write_text("x = 1\n")
         cmd_deploy.deploy(dev, dict(files, **{"edgefw/old.py": str(extra)}), progress=False)
@@ -116,7 +128,7 @@ def test_deploy_removes_files_gone_from_the_build(repl, built, tmp_path):
 
 def test_config_push_pull_diff(repl, built, tmp_path):
     run = CliRunner()
-    r = run.invoke(cli, ["deploy", "--port", repl.path, "--build-dir", built])
+    r = run.invoke(cli, ["deploy", "--port", repl.path, *built])
     assert r.exit_code == 0, r.output
     a = tmp_path / "a.json"
     a.write_text(json.dumps(_cfg()))
@@ -171,7 +183,7 @@ def test_invalid_push_refused_and_errors_name_fields(repl, tmp_path):
 
 
 def test_subprocess_deploy_and_pull(repl, built):
-    r = subprocess.run([EDGEGW, "deploy", "--port", repl.path, "--build-dir", built,
+    r = subprocess.run([EDGEGW, "deploy", "--port", repl.path, *built,
                         "--dry-run"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "would copy 0 files" in r.stdout
