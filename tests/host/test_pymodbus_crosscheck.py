@@ -7,10 +7,29 @@ import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "dual"))
-from _helpers import Rand  # noqa: E402
-
 from protocols import modbus_rtu as m  # noqa: E402
+
+
+class Rand:
+    """Deterministic xorshift32 (as tests/dual/_helpers.py; not imported from there so the
+    host tests' conftest stays the one on sys.path)."""
+
+    def __init__(self, seed):
+        self.s = seed or 1
+
+    def next(self):
+        s = self.s
+        s ^= (s << 13) & 0xFFFFFFFF
+        s ^= s >> 17
+        s ^= (s << 5) & 0xFFFFFFFF
+        self.s = s
+        return s
+
+    def below(self, n):
+        return self.next() % n
+
+    def bytes(self, n):
+        return bytes(self.next() & 0xFF for _ in range(n))
 
 pymodbus = pytest.importorskip("pymodbus")
 from pymodbus.framer import FramerRTU  # noqa: E402
