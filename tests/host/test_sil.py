@@ -248,3 +248,27 @@ def test_cli_sim_serves_pymodbus_on_a_pty():
     finally:
         p.terminate()
         p.wait(5)
+
+
+def test_link_telemetry_reaches_mosquitto(tmp_path):
+    # the app with a link configured publishes telemetry through the real broker
+    from edgegw.mosq import Mosquitto
+    from test_link import Cloud
+    with Mosquitto() as broker:
+        cloud = Cloud(broker, "edgegw/gw-sil/#")
+        cloud.wait_ready()
+        cfg = site_config(link={"host": broker.host, "port": broker.port}, status_s=2)
+        cfg["device_id"] = "gw-sil"
+        try:
+            with VirtualGateway(str(tmp_path), cfg, _sim(), speed=SPEED) as gw:
+                t, p = cloud.wait(lambda t, p: t == "edgegw/gw-sil/telemetry"
+                                  and json.loads(p).get("pv_w") is not None, timeout=20,
+                                  what="telemetry with site values")
+                rec = json.loads(p)
+                assert abs(rec["pv_w"] - 3000) <= 1 and rec["soc_cpct"] is not None
+                s = gw.status(False)
+                assert s["link"]["connected"] and s["link"]["state"] in (
+                    "ONLINE", "GRACE", "FALLBACK", "RECOVERING")
+                assert not s["errors"], s["errors"]
+        finally:
+            cloud.close()
