@@ -23,6 +23,7 @@ WMAX = const(10000000)      # |W| clamp for every power input (10 MW)
 WHMAX = const(10000000)     # battery up to 10 MWh
 MAX_WINDOWS = const(48)     # as Victron Dynamic ESS
 MAX_FC = const(288)         # forecast points kept (24 h at 5 min)
+_BLOCK = const(900)         # plan block (s)
 
 # reason strings (interned constants: assigning them does not allocate)
 R_SAFETY = "safety"
@@ -57,15 +58,21 @@ _SPEC = (
     ("ramp_w_s", 1, WMAX, None),
     ("deadband_w", 0, 1000000, None),
     ("hyst_cpct", 0, 1000, 100),
-    ("horizon_s", 600, 86400, 21600),
+    ("horizon_s", 900, 86400, 86400),
     ("pv_persist_s", 0, 86400, 3600),
+    ("precharge_s", 900, 86400, 10800),  # grid precharge starts at most this far ahead
     ("plan_s", 1, 3600, 60),
     ("link_lost_s", 0, 100000000, None),
     ("energy_persist_s", 10, 86400, 900),
+    ("pv_peak_w", 0, WMAX, 0),           # clear-sky PV peak; 0 = no PV expectation
+    ("pv_expect_milli", 0, 1000, 500),   # share of it the plan counts on
+    ("sun_rise_s", 0, 86400, 23400),     # local time of day (s) PV starts / ends
+    ("sun_set_s", 0, 86400, 70200),
+    ("tz_s", -50400, 50400, 28800),      # local time = now_s + tz_s (China: +8 h)
     ("grid_factor_g_kwh", 0, 1000, None),
     ("grid_factor_dg_kwh", 0, 10000, None),
 )
-_OTHER = ("export_allowed", "region", "schedule", "name", "note", "forecast", "pv_peak_w")
+_OTHER = ("export_allowed", "region", "schedule", "name", "note")
 
 
 def _isint(v):
@@ -121,7 +128,10 @@ def validate_params(site):
     except ImportError:  # pragma: no cover - energy.py missing on a trimmed image
         p["grid_factor_dg_kwh"] = p["grid_factor_dg_kwh"] or 5306
     p["region"] = reg
-    for k in ("schedule", "forecast", "name", "note", "pv_peak_w"):
+    if p["sun_set_s"] <= p["sun_rise_s"]:
+        raise ValueError("site.sun_set_s: %d must be after sun_rise_s %d"
+                         % (p["sun_set_s"], p["sun_rise_s"]))
+    for k in ("schedule", "name", "note"):
         if k in site:
             p[k] = site[k]
     if "schedule" in p:
@@ -274,7 +284,20 @@ class Dispatcher:
         self._tplan = 0
         self._replan = True
         self._fl = self._smin
-        self._itnow = 0
+        self._free = 0
+        self._kfail = 0
+        self._jit = _max(1, div_trunc(p["precharge_s"], _BLOCK))
+        self._nb = _max(1, div_trunc(p["horizon_s"], _BLOCK))
+        self._pvx = _mdiv(p["pv_peak_w"], p["pv_expect_milli"], 1000)
+        self._rise = p["sun_rise_s"]
+        self._day = p["sun_set_s"] - p["sun_rise_s"]
+        self._tz = p["tz_s"]
+        self._bmax = div_trunc(self._dmax, 10)
+        # free energy (W x block) worth spending on self-consumption: 0.5 % of capacity
+        self._fmin = _mdiv(p["battery_wh"], 20, 1000)   # the grid-meter bias is a small correction
+        self._pf = [0] * self._nb
+        # charge -> later discharge efficiency, 0.001 units
+        self._keff = div_trunc(p["eta_c_milli"] * p["eta_d_milli"], 1000)
         self._lastit = 0
         self.curtail_w = 0
         self.reason = R_IDLE
@@ -336,96 +359,152 @@ class Dispatcher:
         self._fcexp = exp
         self._replan = True
 
+    def track(self, sp_w, curtail_w=0):
+        """Tell the dispatcher what the PCS/PV really got when something else (the cloud)
+        set it, so the ramp starts from there and the meter bias does not learn the gap."""
+        self._sp = clamp(sp_w, -WMAX, WMAX)
+        self._curt = clamp(curtail_w, 0, WMAX)
+        self.sp_w = self._sp
+
     def clear_forecast(self):
         self._nfc = 0
         self._replan = True
 
     # ---- the plan: level T that the available energy can hold over the horizon -------
+    # The horizon is cut into 15 min blocks; energies are in W x block (1 Wh = 4 Wblk)
+    # so the inner loop is adds and compares only.
 
-    def _f(self, k, step, k0, fcok, base, pv):
-        # forecast net load (W) of planning step k: IT forecast (or persistence) + aux,
-        # minus PV fading out linearly over pv_persist_s (no PV forecast on the gateway)
-        i = k0 + k
-        if fcok and 0 <= i < self._nfc:
-            f = self._fc[i] + base
-        else:
-            f = self._itnow + base
-        if pv > 0 and self._pvp > 0:
-            m = div_trunc(k * step, 60)
-            if m < self._pvp:
-                f -= _mdiv(pv, self._pvp - m, self._pvp) if self._pvp <= 10000 else pv
-        return clamp(f, -WMAX, WMAX)
+    def _profile(self, now, pv, it, aux):
+        # forecast net load per block: IT forecast (mean of its points in the block, else
+        # persistence) + aux (persistence) - PV fading out linearly over pv_persist_s
+        # (the gateway has no PV forecast)
+        n = self._nb
+        fcok = self._nfc > 0 and now < self._fcexp
+        st = self._fcstep
+        m = 1 if st >= _BLOCK else div_trunc(_BLOCK, st)
+        sub = _BLOCK if m == 1 else st
+        pvp = self._pvp
+        tod = now + self._tz          # local time of day (s), folded without a bare %
+        if tod < 0 or tod >= 86400:
+            tod = tod - div_trunc(tod, 86400) * 86400
+            if tod < 0:
+                tod += 86400
+        for k in range(n):
+            tot = 0
+            for j in range(m):
+                v = it
+                if fcok:
+                    dk = now + k * _BLOCK + j * sub - self._fct0
+                    if dk >= 0:
+                        i = div_trunc(dk, st)
+                        if i < self._nfc:
+                            v = self._fc[i]
+                tot += v
+            f = div_trunc(tot, m) + aux
+            # PV: the present value, handing over linearly (pv_persist_s) to the clear-sky
+            # expectation (a parabola between sunrise and sunset, pv_expect_milli of peak)
+            mm = k * 15 + 7              # block middle, minutes from now
+            x = self._pv_expect(tod + mm * 60) if self._pvx > 0 else 0
+            if mm < pvp:
+                x = _mdiv(pv, pvp - mm, pvp) + _mdiv(x, mm, pvp)
+            f -= x
+            self._pf[k] = f
+        return fcok
 
-    def _feasible(self, T, n, step, k0, fcok, base, pv, e0, emax, grid):
-        # simulate deliverable energy e (Wh) holding grid at T; grid=True also charges from
-        # the grid below T. Returns the Wh needed above the floor, or -1 if e goes negative.
+    def _pv_expect(self, tod):
+        # expected PV (W) at local time of day tod (s, may run past midnight)
+        while tod >= 86400:
+            tod -= 86400
+        x = tod - self._rise
+        if x <= 0 or x >= self._day:
+            return 0
+        u = _frac(x, self._day)            # 0..10000
+        return _mdiv(self._pvx, div_trunc(u * (10000 - u), 2500), 10000)
+
+    def _feasible(self, T, n, e0, emax, grid):
+        # hold the grid at T: discharge above it, store PV surplus (and with grid=True
+        # charge from the grid below T). Returns the W x block discharged, -1 if the
+        # energy above the floor runs out.
         e = e0
         need = 0
+        low = e0                 # lowest energy before the battery first fills up
+        clip = 0                 # energy the plan would have to spill (battery full)
+        dmax = self._dmax
+        cmax = self._cmax
+        k2 = self._keff
+        pf = self._pf
         for k in range(n):
-            f = self._f(k, step, k0, fcok, base, pv)
+            f = pf[k]
             if f > T:
-                d = _wh(_min(f - T, self._dmax), step)
+                d = f - T
+                if d > dmax:
+                    d = dmax
                 e -= d
                 need += d
                 if e < 0:
+                    self._kfail = k
                     return -1
-            else:
-                c = 0
-                if f < 0:
-                    c = -f
+                if clip == 0 and e < low:
+                    low = e
+            elif e < emax:
+                c = -f if f < 0 else 0
                 if grid and T - f > c:
                     c = T - f
-                if c > 0 and e < emax:
-                    c = _wh(_min(c, self._cmax), step)
-                    c = _mdiv(_mdiv(c, self._etac, 1000), self._etad, 1000)
-                    e = _min(emax, e + c)
+                if c > cmax:
+                    c = cmax
+                if c > 0:
+                    ck = c // 1000          # c > 0: plain floor
+                    e += ck * k2 + ((c - ck * 1000) * k2) // 1000
+                    if e > emax:
+                        if clip < emax:
+                            clip += e - emax
+                        e = emax
+        # what can go to self-consumption now: no more than would be spilled later, and
+        # never below the lowest point before that (the plan's peaks stay covered)
+        self._free = _min(low, clip)
         return need
 
-    def _bisect(self, lo, hi, n, step, k0, fcok, base, pv, e0, emax, grid):
+    def _bisect(self, lo, hi, n, e0, emax, grid):
         # smallest T in [lo, hi] that stays feasible (hi assumed feasible)
         while hi - lo > self._tol:
             mid = lo + ((hi - lo) >> 1)   # hi > lo: non-negative shift
-            if self._feasible(mid, n, step, k0, fcok, base, pv, e0, emax, grid) >= 0:
+            if self._feasible(mid, n, e0, emax, grid) >= 0:
                 hi = mid
             else:
                 lo = mid
         return hi
 
     def _plan(self, now, pv, it, aux, soc):
-        self._itnow = it
-        fcok = self._nfc > 0 and now < self._fcexp
-        if fcok:
-            step = self._fcstep
-            dk = now - self._fct0
-            k0 = div_trunc(dk, step) if dk >= 0 else -1 - div_trunc(-dk - 1, step)
-        else:
-            step = 900
-            k0 = 0
-        n = _max(1, div_trunc(self._hor, step))
+        n = self._nb
+        fcok = self._profile(now, pv, it, aux)
         fl = self._fl
         e0 = 0
         if soc > fl:
-            e0 = _mdiv(energy_wh(self._bat, soc - fl), self._etad, 1000)
-        emax = _mdiv(energy_wh(self._bat, _max(0, self._smax - fl)), self._etad, 1000)
+            e0 = _mdiv(energy_wh(self._bat, soc - fl), self._etad, 1000) * 4
+        emax = _mdiv(energy_wh(self._bat, _max(0, self._smax - fl)), self._etad, 1000) * 4
         lo = self._margin
         hi = lo
         for k in range(n):
-            f = self._f(k, step, k0, fcok, aux, pv)
-            if f > hi:
-                hi = f
-        T = self._bisect(lo, hi, n, step, k0, fcok, aux, pv, e0, emax, False) if hi > lo else lo
+            if self._pf[k] > hi:
+                hi = self._pf[k]
+        T = self._bisect(lo, hi, n, e0, emax, False) if hi > lo else lo
         gc = False
         if T > lo:
-            # would charging from the grid below the level allow a lower one?
-            Tc = self._bisect(lo, T, n, step, k0, fcok, aux, pv, e0, emax, True)
-            # only for a hard need (the cap) or a forecast ramp: the gateway has no PV
-            # forecast, so pessimistic plans must not pull grid energy on their own
+            # would charging from the grid below the level allow a lower one? Only for a
+            # hard need (the cap) or a forecast ramp: the gateway has no PV forecast, so a
+            # pessimistic plan must not pull grid energy on its own
+            Tc = self._bisect(lo, T, n, e0, emax, True)
             big = _max(self._tol + self._db, div_trunc(self._dmax, 20))
             if T > self._cap or (fcok and T - Tc > big):
-                T = Tc
-                gc = True
-        need = self._feasible(T, n, step, k0, fcok, aux, pv, e0, emax, False)
-        self._gc = gc and need < 0
+                # just in time: only when the shortfall is near (PV may still come first)
+                self._feasible(Tc, n, e0, emax, False)
+                if self._kfail < self._jit:
+                    T = Tc
+                    gc = True
+        self._gc = gc and self._feasible(T, n, e0, emax, False) < 0
+        if self._gc:
+            self._free = 0
+
         # hysteresis on the level: a small re-plan does not move the setpoint
         d = T - self._level
         if d > self._db or -d > self._db or self._first:
@@ -452,7 +531,7 @@ class Dispatcher:
             g = clamp(grid_w, -WMAX, WMAX)
             r = g - (net + self._curt - sp0) - self._bias
             if r > self._db or -r > self._db:
-                self._bias = clamp(self._bias + div_trunc(r, 4), -self._dmax, self._dmax)
+                self._bias = clamp(self._bias + div_trunc(r, 4), -self._bmax, self._bmax)
         net = clamp(net + self._bias, -2 * WMAX, 2 * WMAX)
 
         # 1 safety: SOC window with hysteresis, BMS and PCS limits, ramp
@@ -475,6 +554,20 @@ class Dispatcher:
         if not self._dis_ok:
             hi0 = 0
             hi_r = R_SOC
+        if dt >= 60:
+            # slow loops: do not run past the SOC window before the next step (the last
+            # interval is the best guess of the next one)
+            dm = _min(div_trunc(dt, 60), 10000)
+            e = energy_wh(self._bat, soc - self._smin) if soc > self._smin else 0
+            x = _mdiv(_mdiv(_min(e, WHMAX), self._etad, 1000), 60, dm)
+            if x < hi0:
+                hi0 = x
+                hi_r = R_SOC
+            e = energy_wh(self._bat, self._smax - soc) if soc < self._smax else 0
+            x = _mdiv(_mdiv(_min(e, WHMAX), 1000, self._etac), 60, dm)
+            if x < -lo0:
+                lo0 = -x
+                lo_r = R_SOC
         if dt >= self._ramp_full_s:
             lo = lo0
             hi = hi0
@@ -537,7 +630,7 @@ class Dispatcher:
         elif self._gc or (self._res_low and net < T):
             want = net - T
             wr = R_PRECHARGE
-        elif net < self._margin:
+        elif net < self._margin or self._free > self._fmin:
             want = net - self._margin
             wr = R_SELF
         else:

@@ -92,7 +92,7 @@ def test_import_cap_binds_and_bms_limit_wins():
 
 
 def test_soc_window_hysteresis():
-    d = mk(reserve_s=0)
+    d = mk(reserve_s=0, horizon_s=900)
     sp = d.step(0, 0, 20000, 0, None, 1000, 10 ** 6, 10 ** 6)
     assert sp <= 0
     # just above the minimum: still off until min + hyst (1 %)
