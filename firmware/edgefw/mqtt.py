@@ -154,7 +154,9 @@ class MQTTClient:
             else:
                 self._read()
                 self._flush()
-                if self.state == WAIT_CONNACK:
+                if self.state == DOWN:
+                    pass  # the read found the connection gone
+                elif self.state == WAIT_CONNACK:
                     if ticks_diff(now_ms, self._t_state) > self.conn_timeout_ms:
                         self._fail("no CONNACK within %d ms" % self.conn_timeout_ms)
                 elif self.state == UP:
@@ -281,7 +283,7 @@ class MQTTClient:
         self._last_tx = self._now
 
     def _flush(self):
-        while self._tx:
+        while self._tx and self.sock is not None:
             try:
                 if hasattr(self.sock, "send"):
                     n = self.sock.send(self._tx)

@@ -244,7 +244,7 @@ def watch(broker, device, as_json, count, timeout):
 
     def on_msg(c, u, m):
         dev, leaf = T.split(m.topic)
-        if leaf is None or leaf.startswith("cmd/") or leaf == T.FORECAST:
+        if leaf is None or leaf.startswith("cmd/") or leaf == T.FORECAST or done.is_set():
             return
         try:
             d = json.loads(m.payload)

@@ -145,6 +145,7 @@ def test_mqtt_client_publish_subscribe_reconnect(broker):
         broker.start()
         drv.wait(lambda d: d["ev"] == "connected", timeout=5, what="reconnect")
         cloud.wait_ready()
+        time.sleep(0.3)  # the driver's SUBSCRIBE leaves right after its CONNACK
         cloud.c.publish("drv/in", b"again", 1)
         cloud.wait(lambda t, p: t == "drv/echo" and p == b"again", what="echo after restart")
         # an unclean loss publishes the retained will
