@@ -548,3 +548,36 @@ def compare_float(sc, p, steps=None):
         curt = d.curtail_w
         bat = pl.apply(sp, STEP_S)
     return worst, worst_c, n
+
+
+# ---- golden vectors -----------------------------------------------------------------
+
+def _repo():
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _golden_mod():
+    import importlib.util
+    path = os.path.join(_repo(), "tests", "dual", "golden_dispatch.py")
+    spec = importlib.util.spec_from_file_location("golden_dispatch", path)
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    return m
+
+
+def write_golden(path=None):
+    """Regenerate tests/dual/golden_dispatch.txt; returns (path, steps)."""
+    g = _golden_mod()
+    root = os.path.join(_repo(), "scenarios")
+    path = path or os.path.join(_repo(), "tests", "dual", "golden_dispatch.txt")
+    lines = ["# golden vectors of firmware/edgefw/dispatch.py: closed loop with an integer "
+             "plant (tests/dual/golden_dispatch.py)",
+             "# scenario block steps sum_sp_w sum_curtail_w sha256(sp,curtail,reason;...)"]
+    total = 0
+    for name in g.SCENARIOS:
+        for b, k, ssp, scu, hx in g.replay(root, name):
+            lines.append("%s %d %d %d %d %s" % (name, b, k, ssp, scu, hx))
+            total += k
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path, total

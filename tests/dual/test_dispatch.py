@@ -302,3 +302,25 @@ if not MICROPYTHON:
         finally:
             sys.settrace(None)
         assert not bad, bad[:5]
+
+
+def _root():
+    here = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
+    return here
+
+
+def test_golden_vectors_bit_identical():
+    # >= 10,000 closed-loop steps from the bundled scenarios, same digests on CPython and
+    # MicroPython (regenerate after a deliberate change: edgegw dispatch golden)
+    import golden_dispatch as G
+    here = _root()
+    gold = G.read(here + "/golden_dispatch.txt")
+    total = 0
+    for name in G.SCENARIOS:
+        got = G.replay(here + "/../../scenarios", name)
+        want = gold[name]
+        assert len(got) == len(want), (name, len(got), len(want))
+        for a, b in zip(got, want):
+            assert a == b, "%s block %d differs: got %r want %r" % (name, a[0], a, b)
+            total += a[1]
+    assert total >= 10000, total

@@ -1,0 +1,125 @@
+"""`edgegw dispatch`: evaluate the fallback dispatch on a scenario against no battery, the
+cloud schedule and the LP optimum; regenerate the golden vectors of the dual tests."""
+import json
+import os
+
+import click
+
+from edgegw.cli import UserError
+
+ROWS = (
+    ("peak_import_w", "peak import W"),
+    ("import_kwh", "grid import kWh"),
+    ("export_kwh", "export kWh"),
+    ("export_violations", "export violations (min)"),
+    ("cap_violations", "import above cap (min)"),
+    ("soc_violations", "SOC violations (min)"),
+    ("limit_violations", "power limit violations (min)"),
+    ("pv_used_pct", "PV used on site %"),
+    ("renewable_share_pct", "renewable share of IT load %"),
+    ("co2_kg", "Scope 2 kg CO2"),
+    ("ens_kwh", "energy not served kWh"),
+    ("curtail_kwh", "PV curtailed kWh"),
+    ("soc_end_pct", "SOC at the end %"),
+    ("job_import_wh", "grid import during the job Wh"),
+    ("peak_reduction_share_pct", "share of optimum peak reduction %"),
+    ("pv_use_improvement_share_pct", "share of optimum PV-use gain %"),
+)
+NAMES = {"a": "a no battery", "b": "b fallback", "c": "c schedule+lost", "d": "d LP optimum"}
+
+
+@click.group()
+def cli():
+    """Fallback dispatch: evaluation bench and golden vectors."""
+
+
+@cli.command("eval")
+@click.argument("scenario", type=click.Path(dir_okay=False))
+@click.option("--site", "site", type=click.Path(dir_okay=False),
+              help="site JSON (default: the scenario's name with .json)")
+@click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
+@click.option("--plot", type=click.Path(dir_okay=False), help="write a PNG of the runs")
+@click.option("--no-forecast", is_flag=True, help="give the fallback no compute forecast")
+def eval_cmd(scenario, site, as_json, plot, no_forecast):
+    """Run SCENARIO.csv (t_s,pv_w,it_load_w,aux_load_w) under four policies: a no battery,
+    b the firmware fallback dispatch, c the cloud schedule then link loss, d the LP optimum."""
+    from edgegw import evalbench
+    if not os.path.isfile(scenario):
+        raise UserError("SCENARIO: %s not found" % scenario)
+    if site is not None and not os.path.isfile(site):
+        raise UserError("--site: %s not found" % site)
+    if plot and not plot.lower().endswith(".png"):
+        raise UserError("--plot: %s must end in .png" % plot)
+    try:
+        res = evalbench.evaluate(scenario, site, use_forecast=not no_forecast,
+                                 keep_runs=bool(plot))
+    except evalbench.ScenarioError as e:
+        raise UserError(str(e))
+    if plot:
+        _plot(res, plot)
+        res.pop("_runs")
+        res.pop("_params")
+    if as_json:
+        click.echo(json.dumps(res, indent=2, sort_keys=True))
+        return
+    pol = res["policies"]
+    keys = sorted(pol)
+    click.echo("scenario %s: %d steps of 60 s, LP peak %d W"
+               % (res["scenario"], res["steps"], res["lp_peak_w"]))
+    click.echo("%-34s" % "" + "".join("%17s" % NAMES[k] for k in keys))
+    for k, label in ROWS:
+        if not any(k in pol[p] for p in keys):
+            continue
+        cells = []
+        for p in keys:
+            v = pol[p].get(k)
+            cells.append("%17s" % ("-" if v is None else v))
+        click.echo("%-34s" % label + "".join(cells))
+
+
+def _plot(res, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    runs = res["_runs"]
+    a = runs["a"]
+    h = np.arange(len(a["pv"])) / 60.0
+    fig, ax = plt.subplots(4, 1, figsize=(11, 10), sharex=True)
+    ax[0].plot(h, a["pv"] / 1000, label="PV available", color="orange")
+    ax[0].plot(h, a["it"] / 1000, label="IT load")
+    ax[0].plot(h, (a["it"] + a["aux"]) / 1000, label="IT + aux load")
+    ax[0].set_ylabel("kW")
+    for k in ("b", "c", "d"):
+        if k in runs:
+            ax[1].plot(h, runs[k]["bat"] / 1000, label=NAMES[k])
+            ax[2].plot(h, runs[k]["grid"] / 1000, label=NAMES[k])
+            ax[3].plot(h, runs[k]["soc"] / 100, label=NAMES[k])
+    ax[2].plot(h, a["grid"] / 1000, label=NAMES["a"], color="grey", lw=0.8)
+    cap = res["_params"]["grid_cap_w"]
+    if cap < 10000000:
+        ax[2].axhline(cap / 1000, color="red", ls="--", lw=0.8, label="import cap")
+    ax[1].set_ylabel("battery kW (+ discharge)")
+    ax[2].set_ylabel("grid kW (+ import)")
+    ax[3].set_ylabel("SOC %")
+    ax[3].set_xlabel("hours")
+    for x in ax:
+        x.legend(loc="upper right", fontsize=7)
+        x.grid(alpha=0.3)
+    ax[0].set_title("%s" % res["scenario"])
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+@cli.command("golden")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="golden file (default tests/dual/golden_dispatch.txt in the repo)")
+def golden_cmd(out):
+    """Regenerate the golden vectors the dual tests replay: the firmware dispatch in a
+    closed loop with an integer plant over the bundled scenarios, outputs digested per
+    block of 240 steps (tests/dual/golden_dispatch.py does the replay)."""
+    from edgegw import evalbench
+    path, n = evalbench.write_golden(out)
+    click.echo("wrote %s (%d steps)" % (path, n))
