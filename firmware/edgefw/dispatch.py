@@ -286,15 +286,14 @@ class Dispatcher:
         self._fl = self._smin
         self._free = 0
         self._kfail = 0
+        self._kclip = 0
         self._jit = _max(1, div_trunc(p["precharge_s"], _BLOCK))
         self._nb = _max(1, div_trunc(p["horizon_s"], _BLOCK))
         self._pvx = _mdiv(p["pv_peak_w"], p["pv_expect_milli"], 1000)
         self._rise = p["sun_rise_s"]
         self._day = p["sun_set_s"] - p["sun_rise_s"]
         self._tz = p["tz_s"]
-        self._bmax = div_trunc(self._dmax, 10)
-        # free energy (W x block) worth spending on self-consumption: 0.5 % of capacity
-        self._fmin = _mdiv(p["battery_wh"], 20, 1000)   # the grid-meter bias is a small correction
+        self._bmax = div_trunc(self._dmax, 10)   # the grid-meter bias is a small correction
         self._pf = [0] * self._nb
         # charge -> later discharge efficiency, 0.001 units
         self._keff = div_trunc(p["eta_c_milli"] * p["eta_d_milli"], 1000)
@@ -456,6 +455,8 @@ class Dispatcher:
                     ck = c // 1000          # c > 0: plain floor
                     e += ck * k2 + ((c - ck * 1000) * k2) // 1000
                     if e > emax:
+                        if clip == 0:
+                            self._kclip = k
                         if clip < emax:
                             clip += e - emax
                         e = emax
@@ -501,9 +502,12 @@ class Dispatcher:
                 if self._kfail < self._jit:
                     T = Tc
                     gc = True
+        self._kclip = 0
         self._gc = gc and self._feasible(T, n, e0, emax, False) < 0
-        if self._gc:
-            self._free = 0
+        if not self._gc and self._free > 0 and self._kclip > 0:
+            # energy the battery would spill later is spread evenly over the blocks until
+            # then as extra self-consumption: the level drops, smoothly (no on/off)
+            T = _max(lo, T - div_trunc(self._free, self._kclip))
 
         # hysteresis on the level: a small re-plan does not move the setpoint
         d = T - self._level
@@ -630,7 +634,7 @@ class Dispatcher:
         elif self._gc or (self._res_low and net < T):
             want = net - T
             wr = R_PRECHARGE
-        elif net < self._margin or self._free > self._fmin:
+        elif net < self._margin:
             want = net - self._margin
             wr = R_SELF
         else:
