@@ -14,27 +14,34 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Loads `edgegw.cmd_<name>` on first use: a command module may import edgegw.cli
+    (for UserError) before the group exists, and `edgegw --help` stays quick."""
+
+    def list_commands(self, ctx):
+        return [n for n in COMMANDS if self._module(n) is not None]
+
+    def get_command(self, ctx, name):
+        mod = self._module(name) if name in COMMANDS else None
+        return None if mod is None else mod.cli
+
+    @staticmethod
+    def _module(name):
+        try:
+            return importlib.import_module("edgegw.cmd_" + name)
+        except ModuleNotFoundError as e:
+            if e.name == "edgegw.cmd_" + name:
+                return None  # not built yet
+            raise
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgegw")
 def cli():
     """edgegw: field and bench toolkit for the edge compute node energy gateway.
 
     Shell completion: eval "$(_EDGEGW_COMPLETE=bash_source edgegw)" (zsh_source, fish_source).
     """
-
-
-def _load():
-    for name in COMMANDS:
-        try:
-            mod = importlib.import_module("edgegw.cmd_" + name)
-        except ModuleNotFoundError as e:
-            if e.name == "edgegw.cmd_" + name:
-                continue
-            raise
-        cli.add_command(mod.cli, name)
-
-
-_load()
 
 
 def main():

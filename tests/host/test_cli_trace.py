@@ -25,8 +25,7 @@ from protocols import modbus_rtu as rtu  # noqa: E402
 from protocols import regmap  # noqa: E402
 
 EDGEGW = os.path.join(VENV_BIN, "edgegw")
-SEPLOS = os.path.join(os.path.dirname(REPO), "shared", "reference", "traces",
-                      "seplos-v3-SG16S200A-all-frames.txt")
+SEPLOS = os.path.join(REPO, "tests", "data", "traces", "seplos-v3-SG16S200A-all-frames.txt")
 
 
 class Bus:

@@ -7,7 +7,7 @@ import os
 
 from protocols import regmap, trace
 
-REF = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "reference", "traces",
+REF = os.path.join(os.path.dirname(__file__), "..", "data", "traces",
                    "seplos-v3-SG16S200A-all-frames.txt")
 
 CAPTURE = """\
