@@ -11,7 +11,10 @@ import time
 import paho.mqtt.client as paho
 import pytest
 
-from conftest import MICROPYTHON, MICROPYPATH, REPO
+# (not `from conftest import`: with tests/dual collected too, that name can be the other one)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MICROPYTHON = os.path.join(REPO, ".venv", "bin", "micropython")
+MICROPYPATH = ".frozen:%s:%s" % (REPO, os.path.join(REPO, "firmware"))
 
 sys.path.insert(0, os.path.join(REPO, "host"))
 from edgegw.mosq import Mosquitto  # noqa: E402
@@ -345,3 +348,35 @@ def test_cli_setpoint_watch_collect(broker, tmp_path):
     finally:
         drv.kill()
         col.close()
+
+
+def test_vgw_signed_setpoint_reaches_pcs_unsigned_does_not(broker, tmp_path):
+    """The whole firmware (virtual gateway, 10x site clock) with the link on: a signed cloud
+    setpoint is written to the simulated PCS over RS-485, an unsigned one is not."""
+    from edgegw.cmd_link import send_command
+    from edgegw.simsite import SimSite
+    from edgegw.vgw import VirtualGateway, site_config
+    cfg = site_config(link={"host": broker.host, "port": broker.port, "key": KEY_HEX,
+                            "keepalive_s": KEEPALIVE_S, "recover_s": 600,
+                            "ramp_w_s": 100000})
+    cfg["device_id"] = DEV
+    sim = SimSite(pv=0, it=1500, aux=200, soc_cpct=6000)
+    b = "%s:%d" % (broker.host, broker.port)
+    with VirtualGateway(str(tmp_path / "gw"), cfg, sim, speed=10) as gw:
+        s = gw.wait(lambda s: (s.get("link") or {}).get("state") == "RECOVERING", 20,
+                    points=False)
+        cmd, a = send_command(b, DEV, T.CMD_SETPOINT, {"p_w": 1234}, KEY, ts=s["t"],
+                              exp_s=3000)
+        assert a is not None and a["ok"], a
+        gw.wait(lambda s: s["link"]["state"] == "ONLINE" and s["sp_src"] == "cloud", 20,
+                points=False)
+        t_end = time.monotonic() + 10
+        while sim.p_set_w != 1234 and time.monotonic() < t_end:
+            time.sleep(0.2)
+        assert sim.p_set_w == 1234  # on the wire: the PCS register holds the cloud value
+        s = gw.status(points=False)
+        cmd, a = send_command(b, DEV, T.CMD_SETPOINT, {"p_w": -2000}, KEY, ts=s["t"],
+                              exp_s=3000, sign=False)
+        assert a is not None and a["reason"] == "unsigned"
+        time.sleep(1.5)  # 15 site seconds of control
+        assert sim.p_set_w == 1234
