@@ -22,6 +22,7 @@ ROWS = (
     ("curtail_kwh", "PV curtailed kWh"),
     ("soc_end_pct", "SOC at the end %"),
     ("job_import_wh", "grid import during the job Wh"),
+    ("job_import_above_band_wh", "job import beyond the aim band Wh"),
     ("peak_reduction_share_pct", "share of optimum peak reduction %"),
     ("pv_use_improvement_share_pct", "share of optimum PV-use gain %"),
 )

@@ -360,6 +360,10 @@ def metrics(out, p, job=None):
         sel = slice(t0 // STEP_S, t1 // STEP_S)
         m["job_import_wh"] = round(float(np.clip(g[sel], 0, None).sum() * dt_h), 1)
         m["job_peak_import_w"] = int(round(max(0.0, float(g[sel].max()))))
+        # "zero import" as a zero-export controller can mean it: nothing beyond the band
+        # it deliberately aims into import (export margin + setpoint deadband)
+        over = np.clip(g[sel] - p["export_margin_w"] - p["deadband_w"], 0, None)
+        m["job_import_above_band_wh"] = round(float(over.sum() * dt_h), 1)
     return m
 
 
