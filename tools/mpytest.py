@@ -10,6 +10,11 @@ except ImportError:
     gc = None
 
 
+def _cpython_only():
+    h = sys.modules.get("_helpers")
+    return getattr(h, "CPYTHON_ONLY", ()) if h else ()
+
+
 def run_file(path, counts):
     d = path.rsplit("/", 1)
     if len(d) == 2 and d[0] not in sys.path:
@@ -25,7 +30,7 @@ def run_file(path, counts):
     names = sorted(n for n in dir(mod) if n.startswith("test_"))
     for n in names:
         fn = getattr(mod, n)
-        if getattr(fn, "cpython_only", False):
+        if n in _cpython_only():
             print("SKIP %s::%s (CPython only)" % (path, n))
             counts[2] += 1
             continue
