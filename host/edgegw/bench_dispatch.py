@@ -1,0 +1,106 @@
+"""`make bench` figures for the fallback dispatch: control steps per second on MicroPython
+(unix port) and CPython, heap bytes per step on MicroPython, and the evaluation of every
+bundled scenario (policies a-d, share of the LP optimum's improvement reached by b and c,
+violations). Targets (issue 4): b >= 85 % of the optimum's peak reduction and >= 90 % of
+its PV-use gain; zero export, SOC and limit violations; the sandstorm job without import."""
+import glob
+import os
+import subprocess
+import time
+
+from edgegw import evalbench
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# the same closed loop the golden vectors replay; prints steps/s and heap bytes per step
+_MPY_SCRIPT = r"""
+import gc, time, micropython
+import golden_dispatch as G
+from edgefw import dispatch
+p, t, pv, it, aux = G.load("scenarios", "clear_summer")
+d = dispatch.Dispatcher(p)
+d.set_forecast(0, 300, G._forecast(it, 0), 10 ** 9)
+n = 600
+gc.collect()
+f0 = gc.mem_free()
+t0 = time.ticks_us()
+for i in range(n):
+    d.step(t[i], pv[i], it[i], aux[i], it[i] + aux[i] - pv[i], 5000, 100000, 100000)
+us = time.ticks_diff(time.ticks_us(), t0)
+used = f0 - gc.mem_free()
+micropython.heap_lock()
+for i in range(n, 2 * n):
+    d.step(t[i], pv[i], it[i], aux[i], it[i] + aux[i] - pv[i], 5000, 100000, 100000)
+micropython.heap_unlock()
+print("RESULT", n * 1000000 // us, used // n)
+"""
+
+
+def _cpython_rate():
+    from edgefw import dispatch
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "golden_dispatch", os.path.join(REPO, "tests", "dual", "golden_dispatch.py"))
+    G = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(G)
+    p, t, pv, it, aux = G.load(os.path.join(REPO, "scenarios"), "clear_summer")
+    d = dispatch.Dispatcher(p)
+    d.set_forecast(0, 300, G._forecast(it, 0), 10 ** 9)
+    n = 600
+    t0 = time.perf_counter()
+    for i in range(n):
+        d.step(t[i], pv[i], it[i], aux[i], it[i] + aux[i] - pv[i], 5000, 100000, 100000)
+    return round(n / (time.perf_counter() - t0))
+
+
+def _mpy_rate():
+    mpy = os.path.join(REPO, ".venv", "bin", "micropython")
+    env = dict(os.environ)
+    env["MICROPYPATH"] = ".frozen:%s:%s:%s" % (REPO, os.path.join(REPO, "firmware"),
+                                               os.path.join(REPO, "tests", "dual"))
+    p = subprocess.run([mpy, "-X", "heapsize=2m", "-c", _MPY_SCRIPT], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    for line in p.stdout.splitlines():
+        if line.startswith("RESULT"):
+            _, rate, heap = line.split()
+            return int(rate), int(heap)
+    raise RuntimeError("micropython bench failed: %s" % (p.stderr or p.stdout)[-300:])
+
+
+def run():
+    out = {}
+    out["cpython_steps_per_s"] = _cpython_rate()
+    rate, heap = _mpy_rate()
+    out["micropython_steps_per_s"] = rate
+    out["micropython_heap_bytes_per_step_unlocked"] = heap
+    out["micropython_heap_lock_ok"] = True
+    scen = {}
+    worst = {"b_peak_share_min": None, "b_pv_share_min": None, "violations": 0}
+    for csv_path in sorted(glob.glob(os.path.join(REPO, "scenarios", "*.csv"))):
+        r = evalbench.evaluate(csv_path)
+        pol = r["policies"]
+        row = {"lp_peak_w": r["lp_peak_w"]}
+        for k in sorted(pol):
+            m = pol[k]
+            keep = ("peak_import_w", "import_kwh", "pv_used_pct", "renewable_share_pct",
+                    "co2_kg", "export_violations", "soc_violations", "limit_violations",
+                    "cap_violations", "ens_kwh", "soc_end_pct", "peak_reduction_share_pct",
+                    "pv_use_improvement_share_pct", "job_import_wh", "job_import_above_band_wh")
+            row[k] = {x: m[x] for x in keep if x in m}
+            if k in ("b", "c"):
+                worst["violations"] += (m["export_violations"] + m["soc_violations"]
+                                        + m["limit_violations"])
+        for key, name in (("peak_reduction_share_pct", "b_peak_share_min"),
+                          ("pv_use_improvement_share_pct", "b_pv_share_min")):
+            v = pol["b"].get(key)
+            if v is not None and (worst[name] is None or v < worst[name]):
+                worst[name] = v
+        scen[r["scenario"]] = row
+    out["scenarios"] = scen
+    out["summary"] = worst
+    return out
+
+
+if __name__ == "__main__":
+    import json
+    print(json.dumps(run(), indent=2))
