@@ -320,21 +320,14 @@ class App:
             if w < wait:
                 wait = w
         now = clock.site_ms()
-        d1 = self.bms
-        d2 = self.pcs
-        if (d1 is not None and d1.polled) or (d2 is not None and d2.polled):
-            # the interlock acts on fresh BMS/PCS data at once, not at the control tick
-            if d1 is not None:
-                d1.polled = False
-            if d2 is not None:
-                d2.polled = False
-            if self.safety.check(self.site, now):
-                self._err("safety trip: %s" % self.safety.reason)
-                self.sp_w = 0
-                self.sp_src = "safety"
-                self.stop_pcs()
-        elif self.bms is not None and self.safety.on_stale:
-            self.safety.check(self.site, now)  # stale is noticed without new data
+        # the interlock runs every pass: a fault in fresh BMS/PCS data (or data going
+        # stale) stops the PCS at once, not at the next control tick
+        if self.safety.check(self.site, now):
+            self._err("safety trip: %s" % self.safety.reason)
+            self.sp_w = 0
+            self.sp_src = "safety"
+            self.stop_pcs()
+            wait = 0
         left = clock.ticks_diff(self.ctl_due, now)
         if left <= 0:
             self.ctl_due = clock.ticks_add(self.ctl_due, self.period)
@@ -352,6 +345,9 @@ class App:
                 self._err("link: %s" % e)
             if wait > 20:
                 wait = 20
+        for m in self.masters.values():
+            if m.idle_with_writes():
+                wait = 0  # a write was queued after its master was polled: send it now
         st = self.cfg["status_s"]
         if st and clock.ticks_diff(now, self.stat_due) >= 0:
             self.stat_due = clock.ticks_add(now, st * 1000)

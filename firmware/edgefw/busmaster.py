@@ -119,6 +119,10 @@ class BusMaster:
             q.append(w)
         return w
 
+    def idle_with_writes(self):
+        """True when writes wait and nothing is in flight (the loop must not sleep)."""
+        return self.state == _IDLE and len(self.wq) > 0
+
     def pending(self):
         return len(self.wq) + (1 if isinstance(self.cur, _Write) else 0)
 

@@ -47,6 +47,7 @@ def test_every_device_polled_values_match_simulator(gw):
         s = gw.wait(lambda s: all(s["buses"][b][d]["polls"] >= polls[d] + 2
                                   for b in s["buses"] for d in s["buses"][b]
                                   if not d.startswith("_")), 20)
+        assert s["nerr"] == 0, s["errors"]  # the loop never raised
         checked = 0
         for name, dev in gw.devices.items():
             truth = gw.sim.points(dev.role)
@@ -156,8 +157,8 @@ def test_bms_alarm_zero_setpoint_on_the_wire_within_one_poll(tmp_path):
         pcs = regmap.load("sunspec_pcs")
         sp_addr = pcs.points["p_set_w"]["addr"]
         run_addr = pcs.points["run"]["addr"]
-        t_inj = time.monotonic()
         gw.sim.bms_alarm = 1 << 2  # pack over-voltage alarm
+        t_inj = time.monotonic()  # every BMS request from now on is answered with it
         s = gw.wait(lambda s: s["safety"]["tripped"], 10, interval=0.1, points=False)
         assert "alarm" in s["safety"]["reason"]
         time.sleep(0.3)
