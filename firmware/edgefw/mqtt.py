@@ -28,6 +28,21 @@ def _blocked(e):
     return e.args and e.args[0] in _EAGAIN or type(e).__name__.startswith("SSLWant")
 
 
+def _der(data):
+    # MicroPython's mbedTLS takes CA data as DER only: decode the first PEM block
+    if not data.startswith(b"-----BEGIN"):
+        return data
+    from binascii import a2b_base64
+    lines = data.split(b"\n")
+    b64 = b""
+    for ln in lines[1:]:
+        ln = ln.strip()
+        if ln.startswith(b"-----END"):
+            break
+        b64 += ln
+    return a2b_base64(b64)
+
+
 def _str(s):
     if isinstance(s, str):
         s = s.encode()
@@ -200,7 +215,11 @@ class MQTTClient:
             self._fail("TCP connect refused")
             return
         if self.tls:
-            self._wrap_tls()
+            try:
+                self._wrap_tls()
+            except ValueError as e:  # a CA file that does not parse
+                self._fail("TLS setup: %r" % (e,))
+                return
         self._poller = select.poll()
         self._poller.register(self.sock, select.POLLIN)
         self._last_rx = self._last_tx = self._now
@@ -215,7 +234,7 @@ class MQTTClient:
         if self.ca:
             ctx.verify_mode = ssl.CERT_REQUIRED
             with open(self.ca, "rb") as f:
-                ctx.load_verify_locations(cadata=f.read())
+                ctx.load_verify_locations(cadata=_der(f.read()))
         else:
             if hasattr(ctx, "check_hostname"):
                 ctx.check_hostname = False

@@ -1,7 +1,8 @@
 # Runs the firmware MQTT client / Link as a real MicroPython (or CPython) process for the
 # host tests and benches. Prints one JSON object per line on stdout; reads commands
 # (one per line) on stdin without blocking.
-#   micropython tests/host/link_driver.py mqtt HOST PORT KEEPALIVE_S N
+#   micropython tests/host/link_driver.py mqtt HOST PORT KEEPALIVE_S N [CA]
+#       (CA given: TLS, broker verified against that CA file; "" = TLS without verifying)
 #       publish N QoS 1 messages on drv/out, echo drv/in messages to drv/echo,
 #       print {"ev": "done", ...} when all are acked; "quit" on stdin ends.
 #   micropython tests/host/link_driver.py link CFG.json
@@ -67,9 +68,9 @@ class Stdin:
         return got
 
 
-def run_mqtt(host, port, ka, n):
+def run_mqtt(host, port, ka, n, ca=None):
     from edgefw import mqtt
-    c = mqtt.MQTTClient("drv", host, port, keepalive_s=ka,
+    c = mqtt.MQTTClient("drv", host, port, keepalive_s=ka, tls=ca is not None, ca=ca or None,
                         will=("drv/status", b"offline", 1, True),
                         backoff_min_ms=100, backoff_max_ms=1000)
     acked = []
@@ -168,7 +169,8 @@ def run_link(path):
 
 def main(argv):
     if argv[1] == "mqtt":
-        run_mqtt(argv[2], int(argv[3]), int(argv[4]), int(argv[5]))
+        run_mqtt(argv[2], int(argv[3]), int(argv[4]), int(argv[5]),
+                 argv[6] if len(argv) > 6 else None)
     elif argv[1] == "link":
         run_link(argv[2])
     else:

@@ -380,3 +380,56 @@ def test_vgw_signed_setpoint_reaches_pcs_unsigned_does_not(broker, tmp_path):
         assert a is not None and a["reason"] == "unsigned"
         time.sleep(1.5)  # 15 site seconds of control
         assert sim.p_set_w == 1234
+
+
+def _certs(d):
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl CLI)."""
+    import shutil
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not installed")
+    d.mkdir()
+
+    def ossl(*a):
+        subprocess.run(["openssl"] + list(a), cwd=d, check=True, capture_output=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ossl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+         "-subj", "/CN=edgegw-test-ca")
+    ossl("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
+    (d / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    ossl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext")
+    ossl("req", "-x509", *ec, "-keyout", "other.key", "-out", "other.pem", "-days", "2",
+         "-subj", "/CN=someone-else")
+    # mosquitto started as root drops to its own user: it must read these
+    for p in [d] + list(d.iterdir()):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    return d
+
+
+def test_mqtt_client_tls_verifies_the_broker():
+    import pathlib
+    import shutil
+    import tempfile
+    top = tempfile.mkdtemp(prefix="edgegw-tls-")  # not under pytest's private tmp dir
+    os.chmod(top, 0o755)
+    try:
+        _tls_check(_certs(pathlib.Path(top) / "tls"))
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _tls_check(d):
+    conf = "certfile %s\nkeyfile %s\n" % (d / "srv.pem", d / "srv.key")
+    with Mosquitto(extra_conf=conf) as m:
+        drv = Driver("mqtt", m.host, str(m.port), "5", "20", str(d / "ca.pem"))
+        try:
+            assert drv.wait(lambda x: x["ev"] == "done", what="20 QoS 1 over TLS")["acked"] == 20
+        finally:
+            drv.kill()
+        # a broker certificate from another CA: no connection
+        drv = Driver("mqtt", m.host, str(m.port), "5", "1", str(d / "other.pem"))
+        try:
+            time.sleep(1.5)
+            assert not [x for x in drv.lines if x["ev"] in ("connected", "done")], drv.lines
+        finally:
+            drv.kill()
