@@ -5,6 +5,7 @@ config, stop()/start() on the same port for broker-loss tests.
         ... connect to m.host, m.port ...
         m.stop()    # SIGKILL: clients see the TCP connection die, like a crashed broker
         m.start()   # same port again
+        m.pause()   # SIGSTOP: a hung broker, sockets stay open; m.resume()
 """
 import os
 import shutil
@@ -62,6 +63,7 @@ class Mosquitto:
 
     def stop(self, sig=signal.SIGKILL):
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # in case it was paused
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(5)
@@ -69,6 +71,14 @@ class Mosquitto:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+    def pause(self):
+        """SIGSTOP: the broker hangs with its sockets open (a half-open path: only the
+        clients' keepalive can notice)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self):
+        self.proc.send_signal(signal.SIGCONT)
 
     @property
     def running(self):

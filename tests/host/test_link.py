@@ -433,3 +433,35 @@ def _tls_check(d):
             assert not [x for x in drv.lines if x["ev"] in ("connected", "done")], drv.lines
         finally:
             drv.kill()
+
+
+def test_link_hung_broker_found_by_keepalive(broker, tmp_path):
+    """A broker that hangs with its sockets open (SIGSTOP): no socket error, only the
+    unanswered keepalive ping shows the loss; FALLBACK within keepalive x 1.5."""
+    col = CloudEMS(broker)
+    col.wait_ready()
+    drv = Driver("link", link_cfg(broker, tmp_path, grace_s=0, recover_s=1))
+    try:
+        state_at(drv, "ONLINE")
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        broker.pause()
+        fb = state_at(drv, "FALLBACK", t0)
+        assert fb["_t"] - t0 <= KEEPALIVE_S * 1.5
+        time.sleep(0.5)
+        t1 = time.monotonic()
+        broker.resume()  # the paho cloud client kept its session: no re-subscribe race
+        state_at(drv, "ONLINE", t1, timeout=15)
+        time.sleep(1.0)
+        drv.send("mute")
+        time.sleep(0.5)
+        drv.send("stats")
+        st = drv.wait(lambda d: d["ev"] == "stats")["stats"]
+        assert st["ring_n"] == 0
+        rep = dedup_report(col.records())
+        assert rep["lost"] == 0 and rep["in_order"], rep
+        assert rep["received"] == st["seq"]
+        drv.quit()
+    finally:
+        drv.kill()
+        col.close()
