@@ -60,12 +60,12 @@ _SPEC = (
     ("hyst_cpct", 0, 1000, 100),
     ("horizon_s", 900, 86400, 86400),
     ("pv_persist_s", 0, 86400, 3600),
-    ("precharge_s", 900, 86400, 10800),  # grid precharge starts at most this far ahead
+    ("precharge_s", 900, 86400, 21600),  # grid precharge starts at most this far ahead
     ("plan_s", 1, 3600, 60),
     ("link_lost_s", 0, 100000000, None),
     ("energy_persist_s", 10, 86400, 900),
     ("pv_peak_w", 0, WMAX, 0),           # clear-sky PV peak; 0 = no PV expectation
-    ("pv_expect_milli", 0, 1000, 500),   # share of it the plan counts on
+    ("pv_expect_milli", 0, 1000, 800),   # share of it the plan counts on
     ("sun_rise_s", 0, 86400, 23400),     # local time of day (s) PV starts / ends
     ("sun_set_s", 0, 86400, 70200),
     ("tz_s", -50400, 50400, 28800),      # local time = now_s + tz_s (China: +8 h)
