@@ -8,6 +8,8 @@ clock running `speed` x real time, and its REPL on a pty that mpremote can use.
     with VirtualGateway(dirpath, config=cfg, site=SimSite(...), speed=10) as gw:
         gw.repl_port            # pty path: `mpremote connect <it> resume exec ...`
         gw.bus_ports            # {bus name: pty path the firmware opened}
+        gw.external_ports       # {bus name: pty path for an outside peer}, for the buses
+                                # named in external=(...): no simulated devices there
         gw.sim                  # the SimSite (physics; fault hooks bms_alarm, pcs_fault)
         gw.devices              # {device name: SimDevice} (mode = "silent"/"crc"/...)
         gw.buses                # {bus name: SimBus} (trace of frames on each line)
@@ -83,7 +85,9 @@ def _pty_raw():
 class VirtualGateway:
     def __init__(self, dirpath=None, config=None, site=None, speed=10, heapsize="384k",
                  write_config=True, pace=False, micropython=MICROPYTHON, env=None,
-                 ready_timeout=15):
+                 ready_timeout=15, external=()):
+        self.external = tuple(external)  # bus names served from outside (replayer, adapter)
+        self.external_ports = {}
         self.dir = os.path.abspath(dirpath or tempfile.mkdtemp(prefix="edgegw-vgw-"))
         self.config = config
         self.sim = site if site is not None else SimSite()
@@ -131,6 +135,17 @@ class VirtualGateway:
             os.symlink(path, link)
             self.bus_ports[b["name"]] = path
             b["port"] = "dev/" + b["name"]
+            if b["name"] in self.external:
+                # the outside world (edgegw replay, a USB adapter bridge) opens a second
+                # pty; a relay joins the two lines as one RS-485 segment
+                m2, s2, path2 = _pty_raw()
+                self._fds += [m2, s2]
+                self.external_ports[b["name"]] = path2
+                th = threading.Thread(target=self._bridge, args=(m, m2), daemon=True,
+                                      name="bus-bridge-" + b["name"])
+                th.start()
+                self._threads.append(th)
+                continue
             devs = []
             for i, d in enumerate(cfg.get("devices") or []):
                 if d.get("bus", cfg["buses"][0]["name"]) != b["name"]:
@@ -185,6 +200,22 @@ class VirtualGateway:
         except TimeoutError:
             self.close()
             raise RuntimeError("virtual gateway did not reach its REPL:\n" + self.output[-3000:])
+
+    def _bridge(self, a, b):
+        """Copy bytes both ways between two pty masters (an external bus)."""
+        while not self._stop.is_set():
+            try:
+                r, _, _ = select.select([a, b], [], [], 0.2)
+            except (OSError, ValueError):
+                return
+            for src, dst in ((a, b), (b, a)):
+                if src in r:
+                    try:
+                        d = os.read(src, 4096)
+                        if d:
+                            os.write(dst, d)
+                    except OSError:
+                        pass
 
     def _relay(self, m1, m2):
         while not self._stop.is_set():
