@@ -150,8 +150,11 @@ def _pcs_writes(gw):
 
 
 def test_bms_alarm_zero_setpoint_on_the_wire_within_one_poll(tmp_path):
+    # near real time: at 10x a 1 s poll period is 100 ms of real time, and a busy CI box
+    # can stall the host side that long; the reaction is counted in bus turns anyway
+    speed = 2
     cfg = site_config(control={"mode": "hold", "hold_w": 1500}, safety={"clean_s": 3})
-    with VirtualGateway(str(tmp_path), cfg, _sim(), speed=SPEED) as gw:
+    with VirtualGateway(str(tmp_path), cfg, _sim(), speed=speed) as gw:
         gw.wait(lambda s: s["sent_w"] == 1500 and s["run_cmd"] == 1, 30, points=False)
         gw.wait(lambda s: gw.sim.p_set_w == 1500 and gw.sim.run == 1, 10, points=False)
         pcs = regmap.load("sunspec_pcs")
@@ -177,13 +180,13 @@ def test_bms_alarm_zero_setpoint_on_the_wire_within_one_poll(tmp_path):
         assert zero[0][0] <= stop[0][0]
         if nxt:
             assert zero[0][0] < nxt[0], (zero[0][0] - t_seen, nxt[0] - t_seen)
-        assert (zero[0][0] - t_seen) * SPEED * 1000 < cfg["devices"][0]["period_ms"]
+        assert (zero[0][0] - t_seen) * speed * 1000 < cfg["devices"][0]["period_ms"]
         assert gw.sim.p_set_w == 0 and gw.sim.run == 0
         # held at 0 while the alarm stands; released clean_s after it clears
         gw.sim.bms_alarm = 0
         t_clear = time.monotonic()
         gw.wait(lambda s: not s["safety"]["tripped"], 20, points=False)
-        assert (time.monotonic() - t_clear) * SPEED >= 3 - 0.5
+        assert (time.monotonic() - t_clear) * speed >= 3 - 0.5
         gw.wait(lambda s: gw.sim.p_set_w == 1500 and gw.sim.run == 1, 10, points=False)
 
 
