@@ -289,7 +289,10 @@ class Dispatcher:
         self._kclip = 0
         self._jit = _max(1, div_trunc(p["precharge_s"], _BLOCK))
         self._nb = _max(1, div_trunc(p["horizon_s"], _BLOCK))
-        self._pvx = _mdiv(p["pv_peak_w"], p["pv_expect_milli"], 1000)
+        self._pvx = p["pv_peak_w"]
+        # clear-sky index the plan counts on (0.01 %): starts at pv_expect_milli, then
+        # follows what the PV really gives against the clear-sky curve (dust, haze, season)
+        self._kci = p["pv_expect_milli"] * 10
         self._rise = p["sun_rise_s"]
         self._day = p["sun_set_s"] - p["sun_rise_s"]
         self._tz = p["tz_s"]
@@ -388,6 +391,11 @@ class Dispatcher:
             tod = tod - div_trunc(tod, 86400) * 86400
             if tod < 0:
                 tod += 86400
+        if self._pvx > 0:
+            x0 = self._pv_expect(tod)
+            if x0 > div_trunc(self._pvx, 5):
+                r = _frac(_min(pv, x0), x0)
+                self._kci = clamp(self._kci + div_trunc(r - self._kci, 32), 500, 10000)
         for k in range(n):
             tot = 0
             for j in range(m):
@@ -403,7 +411,7 @@ class Dispatcher:
             # PV: the present value, handing over linearly (pv_persist_s) to the clear-sky
             # expectation (a parabola between sunrise and sunset, pv_expect_milli of peak)
             mm = k * 15 + 7              # block middle, minutes from now
-            x = self._pv_expect(tod + mm * 60) if self._pvx > 0 else 0
+            x = _mdiv(self._pv_expect(tod + mm * 60), self._kci, 10000) if self._pvx > 0 else 0
             if mm < pvp:
                 x = _mdiv(pv, pvp - mm, pvp) + _mdiv(x, mm, pvp)
             f -= x
