@@ -57,6 +57,16 @@ def check_config(cfg):
     return errs
 
 
+# The dispatcher works in seconds since 2025-01-01 00:00 UTC (a whole number of days, so
+# the time of day is unchanged): unix time is above 2**30 and would make every time
+# difference a heap-allocated long int on a 32-bit MCU.
+DISPATCH_EPOCH = 1735689600
+
+
+def _drel(t):
+    return t - DISPATCH_EPOCH
+
+
 class App:
     def __init__(self, cfg, source="config.json", report=None):
         self.cfg = cfg
@@ -147,11 +157,19 @@ class App:
 
     def _on_schedule(self, d):
         if self.disp is not None:
-            self.disp.set_schedule(d.get("windows") or [], d.get("exp"))
+            ws = []
+            for w in d.get("windows") or []:
+                w = dict(w)
+                for k in ("t0", "t1", "exp"):
+                    if w.get(k) is not None:
+                        w[k] = _drel(w[k])
+                ws.append(w)
+            exp = d.get("exp")
+            self.disp.set_schedule(ws, None if exp is None else _drel(exp))
 
     def _on_forecast(self, f):
         if self.disp is not None:
-            self.disp.set_forecast(f["t0"], f["step_s"], f["load_w"], f["exp"])
+            self.disp.set_forecast(_drel(f["t0"]), f["step_s"], f["load_w"], _drel(f["exp"]))
 
     def _on_config(self, c):
         """A new config from the cloud: checked like at boot, written atomically, and
@@ -284,7 +302,9 @@ class App:
             src = "no data"
             local = None
             if self.disp is not None and s.ok("grid_w", "pv_w", "it_w", "bat_w", "soc_cpct"):
-                local = self.disp.step(now_s, v["pv_w"], v["it_w"], v["aux_w"] or 0,
+                # available PV (measured + what we curtail), else curtailment toggles
+                local = self.disp.step(_drel(now_s), v["pv_w"] + self.curtail_w,
+                                       v["it_w"], v["aux_w"] or 0,
                                        v["grid_w"], v["soc_cpct"], v["ccl_w"] or 0,
                                        v["dcl_w"] or 0)
                 self.curtail_w = self.disp.curtail_w
@@ -300,6 +320,10 @@ class App:
                 if c is not None:
                     sp = c
                     src = "cloud"
+                    if self.disp is not None:
+                        # the ramp restarts from what the PCS really got; the meter
+                        # bias must not learn the cloud's offset
+                        self.disp.track(c, self.curtail_w)
             if sp is None:
                 sp = local if local is not None else 0
         sp, self.bound_by = self.bound(sp, v)
@@ -361,7 +385,8 @@ class App:
                "state": None if self.link is None else self.link.state,
                "sp_w": self.sp_w, "curtail_w": self.curtail_w,
                "safety": self.safety.reason if self.safety.tripped else ""}
-        for k in ("grid_w", "pv_w", "it_w", "aux_w", "bat_w", "soc_cpct"):
+        # ccl_w/dcl_w: the BMS limits, so schedulers can rebuild the headroom figure
+        for k in ("grid_w", "pv_w", "it_w", "aux_w", "bat_w", "soc_cpct", "ccl_w", "dcl_w"):
             rec[k] = v[k]
         if self.params is not None and self.site.ok("pv_w", "it_w", "soc_cpct"):
             h = dispatch.headroom(self.params, v["soc_cpct"], v["pv_w"], v["it_w"],
