@@ -142,7 +142,7 @@ def check_schedule(d):
 def check_forecast(d):
     errs = []
     _need_int(d, "t0", 0, 1 << 40, errs)
-    _need_int(d, "step_s", 1, 86400, errs)
+    _need_int(d, "step_s", 60, 3600, errs)  # what dispatch.set_forecast takes
     lw = d.get("load_w")
     if not isinstance(lw, list) or not 1 <= len(lw) <= 1440:
         errs.append("load_w: need a list of 1..1440 W values")
