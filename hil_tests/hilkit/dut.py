@@ -1,0 +1,288 @@
+"""The device under test, one interface for both targets:
+
+    g.expect(regex, timeout)   console output (after the last match) -> re.Match
+    g.exec(code)               run code on the gateway's REPL (mpremote raw REPL) -> stdout
+    g.status(points=True)      app.status() as a dict
+    g.wait(pred, timeout)      poll status() until pred(status) holds
+    g.sim, g.devices, g.buses  the simulated site, its Modbus slaves, the SimBus per line
+    g.alive()
+
+SilGateway is the virtual gateway (edgegw.vgw: the unmodified firmware under the unix
+micropython, buses on ptys) plus power_cut() (SIGKILL of micropython) and restart() on the
+same directory. BoardGateway drives a real board: its REPL port through mpremote's serial
+transport, the simulated devices served on the bench's USB-RS485 adapters (--bus NAME=URL).
+"""
+import json
+import os
+import re
+import signal
+import threading
+import time
+
+from edgegw.simdev import SimBus, SimDevice
+from edgegw.vgw import VirtualGateway
+
+
+class DutError(Exception):
+    """A bad option or a DUT that cannot start; the message names the option."""
+
+
+def parse_bus(spec):
+    """'bus0=/dev/ttyUSB0' -> ('bus0', '/dev/ttyUSB0'); DutError naming the option."""
+    if not isinstance(spec, str) or "=" not in spec:
+        raise DutError("--bus %r: expected NAME=URL (e.g. bus0=/dev/ttyUSB0)" % (spec,))
+    name, url = spec.split("=", 1)
+    if not name or not url:
+        raise DutError("--bus %r: expected NAME=URL (both parts non-empty)" % (spec,))
+    return name, url
+
+
+def parse_broker(spec):
+    """'HOST:PORT' -> (host, port); DutError naming the option."""
+    host, _, port = (spec or "").rpartition(":")
+    if not host:
+        raise DutError("--broker %r: expected HOST:PORT" % (spec,))
+    try:
+        p = int(port)
+    except ValueError:
+        raise DutError("--broker %r: port %r is not a number" % (spec, port))
+    if not 0 < p < 65536:
+        raise DutError("--broker %r: port %d out of range 1..65535" % (spec, p))
+    return host, p
+
+
+class SilGateway(VirtualGateway):
+    """VirtualGateway with the power-cut and restart hooks the fault matrix needs."""
+
+    target = "sil"
+
+    def power_cut(self):
+        """SIGKILL micropython: no atexit, no flush, files as the kernel has them."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def restart(self, **kw):
+        """A new gateway process on the same directory and simulated site; the files are
+        left as the cut left them (write_config=False). Returns the new SilGateway."""
+        self.close()
+        kw.setdefault("speed", self.speed)
+        kw.setdefault("heapsize", self.heapsize)
+        g = SilGateway(self.dir, config=self.cfg, site=self.sim, write_config=False, **kw)
+        return g.start()
+
+
+class BoardGateway:
+    """A real gateway on the bench. The firmware is already deployed (`edgegw deploy`);
+    start() writes config.json through the REPL, serves the simulated devices on the bus
+    adapters and soft-resets the board. The board's site clock runs real time, so the
+    simulated physics does too (speed 1)."""
+
+    target = "board"
+
+    def __init__(self, port, buses, config, site, speed=1, baud=115200, ready_timeout=30):
+        if not port:
+            raise DutError("--port: the gateway's REPL serial port is needed for --target board")
+        if not buses:
+            raise DutError("--bus: give at least one NAME=URL for --target board (the "
+                           "USB-RS485 adapters the simulated devices answer on)")
+        if speed != 1:
+            raise DutError("--speed %s: a real board's clock runs real time; use --speed 1 "
+                           "with --target board" % speed)
+        names = [b["name"] for b in config["buses"]]
+        self.bus_urls = {}
+        for name, url in buses.items():
+            if name not in names:
+                raise DutError("--bus %s=%s: the config has no bus %r (%s)"
+                               % (name, url, name, ", ".join(names)))
+            self.bus_urls[name] = url
+        self.port = port
+        self.baud = baud
+        self.cfg = config
+        self.config = config
+        self.sim = site
+        self.speed = 1
+        self.ready_timeout = ready_timeout
+        self.devices = {}
+        self.buses = {}
+        self.output = ""
+        self._pos = 0
+        self._cv = threading.Condition()
+        self._io = threading.Lock()
+        self._stop = threading.Event()
+        self._t = None
+        self._ports = []
+        self._clock = None
+
+    # ---- lifecycle ----------------------------------------------------------------
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *a):
+        self.close()
+
+    def start(self):
+        import serial
+        from mpremote.transport_serial import SerialTransport
+        for b in self.cfg["buses"]:
+            url = self.bus_urls.get(b["name"])
+            if url is None:
+                continue
+            try:
+                ser = serial.serial_for_url(url, baudrate=b.get("baud", 9600),
+                                            parity=b.get("parity", "N"),
+                                            stopbits=b.get("stop", 1), timeout=0)
+            except (serial.SerialException, ValueError) as e:
+                raise DutError("--bus %s=%s: %s" % (b["name"], url, e))
+            self._ports.append(ser)
+            devs = []
+            for d in self.cfg["devices"]:
+                if d.get("bus") == b["name"]:
+                    sd = SimDevice(d["map"], d["slave"], d["role"], site=self.sim, name=d["name"])
+                    self.devices[d["name"]] = sd
+                    devs.append(sd)
+            self.buses[b["name"]] = SimBus(ser, devs, b.get("baud", 9600), False,
+                                           b["name"]).start()
+        self._clock = self.sim.start_clock(1)
+        try:
+            self.t = SerialTransport(self.port, baudrate=self.baud)
+        except Exception as e:
+            raise DutError("--port %s: cannot open it (%s)" % (self.port, e))
+        self._t = threading.Thread(target=self._reader, name="board-console", daemon=True)
+        self._t.start()
+        self.write_file("config.json", _dumps_config(self.cfg))
+        self.reset()
+        return self
+
+    def reset(self):
+        """Soft reset (Ctrl-D at the friendly REPL): boot.py and main.py run again."""
+        with self._io:
+            s = self.t.serial
+            s.write(b"\r\x03\x03")
+            time.sleep(0.2)
+            s.write(b"\x04")
+        self.expect(r"edgegw: config from", self.ready_timeout)
+
+    def close(self):
+        self._stop.set()
+        if self._t is not None:
+            self._t.join(2)
+        try:
+            self.t.close()
+        except Exception:
+            pass
+        for b in self.buses.values():
+            b.stop()
+        for p in self._ports:
+            try:
+                p.close()
+            except Exception:
+                pass
+        if self._clock is not None:
+            self._clock.set()
+
+    def alive(self):
+        try:
+            self.exec("print(1)", timeout=5)
+            return True
+        except Exception:
+            return False
+
+    def power_cut(self):
+        raise NotImplementedError("a power cut needs a switched supply on the bench")
+
+    # ---- console --------------------------------------------------------------------
+
+    def _reader(self):
+        while not self._stop.is_set():
+            d = b""
+            with self._io:
+                try:
+                    n = self.t.serial.in_waiting
+                    if n:
+                        d = self.t.serial.read(n)
+                except Exception:
+                    d = b""
+            if not d:
+                time.sleep(0.02)
+                continue
+            with self._cv:
+                self.output += d.decode("utf-8", "replace")
+                if len(self.output) > 1000000:
+                    cut = len(self.output) - 500000
+                    self.output = self.output[cut:]
+                    self._pos = max(0, self._pos - cut)
+                self._cv.notify_all()
+
+    def expect(self, regex, timeout=10):
+        rx = re.compile(regex)
+        end = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                m = rx.search(self.output, self._pos)
+                if m:
+                    self._pos = m.end()
+                    return m
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no %r in the board output within %s s; tail:\n%s"
+                                       % (regex, timeout, self.output[-1500:]))
+                self._cv.wait(min(left, 0.2))
+
+    def exec(self, code, timeout=10):
+        from mpremote.transport import TransportExecError
+        with self._io:
+            self.t.enter_raw_repl(soft_reset=False, timeout_overall=timeout)
+            try:
+                out, err = self.t.exec_raw(code, timeout=timeout)
+            finally:
+                self.t.exit_raw_repl()
+        if err:
+            raise TransportExecError(out, err.decode())
+        return out.decode("utf-8", "replace")
+
+    def write_file(self, path, text):
+        data = text.encode() if isinstance(text, str) else text
+        tmp = path + ".tmp"
+        self.exec("_f=open(%r,'wb')" % tmp)
+        for i in range(0, len(data), 512):
+            self.exec("_f.write(%r)" % data[i:i + 512])
+        self.exec("_f.close()\nimport os\ntry:\n os.rename(%r,%r)\nexcept OSError:\n"
+                  " os.remove(%r)\n os.rename(%r,%r)\ndel _f" % (tmp, path, path, tmp, path))
+
+    def status(self, points=True, timeout=10):
+        out = self.exec("import json\nfrom edgefw import app as _a\n"
+                        "print(json.dumps(_a.status(%s)))" % bool(points), timeout)
+        return json.loads(out.strip().splitlines()[-1])
+
+    def wait(self, pred, timeout=20, interval=0.3, points=True):
+        end = time.monotonic() + timeout
+        while True:
+            s = self.status(points)
+            if pred(s):
+                return s
+            if time.monotonic() > end:
+                raise TimeoutError("status condition not met in %s s; last status:\n%s"
+                                   % (timeout, json.dumps(s, indent=1)[:4000]))
+            time.sleep(interval)
+
+
+def _dumps_config(cfg):
+    import sys
+    from edgegw.vgw import FIRMWARE
+    if FIRMWARE not in sys.path:
+        sys.path.insert(0, FIRMWARE)
+    from edgefw import config
+    return config.dumps(cfg)
+
+
+def sil_config(cfg, baud=None):
+    """A copy of cfg for the virtual gateway: with `baud` every bus runs at that rate (a
+    pty has no baud; the bus master's t3.5 silence and timeouts follow it, so a fast rate
+    keeps a whole poll cycle short against a sped-up site clock)."""
+    c = json.loads(json.dumps(cfg))
+    if baud:
+        for b in c["buses"]:
+            b["baud"] = baud
+    return c
