@@ -91,12 +91,13 @@ class Scenario:
 
 
 # columns of RecSite.rec
-T, GRID, PV, IT, AUX, BAT, SOC, PSET = range(8)
+T, GRID, PV, IT, AUX, BAT, SOC, PSET, CCL = range(9)
 
 
 class RecSite(SimSite):
-    """SimSite that records (t, grid_w, pv_w, it_w, aux_w, bat_w, soc_cpct, p_set_w) after
-    every physics step: the truth a revenue meter on the grid connection would see."""
+    """SimSite that records (t, grid_w, pv_w, it_w, aux_w, bat_w, soc_cpct, p_set_w, ccl_w)
+    after every physics step: the truth a revenue meter on the grid connection would see
+    (ccl_w: the charge power the BMS allows, its current limit x pack voltage)."""
 
     def __init__(self, *a, **kw):
         self.rec_every = kw.pop("rec_every", 0.0)   # site s between samples (0 = every step)
@@ -113,7 +114,7 @@ class RecSite(SimSite):
                 return
             self._rec_t = self.t
             self.rec.append((self.t, self.grid_w, self.pv_w, self.it_w, self.aux_w, self.bat_w,
-                             self.soc_cpct, self.p_set_w))
+                             self.soc_cpct, self.p_set_w, self.ccl_a() * self.pack_v()))
 
     def window(self, t0, t1):
         with self.lock:

@@ -1,0 +1,200 @@
+"""Scenario tests: the bundled scenarios (scenarios/*.csv/json, full-scale site: 250 kWh,
+100 kW PCS) on the unmodified firmware against the simulated site, the truth taken from
+the site's own grid connection at every physics step (hilkit.scenario.RecSite)."""
+import time
+
+import pytest
+
+from hilkit.cloud import KEY_HEX
+from hilkit.scenario import (BAT, CCL, DAY0, GRID, IT, PV, SOC, T, Scenario, energy_wh,
+                             runs_beyond)
+from hilkit.plugin import DEVICE_ID
+
+BAUD = 115200   # ptys have no baud: a fast rate keeps the poll cycle short at 120x
+
+
+def _hm(t):
+    s = int(t - DAY0) % 86400
+    return "%02d:%02d" % (s // 3600, s % 3600 // 60)
+
+
+def _run_until(gw, t_end, timeout, every=None, on=None):
+    """Let the site run until site time t_end; on(t) is called about every `every` s."""
+    end = time.monotonic() + timeout
+    while gw.sim.t < t_end:
+        assert gw.alive(), "gateway exited:\n" + gw.output[-2000:]
+        if time.monotonic() > end:
+            raise AssertionError("site time %s not reached in %d s (at %s)"
+                                 % (_hm(t_end), timeout, _hm(gw.sim.t)))
+        if on is not None:
+            on(gw.sim.t)
+        time.sleep(every or 0.2)
+
+
+def _sample(gw):
+    s = gw.status(False)
+    return (s["t"], s["link"]["state"] if s["link"] else None, s["sp_w"], s["sp_src"],
+            s["bound_by"], s["site"]["soc_cpct"], s["site"]["grid_w"])
+
+
+def _dump(name, states):
+    import json
+    import os
+    from hilkit.plugin import RESULTS
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, name + ".trace.json"), "w") as f:
+        json.dump([[_hm(x[0])] + list(x[1:]) for x in states], f, indent=0)
+
+
+def _link(broker, **kw):
+    lk = {"host": broker.host, "port": broker.port, "key": KEY_HEX, "keepalive_s": 2,
+          "grace_s": 1, "recover_s": 1, "backoff_min_ms": 100, "backoff_max_ms": 500}
+    lk.update(kw)
+    return lk
+
+
+CURTAIL_BUG = ("firmware bug: app.control feeds dispatch pv_w + curtail_w as available PV, but "
+               "nothing curtails PV, so curtail_w runs away (MW) while the battery is full and "
+               "exporting; when the job starts the battery stays idle for ~5 min (30-38 kW "
+               "import). Reproduction: hil_tests/README.md 'Known firmware findings'")
+
+
+@pytest.mark.xfail(strict=True, reason=CURTAIL_BUG)
+def test_sandstorm_seed_case(launch, broker, cloud, report):
+    """The seed's case: the cloud schedules 95 % SOC before a sandstorm (signed, over
+    mosquitto, while online); then the link is lost; PV falls 70 % within an hour; a 2-hour
+    3-D modelling job runs 15:00-17:00 from PV + storage: no grid import during the job
+    (beyond the dispatch's configured export margin, aimed into import)."""
+    report(scenario="sandstorm (seed)", fault="link lost 14:16")
+    sc = Scenario("sandstorm")
+    sim = sc.sim(14 * 3600 + 900, soc_cpct=9000)
+    cfg = sc.config(DEVICE_ID, link=_link(broker), baud=BAUD, status_s=60)
+    gw = launch(cfg, sim, speed=150)
+    cloud.clock = lambda: gw.sim.t
+    gw.wait(lambda s: s["link"]["state"] == "ONLINE", 20, points=False)
+    # the MQTT schedule carries one expiry for all windows (topics.check_schedule): the
+    # scenario's per-window exp go, the command expires with the last window
+    wins = [{k: v for k, v in w.items() if k != "exp"} for w in sc.schedule()]
+    ack = cloud.schedule(wins, exp_s=int(wins[-1]["t1"] - gw.sim.t))
+    assert ack and ack["ok"], ack.get("detail") if ack else "no ack"
+    t_lost = gw.sim.t
+    broker.stop()
+    states = []
+    _run_until(gw, DAY0 + 61200, 150, every=1.0, on=lambda t: states.append(_sample(gw)))
+    _dump("sandstorm", states)
+    job = sim.window(DAY0 + 54000, DAY0 + 61200)
+    before = sim.window(DAY0 + 51300, DAY0 + 54000)
+    # the scenario really is the seed's: PV -70 % within an hour, the job doubles IT load
+    soc_max = max(r[SOC] for r in before)
+    imp_wh = energy_wh(job, GRID)
+    peak = max(r[GRID] for r in job)
+    margin = sc.site["export_margin_w"]
+    job_wh = sum((r[IT] + r[4]) * (b[T] - r[T]) for r, b in zip(job, job[1:])) / 3600.0
+    report.figure("SOC %.1f %% before the storm; job %.0f kWh, grid %.1f kWh (%.2f %%), "
+                  "peak import %d W" % (soc_max / 100.0, job_wh / 1000, imp_wh / 1000,
+                                        100.0 * imp_wh / job_wh, peak))
+    report.metric(soc_before_storm_cpct=soc_max, job_kwh=round(job_wh / 1000, 1),
+                  grid_import_wh=round(imp_wh), peak_import_w=int(peak),
+                  soc_end_cpct=job[-1][SOC], link_lost_at=_hm(t_lost))
+    pv_1430 = sc.at("pv", 52200)
+    assert sc.at("pv", 52200 + 3600) <= 0.3 * pv_1430 + 1
+    core = [r for r in job if DAY0 + 54060 <= r[T] < DAY0 + 61140]
+    assert min(r[IT] for r in core) > 1.8 * max(r[IT] for r in before if r[T] < DAY0 + 53900)
+    assert all(x[1] != "ONLINE" for x in states if x[0] > t_lost + 60), states
+    assert soc_max >= 9450, "the schedule did not reach 95 %% SOC before the storm (%d)" % soc_max
+    # zero import: the dispatch aims export_margin_w into import (never export); allow that
+    # margin plus a control period of PCS ramp at the job's start
+    over = runs_beyond(job, lambda r: r[GRID] > 2 * margin)
+    assert not [x for x in over if x[1] > 60], [(_hm(a), d, int(w[GRID])) for a, d, w in over]
+    assert imp_wh <= margin * 2.0 * 1.5, imp_wh
+
+
+def _local(name, start_s, soc, speed):
+    """A scenario on local dispatch only (no link): (Scenario, sim, config)."""
+    sc = Scenario(name)
+    sim = sc.sim(start_s, soc_cpct=soc)
+    return sc, sim, sc.config(DEVICE_ID, baud=BAUD)
+
+
+def _poll_age(gw):
+    s = gw.status(False)
+    return max(b[d]["age_ms"] or 0 for b in s["buses"].values() for d in b
+               if not d.startswith("_"))
+
+
+def test_peak_shaving_under_grid_cap(launch, report):
+    """Evening peak above the 55 kW import cap: the battery shaves it, import stays at the
+    cap (transients of the PCS ramp excepted: at most one minute above cap + 2 %)."""
+    report(scenario="peak_shaving", fault="-")
+    sc, sim, cfg = _local("peak_shaving", 18 * 3600 + 1800, 8000, 150)
+    gw = launch(cfg, sim, speed=150)
+    _run_until(gw, DAY0 + 20 * 3600, 90)
+    rows = sim.window(DAY0 + 18 * 3600 + 1860, DAY0 + 20 * 3600)
+    cap = sc.site["grid_cap_w"]
+    peak_load = max(r[IT] + r[4] - r[PV] for r in rows)
+    peak = max(r[GRID] for r in rows)
+    over = runs_beyond(rows, lambda r: r[GRID] > cap * 1.02)
+    report.figure("load peak %d W -> grid peak %d W (cap %d W)" % (peak_load, peak, cap))
+    report.metric(load_peak_w=int(peak_load), grid_peak_w=int(peak), cap_w=cap,
+                  over_cap_s=round(sum(x[1] for x in over)), soc_end_cpct=rows[-1][SOC])
+    assert peak_load > cap * 1.3, "the scenario must exceed the cap"
+    assert not [x for x in over if x[1] > 60], [(_hm(a), round(d), int(w[GRID])) for a, d, w in over]
+    assert min(r[GRID] for r in rows) > -sc.site["export_margin_w"], "exported while shaving"
+
+
+def test_zero_export_on_load_drop(launch, report):
+    """Full compute load drops to idle within a minute under full sun: the battery takes
+    the surplus; export beyond the configured tolerance (export_margin_w) never lasts longer
+    than one control period, except the part the battery cannot take (PCS/BMS charge limit:
+    that part needs PV curtailment, which the gateway only reports as curtail_w)."""
+    report(scenario="load_drop", fault="-")
+    sc, sim, cfg = _local("load_drop", 11 * 3600 + 3300, 8500, 60)
+    period_s = cfg["control"].get("period_ms", 1000) / 1000.0
+    gw = launch(cfg, sim, speed=60)
+    _run_until(gw, DAY0 + 12 * 3600 + 600, 60)
+    rows = sim.window(DAY0 + 11 * 3600 + 3360, DAY0 + 12 * 3600 + 600)
+    tol = sc.site["export_margin_w"]
+    pcs = sc.site["pcs_w"]
+
+    def avoidable(r):
+        # export the battery could still have absorbed: charge headroom left under the PCS
+        # rating and the BMS charge limit, below the SOC ceiling
+        room = min(pcs, r[CCL]) + r[BAT] if r[SOC] < sc.site["soc_max_cpct"] else 0
+        return -r[GRID] - tol > 0.02 * pcs and room > 0.02 * pcs
+    runs = runs_beyond(rows, avoidable)
+    longest = max([x[1] for x in runs] or [0])
+    exp_wh = energy_wh(rows, GRID, -1)
+    unavoid = energy_wh([(r[T], max(0.0, r[PV] - r[IT] - r[4] - min(pcs, r[CCL])))
+                         for r in rows], 1)
+    report.figure("longest avoidable export %.1f s (control period %.1f s); export %.0f Wh, "
+                  "%.0f Wh beyond the charge limit" % (longest, period_s, exp_wh, unavoid))
+    report.metric(longest_avoidable_export_s=round(longest, 1), export_wh=round(exp_wh),
+                  beyond_charge_limit_wh=round(unavoid), control_period_s=period_s)
+    drop = [r for r in rows if r[IT] < 30000]
+    assert drop, "the load did not drop"
+    # a sample is ~1.5 site s at 60x plus one poll of the meters: allow the period + 2 s
+    assert longest <= period_s + 2.0, [(_hm(a), round(d, 1), int(w[GRID])) for a, d, w in runs]
+
+
+def test_night_burst_covered_from_reserve(launch, report):
+    """A night compute burst (+60 %) above the 60 kW import cap, no PV: the battery covers
+    what exceeds the cap and never goes below its SOC floor."""
+    report(scenario="night_burst", fault="-")
+    sc, sim, cfg = _local("night_burst", 3000, 8000, 150)
+    gw = launch(cfg, sim, speed=150)
+    _run_until(gw, DAY0 + 2 * 3600 + 600, 90)
+    rows = sim.window(DAY0 + 3060, DAY0 + 2 * 3600 + 600)
+    cap = sc.site["grid_cap_w"]
+    burst = [r for r in rows if r[IT] > 80000]
+    bat_wh = energy_wh(rows, 5)
+    peak = max(r[GRID] for r in rows)
+    soc_min = min(r[SOC] for r in rows)
+    over = runs_beyond(rows, lambda r: r[GRID] > cap * 1.02)
+    report.figure("burst %d W, grid peak %d W (cap %d W), battery %.1f kWh, SOC min %.1f %%"
+                  % (max(r[IT] + r[4] for r in burst), peak, cap, bat_wh / 1000, soc_min / 100.0))
+    report.metric(grid_peak_w=int(peak), battery_kwh=round(bat_wh / 1000, 1),
+                  soc_min_cpct=soc_min, over_cap_s=round(sum(x[1] for x in over)))
+    assert len(burst) > 100, "no burst in the window"
+    assert not [x for x in over if x[1] > 60], [(_hm(a), round(d), int(w[GRID])) for a, d, w in over]
+    assert soc_min >= sc.site["soc_min_cpct"]
+    assert bat_wh > 20000
