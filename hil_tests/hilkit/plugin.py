@@ -143,18 +143,22 @@ def site():
     return RecSite(pv=3000, it=2200, aux=400, soc_cpct=6000)
 
 
+def new_dut(hil, config, site, speed, dirpath, **kw):
+    """A DUT of the selected target (not started)."""
+    sp = hil.speed_for(speed)
+    if hil.target == "board":
+        return D.BoardGateway(hil.port, hil.buses, config, site, speed=sp)
+    return D.SilGateway(dirpath, config, site, speed=sp, **kw)
+
+
 @pytest.fixture
 def launch(hil, tmp_path):
     """launch(config, site, speed=..., **VirtualGateway kwargs) -> a started DUT."""
     made = []
 
     def start(config, site, speed=30, dirpath=None, **kw):
-        sp = hil.speed_for(speed)
-        if hil.target == "board":
-            g = D.BoardGateway(hil.port, hil.buses, config, site, speed=sp)
-        else:
-            d = dirpath or str(tmp_path / ("gw%d" % len(made)))
-            g = D.SilGateway(d, config, site, speed=sp, **kw)
+        g = new_dut(hil, config, site, speed, dirpath or str(tmp_path / ("gw%d" % len(made))),
+                    **kw)
         made.append(g)
         g.start()
         return g
