@@ -15,9 +15,7 @@ gateway's filesystem or process). Results: hil_tests/results/summary.md + summar
 """
 import json
 import os
-import pty
 import time
-import tty
 
 import pytest
 
@@ -179,74 +177,26 @@ def gateway(launch, site):
     return g
 
 
-class FdPort:
-    """The master side of a pty as the pyserial-like port Replayer serves on."""
-
-    def __init__(self, fd):
-        self.fd = fd
-        os.set_blocking(fd, False)
-
-    def fileno(self):
-        return self.fd
-
-    @property
-    def in_waiting(self):
-        import fcntl
-        import termios
-        import struct
-        try:
-            return struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-        except OSError:
-            return 0
-
-    def read(self, n):
-        try:
-            return os.read(self.fd, n)
-        except (BlockingIOError, OSError):
-            return b""
-
-    def write(self, b):
-        try:
-            return os.write(self.fd, b)
-        except OSError:
-            return 0
-
-    def close(self):
-        try:
-            os.close(self.fd)
-        except OSError:
-            pass
-
-
 @pytest.fixture
 def replayer(hil):
-    """replayer(records, baud, faults=None, bus=None) -> (Replayer, port the gateway opens).
-    sil: a new pty (give its path as the bus port); board: served on --bus `bus`."""
+    """replayer(records, baud, faults=None, bus=None, port=None) -> Replayer serving the
+    slaves of a trace. sil: port = gw.external_ports[bus] (launch(..., external=(bus,)));
+    board: the --bus adapter of that bus."""
     from edgegw.replayer import Replayer
     made = []
 
-    def start(records, baud, faults=None, bus=None):
-        r = Replayer(records, baud, faults)
+    def start(records, baud, faults=None, bus=None, port=None):
         if hil.target == "board":
             if bus not in hil.buses:
                 pytest.skip("replay on a board needs --bus %s=URL" % bus)
-            r.open(hil.buses[bus])
-            path = hil.buses[bus]
-        else:
-            m, s = pty.openpty()
-            tty.setraw(s)
-            path = os.ttyname(s)
-            r.ser = FdPort(m)
-            r.timing = "arrival"
-            r._slave_fd = s
-        r.start()
+            port = hil.buses[bus]
+        r = Replayer(records, baud, faults)
+        r.start(port)
         made.append(r)
-        return r, path
+        return r
     yield start
     for r in made:
         r.stop()
-        if getattr(r, "_slave_fd", None) is not None:
-            os.close(r._slave_fd)
 
 
 class Row:
