@@ -23,7 +23,7 @@ COMMANDS = {CMD_SETPOINT: "setpoint", CMD_SCHEDULE: "schedule", CMD_CONFIG: "con
 STATES = ("ONLINE", "GRACE", "FALLBACK", "RECOVERING")
 
 # ack reasons beyond those of edgefw/auth.py (ok, malformed, unsigned, bad_sig, stale,
-# replayed, no_key)
+# replayed, no_clock, too_old, no_key)
 OUT_OF_BOUNDS = "out_of_bounds"
 INVALID = "invalid"
 

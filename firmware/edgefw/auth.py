@@ -4,7 +4,9 @@
 import hashlib
 import json
 import os
-from binascii import hexlify, unhexlify
+from binascii import crc32, hexlify, unhexlify
+
+from edgefw import clock
 
 _BLOCK = 64  # SHA-256 block size
 
@@ -16,6 +18,8 @@ BAD_SIG = "bad_sig"
 STALE = "stale"
 REPLAYED = "replayed"
 NO_KEY = "no_key"
+TOO_OLD = "too_old"    # no trusted seq record and ts before this boot (see Verifier)
+NO_CLOCK = "no_clock"  # no trusted seq record and the wall clock is not set yet
 
 
 def hmac_sha256(key, msg):
@@ -117,25 +121,115 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+# Replay protection fails closed: without a trusted record of the seqs already used (fresh
+# device, files wiped, a slot torn or corrupt) only commands made after this boot pass.
+SKEW_S = 120           # allowed clock difference sender vs gateway for that floor
+_SANE_S = 1704067200   # 2024-01-01: a wall clock below this has not been set yet
+
+
+def _slot_text(rec):
+    body = json.dumps(rec)
+    return "%s\n#crc32 %08x\n" % (body, crc32(body.encode()) & 0xFFFFFFFF)
+
+
+def _read_slot(name):
+    """(exists, record or None): a record is {"n", "floor", "last"} with a good CRC."""
+    try:
+        with open(name) as f:
+            text = f.read()
+    except OSError:
+        return False, None
+    i = text.rfind("\n#crc32 ")
+    if i < 0:
+        return True, None
+    body = text[:i]
+    if text[i + 8:].strip() != "%08x" % (crc32(body.encode()) & 0xFFFFFFFF):
+        return True, None
+    try:
+        r = json.loads(body)
+        last = {}
+        for k in r["last"]:
+            if _is_int(r["last"][k]):
+                last[k] = r["last"][k]
+        fl = r.get("floor")
+        if not _is_int(r["n"]) or not (fl is None or _is_int(fl)):
+            return True, None
+        return True, (r["n"], fl, last)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return True, None
+
+
+def _write_file(name, text):
+    tmp = name + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    try:
+        os.rename(tmp, name)
+    except OSError:
+        # some filesystems refuse to rename onto a file; the other slot covers the gap
+        try:
+            os.remove(name)
+        except OSError:
+            pass
+        os.rename(tmp, name)
+
+
 class Verifier:
     """Checks signed commands for one device. The last accepted seq of each command kind
     (setpoints come from the cloud, forecasts from the tracker: separate counters) is kept
-    in `path` (one small file write per accepted command) so a reboot reopens no replays."""
+    in two slot files `path`.0 / `path`.1 with a CRC, written alternately (one small write
+    per accepted command), so a reboot reopens no replays and a torn write falls back to
+    the other slot. Fails closed: when no slot is valid, or one is torn/corrupt, commands
+    also need ts >= `floor` = the boot time - SKEW_S (kept in the record from then on), so
+    commands captured before this boot cannot be replayed. path=None: in RAM only, no floor.
+    boot_s: the wall clock at boot (default clock.time() now)."""
 
-    def __init__(self, key, device_id, path=None):
+    def __init__(self, key, device_id, path=None, boot_s=None):
         self.key = key
         self.device_id = device_id
         self.path = path
-        self.last = {}  # kind -> last accepted seq
-        if path:
-            try:
-                with open(path) as f:
-                    d = json.loads(f.read())
-                for k in d:
-                    if _is_int(d[k]):
-                        self.last[k] = d[k]
-            except (OSError, ValueError):
-                pass
+        self.last = {}      # kind -> last accepted seq
+        self.floor = None   # commands need ts >= floor (None = no floor)
+        self.n = 0          # record writes; the next goes to slot (n + 1) & 1
+        self.recovered = "ram"
+        self._pending = False  # floor wanted but the clock was not set at boot
+        if not path:
+            return
+        if boot_s is None:
+            boot_s = clock.time()
+        self._t0 = clock.site_ms()
+        s0 = _read_slot(path + ".0")
+        s1 = _read_slot(path + ".1")
+        best, other = (s0, s1) if s0[1] is not None and (s1[1] is None or s0[1][0] > s1[1][0]) \
+            else (s1, s0)
+        if best[1] is not None:
+            self.n, self.floor, self.last = best[1]
+            self.recovered = "slot"
+            # the other slot should hold the previous record: if it is torn or corrupt (or
+            # gone once both were written) the newest state may be lost too
+            if other[1] is None and (other[0] or self.n >= 2):
+                self.recovered = "slot, other slot bad"
+                self._set_floor(boot_s)
+            return
+        self.recovered = "none"
+        self._set_floor(boot_s)
+        try:  # the one-file format of older firmware: its seqs still count
+            with open(path) as f:
+                d = json.loads(f.read())
+            for k in d:
+                if _is_int(d[k]):
+                    self.last[k] = d[k]
+            self.recovered = "legacy"
+        except (OSError, ValueError, TypeError):
+            pass
+
+    def _set_floor(self, boot_s):
+        if boot_s < _SANE_S:
+            self._pending = True  # set at the first check with a set clock
+            return
+        f = boot_s - SKEW_S
+        if self.floor is None or f > self.floor:
+            self.floor = f
 
     def last_seq(self, kind):
         return self.last.get(kind, -1)
@@ -162,20 +256,21 @@ class Verifier:
             return STALE
         if cmd["seq"] <= self.last.get(kind, -1):
             return REPLAYED
+        if self._pending:
+            if now_s < _SANE_S:
+                return NO_CLOCK  # cannot tell a fresh command from a captured one
+            # the clock was set after boot: the boot time is now - uptime
+            up = clock.ticks_diff(clock.site_ms(), self._t0) // 1000
+            self._pending = False
+            self._set_floor(now_s - (up if up > 0 else 0))
+        if self.floor is not None and cmd["ts"] < self.floor:
+            return TOO_OLD
         return OK
 
     def accept(self, kind, cmd):
         """Record cmd's seq as used (after the command was also found valid)."""
         self.last[kind] = cmd["seq"]
         if self.path:
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(json.dumps(self.last))
-            try:
-                os.rename(tmp, self.path)
-            except OSError:
-                try:
-                    os.remove(self.path)
-                except OSError:
-                    pass
-                os.rename(tmp, self.path)
+            self.n += 1
+            _write_file("%s.%d" % (self.path, self.n & 1),
+                        _slot_text({"n": self.n, "floor": self.floor, "last": self.last}))

@@ -115,6 +115,10 @@ def _read_json(path):
         return None
 
 
+def _bound(v, m):
+    return m if v is None else min(m, v)
+
+
 class Link:
     def __init__(self, cfg, device_id, fs_dir, limits=None):
         errs = validate_link_cfg(cfg)
@@ -130,8 +134,9 @@ class Link:
         self.enabled = cfg["host"] is not None
         lim = limits or {}
         m = cfg["sp_max_w"]
-        self.sp_lo = -min(m, lim.get("pcs_charge_max_w") or m)
-        self.sp_hi = min(m, lim.get("pcs_discharge_max_w") or m)
+        # a PCS limit of 0 means 0 W allowed that way (not "no limit"); absent = sp_max_w
+        self.sp_lo = -_bound(lim.get("pcs_charge_max_w"), m)
+        self.sp_hi = _bound(lim.get("pcs_discharge_max_w"), m)
         key = auth.parse_key(cfg["key"]) if cfg["key"] else None
         self.verifier = auth.Verifier(key, device_id, fs_dir + "/link_cmd_seq.json")
         self.ring = Ring(fs_dir + "/ring", cfg["ring_kb"] * 1024, cfg["ring_segs"])
@@ -381,9 +386,16 @@ class Link:
 
     def _apply(self, kind, cmd):
         if kind == "setpoint":
-            self.sp = {"p_w": cmd["p_w"], "exp": cmd["exp"], "seq": cmd["seq"]}
+            # applies at most exp - ts from now on the gateway's clock: a gateway clock
+            # behind the sender's (ts in our future) must not stretch the setpoint's life
+            exp = cmd["exp"]
+            now = clock.time()
+            life = exp - cmd["ts"]
+            if now + life < exp:
+                exp = now + life
+            self.sp = {"p_w": cmd["p_w"], "exp": exp, "seq": cmd["seq"]}
             if self.on_setpoint:
-                self.on_setpoint(cmd["p_w"], cmd["exp"])
+                self.on_setpoint(cmd["p_w"], exp)
         elif kind == "schedule":
             self.schedule = {"windows": cmd["windows"], "exp": cmd["exp"]}
             self._save("schedule", self.schedule)

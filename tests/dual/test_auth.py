@@ -11,7 +11,7 @@ DEV = "gw-1"
 
 def _tmp(name):
     p = "/tmp/edgegw-test-auth-%s" % name
-    for q in (p, p + ".tmp"):
+    for q in (p, p + ".tmp", p + ".0", p + ".1", p + ".0.tmp", p + ".1.tmp"):
         try:
             os.remove(q)
         except OSError:
@@ -92,19 +92,112 @@ def test_verify_reasons():
     assert v.check("setpoint", s, 900) == auth.OK
 
 
+BOOT = 1764000000  # wall clock at boot in the persistence tests (2025-11-24)
+
+
+def _sp(seq, ts, exp=BOOT + 3600, kind="setpoint"):
+    return auth.sign(KEY, DEV, kind, {"seq": seq, "ts": ts, "exp": exp, "p_w": 1})
+
+
 def test_last_seq_survives_restart():
     p = _tmp("seq")
-    v = auth.Verifier(KEY, DEV, p)
+    v = auth.Verifier(KEY, DEV, p, BOOT)
     assert v.last_seq("setpoint") == -1
-    v.accept("setpoint", _cmd(41, 1000))
-    v2 = auth.Verifier(KEY, DEV, p)
+    v.accept("setpoint", _sp(41, BOOT))
+    v2 = auth.Verifier(KEY, DEV, p, BOOT + 50)
     assert v2.last_seq("setpoint") == 41 and v2.last_seq("forecast") == -1
-    assert v2.check("setpoint", _cmd(41, 1000), 0) == auth.REPLAYED
-    assert v2.check("setpoint", _cmd(42, 1000), 0) == auth.OK
+    assert v2.check("setpoint", _sp(41, BOOT), BOOT) == auth.REPLAYED
+    assert v2.check("setpoint", _sp(42, BOOT), BOOT) == auth.OK
     # each kind has its own counter (forecasts come from the tracker, not the cloud)
-    f = auth.sign(KEY, DEV, "forecast", {"seq": 5, "ts": 1, "exp": 1000})
-    assert v2.check("forecast", f, 0) == auth.OK
+    assert v2.check("forecast", _sp(5, BOOT, kind="forecast"), BOOT) == auth.OK
+    for k in (".0", ".1"):
+        try:
+            os.remove(p + k)
+        except OSError:
+            pass
+
+
+def _write(p, text):
+    with open(p, "w") as f:
+        f.write(text)
+
+
+def _read(p):
+    with open(p) as f:
+        return f.read()
+
+
+def test_replay_after_torn_or_lost_seq_file_fails_closed():
+    # review finding 11: a torn/lost seq file reopened every unexpired command to replay
+    p = _tmp("torn")
+    old = _sp(5, BOOT - 3600)                 # captured an hour before the next boot
+    v = auth.Verifier(KEY, DEV, p, BOOT - 3700)
+    assert v.check("setpoint", old, BOOT - 3600) == auth.OK
+    v.accept("setpoint", old)
+    assert auth.Verifier(KEY, DEV, p, BOOT).check("setpoint", old, BOOT) == auth.REPLAYED
+    # the only slot torn mid-write: no record left -> only commands made after boot pass
+    slot = p + ".1"
+    t = _read(slot)
+    _write(slot, t[:len(t) // 2])
+    v = auth.Verifier(KEY, DEV, p, BOOT)
+    assert v.recovered == "none" and v.floor == BOOT - auth.SKEW_S
+    assert v.check("setpoint", old, BOOT) == auth.TOO_OLD
+    assert v.check("setpoint", _sp(6, BOOT - auth.SKEW_S - 1), BOOT) == auth.TOO_OLD
+    fresh = _sp(6, BOOT - 10)                 # made just before boot, within the skew
+    assert v.check("setpoint", fresh, BOOT) == auth.OK
+    v.accept("setpoint", fresh)
+    # both files gone (wiped filesystem): same
+    _tmp("torn")
+    assert auth.Verifier(KEY, DEV, p, BOOT).check("setpoint", old, BOOT) == auth.TOO_OLD
+
+
+def test_torn_newest_slot_falls_back_to_the_other_and_keeps_the_floor():
+    p = _tmp("slots")
+    v = auth.Verifier(KEY, DEV, p, BOOT)
+    for s in (10, 11, 12):
+        v.accept("setpoint", _sp(s, BOOT))
+    v.accept("forecast", _sp(7, BOOT, kind="forecast"))  # n=4 -> slot 0
+    v2 = auth.Verifier(KEY, DEV, p, BOOT + 100)
+    assert v2.recovered == "slot" and v2.last_seq("setpoint") == 12
+    assert v2.last_seq("forecast") == 7 and v2.floor == BOOT - auth.SKEW_S
+    # newest slot corrupt (one byte flipped behind the CRC): the other slot's record,
+    # plus a floor at this boot, so the lost forecast seq 7 cannot be replayed
+    t = _read(p + ".0")
+    _write(p + ".0", t.replace('"forecast": 7', '"forecast": 8'))
+    v3 = auth.Verifier(KEY, DEV, p, BOOT + 1000)
+    assert v3.recovered == "slot, other slot bad"
+    assert v3.last_seq("setpoint") == 12 and v3.last_seq("forecast") == -1
+    assert v3.floor == BOOT + 1000 - auth.SKEW_S
+    assert v3.check("forecast", _sp(7, BOOT, kind="forecast"), BOOT + 1000) == auth.TOO_OLD
+    assert v3.check("setpoint", _sp(12, BOOT + 999), BOOT + 1000) == auth.REPLAYED
+    assert v3.check("setpoint", _sp(13, BOOT + 999), BOOT + 1000) == auth.OK
+    # a file that is not a record at all
+    _write(p + ".1", "garbage")
+    _write(p + ".0", "")
+    assert auth.Verifier(KEY, DEV, p, BOOT).recovered == "none"
+
+
+def test_legacy_seq_file_still_counts():
+    p = _tmp("legacy")
+    _write(p, '{"setpoint": 20}')
+    v = auth.Verifier(KEY, DEV, p, BOOT)
+    assert v.recovered == "legacy" and v.last_seq("setpoint") == 20
+    assert v.check("setpoint", _sp(20, BOOT), BOOT) == auth.REPLAYED
+    assert v.check("setpoint", _sp(21, BOOT - 3600), BOOT) == auth.TOO_OLD
     os.remove(p)
+
+
+def test_no_record_and_clock_not_set_rejects_until_the_clock_is_set():
+    from edgefw import clock
+    p = _tmp("noclock")
+    v = auth.Verifier(KEY, DEV, p, 946684800 + 5)  # RTC at 2000-01-01 after a power cycle
+    c = _sp(1, 946684800 + 5, exp=946684800 + 100)
+    assert v.check("setpoint", c, 946684800 + 6) == auth.NO_CLOCK
+    # the clock gets set (NTP): the floor is the boot time, from the uptime
+    now = clock.time()
+    assert v.check("setpoint", _sp(1, now - 3 * auth.SKEW_S, exp=now + 60), now) == auth.TOO_OLD
+    assert v.floor is not None and now - auth.SKEW_S - 5 <= v.floor <= now - auth.SKEW_S
+    assert v.check("setpoint", _sp(1, now, exp=now + 60), now) == auth.OK
 
 
 def test_parse_key():

@@ -173,13 +173,13 @@ DEV = "gw-t"
 KEEPALIVE_S = 2
 
 
-def link_cfg(broker, tmp_path, **kw):
+def link_cfg(broker, tmp_path, limits=None, **kw):
     lk = {"host": broker.host, "port": broker.port, "keepalive_s": KEEPALIVE_S, "grace_s": 1,
           "loss_s": 0, "recover_s": 2, "ramp_w_s": 5000, "telemetry_ms": 100,
           "backoff_min_ms": 100, "backoff_max_ms": 1000, "key": KEY_HEX, "ring_kb": 64}
     lk.update(kw)
     cfg = {"device_id": DEV, "fs_dir": str(tmp_path / "fs"), "link": lk,
-           "limits": {"pcs_charge_max_w": 5000, "pcs_discharge_max_w": 5000}}
+           "limits": limits or {"pcs_charge_max_w": 5000, "pcs_discharge_max_w": 5000}}
     p = tmp_path / "link.json"
     p.write_text(json.dumps(cfg))
     return str(p)
@@ -465,3 +465,74 @@ def test_link_hung_broker_found_by_keepalive(broker, tmp_path):
     finally:
         drv.kill()
         col.close()
+
+
+# ---- review findings 12 and the clock-skew check: Link in-process (no broker needed) -----
+
+def _offline_link(tmp_path, limits):
+    from edgefw import link
+    return link.Link({"key": KEY_HEX}, DEV, str(tmp_path / "fs"), limits)
+
+
+_SEQ = [int(time.time() * 1000)]
+
+
+def _deliver(lk, leaf, payload, ts=None, exp_in=60):
+    from edgefw import clock
+    now = clock.time()
+    ts = now if ts is None else ts
+    _SEQ[0] += 1
+    cmd = dict(payload, seq=_SEQ[0], ts=ts, exp=ts + exp_in)
+    auth.sign(KEY, DEV, T.COMMANDS[leaf], cmd)
+    before = dict(lk.n)
+    lk._on_message(T.topic(DEV, leaf), json.dumps(cmd).encode(), False)
+    return lk.n["cmd_ok"] > before["cmd_ok"]
+
+
+def test_pcs_limit_zero_means_zero_watts(tmp_path):
+    lk = _offline_link(tmp_path, {"pcs_charge_max_w": 0, "pcs_discharge_max_w": 3000})
+    assert (lk.sp_lo, lk.sp_hi) == (0, 3000)
+    assert not _deliver(lk, T.CMD_SETPOINT, {"p_w": -1})      # any charge is out of bounds
+    assert _deliver(lk, T.CMD_SETPOINT, {"p_w": 0})
+    assert _deliver(lk, T.CMD_SETPOINT, {"p_w": 3000})
+    assert not _deliver(lk, T.CMD_SETPOINT, {"p_w": 3001})
+    lk = _offline_link(tmp_path, {"pcs_charge_max_w": 0, "pcs_discharge_max_w": 0})
+    assert (lk.sp_lo, lk.sp_hi) == (0, 0)
+    # an absent limit falls back to link.sp_max_w
+    lk = _offline_link(tmp_path, {})
+    assert (lk.sp_lo, lk.sp_hi) == (-1000000, 1000000)
+
+
+def test_pcs_limit_zero_acks_out_of_bounds(broker, tmp_path):
+    cloud = CloudEMS(broker)
+    cloud.wait_ready()
+    drv = Driver("link", link_cfg(broker, tmp_path,
+                                  {"pcs_charge_max_w": 0, "pcs_discharge_max_w": 2000}))
+    try:
+        state_at(drv, "RECOVERING")
+        c = cloud.command(T.CMD_SETPOINT, {"p_w": -500})
+        a = cloud.ack_for(c["seq"])
+        assert a["reason"] == "out_of_bounds" and a["detail"].startswith("p_w"), a
+        c = cloud.command(T.CMD_SETPOINT, {"p_w": 1500})
+        assert cloud.ack_for(c["seq"])["ok"]
+        drv.quit()
+    finally:
+        drv.kill()
+        cloud.close()
+
+
+def test_setpoint_from_a_clock_ahead_of_the_gateway_lives_exp_minus_ts(tmp_path):
+    # the sender's clock an hour ahead of the gateway's (or the gateway's RTC behind):
+    # the setpoint holds its own lifetime (exp - ts) from receipt, not an hour more
+    from edgefw import clock, link
+    lk = _offline_link(tmp_path, None)
+    now = clock.time()
+    assert _deliver(lk, T.CMD_SETPOINT, {"p_w": 100}, ts=now + 3600, exp_in=30)
+    assert now + 29 <= lk.sp["exp"] <= now + 32
+    lk.state = link.ONLINE
+    assert lk.setpoint(now + 10) == 100 and lk.setpoint(now + 33) is None
+    # a normal command: exp as sent
+    assert _deliver(lk, T.CMD_SETPOINT, {"p_w": 200}, ts=now - 5, exp_in=30)
+    assert lk.sp["exp"] == now + 25
+    # a command already expired on the gateway's clock is still refused as stale
+    assert not _deliver(lk, T.CMD_SETPOINT, {"p_w": 300}, ts=now - 100, exp_in=30)
