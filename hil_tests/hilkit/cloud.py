@@ -3,6 +3,7 @@ device key (HMAC-SHA256, the firmware's own auth.sign), collecting what the gate
 sends. Telemetry and events are deduplicated by seq (one counter across reboots) and
 every raw arrival is counted, so a test can tell lost from duplicated."""
 import json
+import os
 import threading
 import time
 
@@ -29,8 +30,11 @@ class Cloud:
         self.acks = []
         self.status_msgs = []
         self.connected = threading.Event()
+        # a persistent session (QoS 1): what the gateway publishes while this client is
+        # reconnecting is queued by the broker, not lost
         self.c = paho.Client(paho.CallbackAPIVersion.VERSION2,
-                             client_id="hil-cloud-%d" % id(self))
+                             client_id="hil-cloud-%d-%d" % (os.getpid(), id(self)),
+                             clean_session=False)
         self.c.on_connect = self._on_connect
         self.c.on_disconnect = lambda *a: self.connected.clear()
         self.c.on_subscribe = lambda *a: self.connected.set()
@@ -102,18 +106,21 @@ class Cloud:
                     return None
                 self.cv.wait(min(left, 0.2))
 
-    def report(self, leaf=T.TELEMETRY):
-        """{received, dup, lost, seqs}: lost = gaps in seq (the link's one counter;
-        a reboot skips ahead to a new block, so gaps at a `boot` change do not count)."""
+    def report(self):
+        """{received, dup, lost, seqs, raw}: lost = gaps in seq over telemetry and events
+        (the link numbers both with one counter; a reboot skips ahead to a new block, so
+        gaps at a `boot` change do not count). received/dup count telemetry."""
         with self.cv:
-            recs = dict(self.telemetry if leaf == T.TELEMETRY else self.events)
-            raw = {k[1]: n for k, n in self.raw.items() if k[0] == leaf}
+            recs = dict(self.events)
+            recs.update(self.telemetry)
+            raw = {k[1]: n for k, n in self.raw.items() if k[0] == T.TELEMETRY}
+            ntel = len(self.telemetry)
         seqs = sorted(recs)
         lost = 0
         for a, b in zip(seqs, seqs[1:]):
             if recs[a].get("boot") == recs[b].get("boot"):
                 lost += b - a - 1
-        return {"received": len(seqs), "dup": sum(n - 1 for n in raw.values()),
+        return {"received": ntel, "dup": sum(n - 1 for n in raw.values()),
                 "lost": lost, "seqs": seqs, "raw": raw}
 
     def all_seqs(self):

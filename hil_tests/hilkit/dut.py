@@ -68,6 +68,7 @@ class SilGateway(VirtualGateway):
         self.close()
         kw.setdefault("speed", self.speed)
         kw.setdefault("heapsize", self.heapsize)
+        kw.setdefault("env", self.extra_env)
         g = SilGateway(self.dir, config=self.cfg, site=self.sim, write_config=False, **kw)
         return g.start()
 

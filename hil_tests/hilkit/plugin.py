@@ -6,6 +6,7 @@ Options (pytest ... hil_tests):
   --bus NAME=URL       a bus adapter the simulated devices answer on (board; repeatable)
   --broker HOST:PORT   use this MQTT broker (else mosquitto on a free loopback port)
   --speed N            site clock speed-up for every test (default: each test's own)
+  --heap SIZE          sil: micropython heap (default 384k, as vgw)
 
 Fixtures: hil (the options), broker, cloud, site, launch (factory of DUTs), gateway (a
 DUT on the typical site), replayer (factory: a trace played as the slaves of one bus),
@@ -42,6 +43,8 @@ def pytest_addoption(parser):
                 help="MQTT broker to use (default: mosquitto on a free loopback port)")
     g.addoption("--speed", type=int, default=None,
                 help="site clock speed-up for every test (default: each test's own)")
+    g.addoption("--heap", default=None, metavar="SIZE",
+                help="sil: micropython heap of the virtual gateway (default: vgw's 384k)")
 
 
 class Options:
@@ -57,6 +60,10 @@ class Options:
             self.buses[name] = url
         self.broker = D.parse_broker(o.broker) if o.broker else None
         self.speed = o.speed
+        self.heap = o.heap
+        if self.heap and not (self.heap[:-1].isdigit() and self.heap[-1] in "kKmM"
+                              or self.heap.isdigit()):
+            raise D.DutError("--heap %r: a size like 384k or 1m" % self.heap)
         if self.speed is not None and not 1 <= self.speed <= 3600:
             raise D.DutError("--speed %d: out of range 1..3600" % self.speed)
         if self.target == "board":
@@ -121,7 +128,12 @@ def broker(hil):
         yield ExternalBroker(*hil.broker)
         return
     from edgegw.mosq import Mosquitto
-    with Mosquitto() as m:
+    m = Mosquitto()
+    # persistent sessions survive a broker kill (saved every second): the cloud stand-in's
+    # subscription is still there when the broker returns, however fast the gateway is
+    with open(m.conf, "a") as f:
+        f.write("persistence true\npersistence_location %s/\nautosave_interval 1\n" % m.dir)
+    with m:
         m.external = False
         yield m
 
@@ -146,6 +158,8 @@ def new_dut(hil, config, site, speed, dirpath, **kw):
     sp = hil.speed_for(speed)
     if hil.target == "board":
         return D.BoardGateway(hil.port, hil.buses, config, site, speed=sp)
+    if hil.heap:
+        kw["heapsize"] = hil.heap
     return D.SilGateway(dirpath, config, site, speed=sp, **kw)
 
 
