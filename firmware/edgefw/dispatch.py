@@ -24,6 +24,10 @@ WHMAX = const(10000000)     # battery up to 10 MWh
 MAX_WINDOWS = const(48)     # as Victron Dynamic ESS
 MAX_FC = const(288)         # forecast points kept (24 h at 5 min)
 _BLOCK = const(900)         # plan block (s)
+# schedule/forecast times are kept as offsets from the step time at which they arrived,
+# saturated at +-8.5 years: whatever the cloud sends, every time difference in step stays
+# a small int (< 2**30 with now_s within +-2**29 of the epoch)
+_TSAT = const(268435456)    # 2**28 s
 
 # reason strings (interned constants: assigning them does not allocate)
 R_SAFETY = "safety"
@@ -202,6 +206,11 @@ def _windows(ws, field):
     return out
 
 
+def _trel(t, base):
+    """t (any int, may be long) as an offset from base, saturated at +-_TSAT."""
+    return clamp(t - base, -_TSAT, _TSAT)
+
+
 def _min(a, b):
     return a if a < b else b
 
@@ -277,6 +286,9 @@ class Dispatcher:
         self._ch_ok = True
         self._res_low = False
         self._bias = 0
+        self._calm = 0           # steps in a row with steady inputs and setpoint (bias gate)
+        self._net1 = 0           # last step's modelled net load and the setpoint before it
+        self._sp1 = 0
         self._curt = 0
         self._level = 0          # plan level T: import the battery shaves down to (W)
         self._gc = False         # grid (pre)charging needed to hold the plan level
@@ -314,12 +326,14 @@ class Dispatcher:
         self._wpmax = [0] * MAX_WINDOWS
         self._wexp = [0] * MAX_WINDOWS
         self._win = -1           # index of the window in force at the last step
+        self._wtb = 0            # time base of the window times (the step time they came at)
         # compute forecast
         self._nfc = 0
         self._fc = [0] * MAX_FC
         self._fct0 = 0
         self._fcstep = 900
         self._fcexp = 0
+        self._ftb = 0            # time base of _fct0/_fcexp
         if "schedule" in p:
             self.set_schedule(p["schedule"])
 
@@ -327,17 +341,22 @@ class Dispatcher:
 
     def set_schedule(self, windows, exp=None):
         """windows: [{"t0","t1","soc_cpct"?,"pmin_w"?,"pmax_w"?,"exp"?}], times in site s.
-        A window is followed while t0 <= now < t1 and now < its exp (or `exp`)."""
+        A window is followed while t0 <= now < t1 and now < its exp (or `exp`).
+        Times more than 2**28 s (8.5 years) from the last step time saturate there."""
         ws = _windows(windows, "schedule")
+        if exp is not None and not _isint(exp):
+            raise ValueError("schedule.exp: not an integer")
+        b = self._t
         for i in range(len(ws)):
             w = ws[i]
-            self._wt0[i] = w[0]
-            self._wt1[i] = w[1]
+            self._wt0[i] = _trel(w[0], b)
+            self._wt1[i] = _trel(w[1], b)
             self._wsoc[i] = w[2]
             self._wpmin[i] = w[3]
             self._wpmax[i] = w[4]
             e = w[5] if w[5] is not None else exp
-            self._wexp[i] = w[1] if e is None else e
+            self._wexp[i] = _trel(w[1] if e is None else e, b)
+        self._wtb = b
         self._nw = len(ws)
         self._replan = True
 
@@ -354,11 +373,14 @@ class Dispatcher:
             v = load_w[i]
             if not _isint(v):
                 raise ValueError("forecast.load_w[%d]: %r is not an integer" % (i, v))
-            self._fc[i] = clamp(v, 0, WMAX)
+        for i in range(n):      # all checked first: a bad list leaves the old forecast
+            self._fc[i] = clamp(load_w[i], 0, WMAX)
         self._nfc = n
-        self._fct0 = t0
+        b = self._t
+        self._ftb = b
+        self._fct0 = _trel(t0, b)
         self._fcstep = step_s
-        self._fcexp = exp
+        self._fcexp = _trel(exp, b)
         self._replan = True
 
     def track(self, sp_w, curtail_w=0):
@@ -377,11 +399,13 @@ class Dispatcher:
     # so the inner loop is adds and compares only.
 
     def _profile(self, now, pv, it, aux):
+        # now: site s (time of day); forecast times are offsets from _ftb
         # forecast net load per block: IT forecast (mean of its points in the block, else
         # persistence) + aux (persistence) - PV fading out linearly over pv_persist_s
         # (the gateway has no PV forecast)
         n = self._nb
-        fcok = self._nfc > 0 and now < self._fcexp
+        rf = clamp(now - self._ftb, -_TSAT, _TSAT)
+        fcok = self._nfc > 0 and rf < self._fcexp
         st = self._fcstep
         m = 1 if st >= _BLOCK else div_trunc(_BLOCK, st)
         sub = _BLOCK if m == 1 else st
@@ -401,7 +425,7 @@ class Dispatcher:
             for j in range(m):
                 v = it
                 if fcok:
-                    dk = now + k * _BLOCK + j * sub - self._fct0
+                    dk = rf + k * _BLOCK + j * sub - self._fct0   # |.| < 2**29 + 1 day
                     if dk >= 0:
                         i = div_trunc(dk, st)
                         if i < self._nfc:
@@ -537,9 +561,20 @@ class Dispatcher:
         sp0 = self._sp
 
         # grid meter vs model: slowly learn a bias (unmetered load, meter offset). Low
-        # gain, so a lagging meter cannot make it oscillate.
+        # gain, and only once the model inputs and the setpoint have been steady for two
+        # steps: a meter that lags a load step or a setpoint jump by a step or two must
+        # not be read as a bias (it would push the next setpoint into export).
         net = it + aux - pv
-        if grid_w is not None and not first:
+        dn = net - self._net1
+        ds = sp0 - self._sp1
+        thr = self._margin
+        if first or dn > thr or -dn > thr or ds > thr or -ds > thr:
+            self._calm = 0
+        elif self._calm < 2:
+            self._calm += 1
+        self._net1 = net
+        self._sp1 = sp0
+        if grid_w is not None and self._calm >= 2:
             g = clamp(grid_w, -WMAX, WMAX)
             r = g - (net + self._curt - sp0) - self._bias
             if r > self._db or -r > self._db:
@@ -580,6 +615,7 @@ class Dispatcher:
             if x < -lo0:
                 lo0 = -x
                 lo_r = R_SOC
+        lo0_r = lo_r
         if dt >= self._ramp_full_s:
             lo = lo0
             hi = hi0
@@ -592,11 +628,20 @@ class Dispatcher:
             if hi < hi0:
                 hi_r = R_RAMP
 
-        # 2 zero export: sp <= net - margin keeps grid >= margin; else curtail PV
+        # 2 zero export: sp <= net - margin keeps grid >= margin; else curtail PV.
+        # Zero export outranks the ramp: a cut of discharge (or more charge) that stops
+        # export is not ramp-limited, only the safety limits lo0 bind (night: no PV to
+        # curtail). The ramp still limits moves toward export and any charge beyond need.
         curt = 0
         if not self._xok:
             x = net - self._margin
             if x < lo:
+                if x > lo0:
+                    lo = x
+                    lo_r = R_EXPORT
+                else:
+                    lo = lo0
+                    lo_r = lo0_r
                 curt = _min(pv, lo - x)
                 hi = lo
                 hi_r = R_EXPORT
@@ -651,8 +696,9 @@ class Dispatcher:
 
         # 6 cloud schedule window in force (first match)
         wi = -1
+        rw = clamp(now_s - self._wtb, -_TSAT, _TSAT)
         for i in range(self._nw):
-            if self._wt0[i] <= now_s < self._wt1[i] and now_s < self._wexp[i]:
+            if self._wt0[i] <= rw < self._wt1[i] and rw < self._wexp[i]:
                 wi = i
                 break
         self._win = wi
@@ -662,7 +708,7 @@ class Dispatcher:
                 sur = net - self._margin if net < self._margin else 0
                 if soc < tgt - (h >> 1):
                     e = _mdiv(energy_wh(self._bat, tgt - soc), 1000, self._etac)
-                    left = _max(1, div_trunc(self._wt1[wi] - now_s, 60))
+                    left = _max(1, div_trunc(self._wt1[wi] - rw, 60))   # 0 < . <= 2**29
                     if left > 10000:
                         left = 10000
                     need = _min(WMAX, _mdiv(_min(e, 10000000), 60, left))

@@ -417,7 +417,7 @@ class _CloudSp(np.ndarray):
 # ---- float reference of the rules ----------------------------------------------------
 
 _STATE = ("_sp", "_t", "_first", "_dis_ok", "_ch_ok", "_res_low", "_bias", "_curt",
-          "_fl", "_lastit", "_replan")
+          "_fl", "_lastit", "_replan", "_calm", "_net1", "_sp1")
 
 
 def snapshot(d):
@@ -434,10 +434,16 @@ def float_step(d, st, T, gc, free, now, pv, it, aux, grid, soc, ccl, dcl):
     sp0 = float(st["_sp"])
     net = float(it + aux - pv)
     bias = float(st["_bias"])
-    if grid is not None and not first:
+    # bias learnt only after two steady steps (inputs and setpoint within the margin)
+    calm = st["_calm"]
+    if first or abs(net - st["_net1"]) > d._margin or abs(sp0 - st["_sp1"]) > d._margin:
+        calm = 0
+    else:
+        calm = min(2, calm + 1)
+    if grid is not None and calm >= 2:
         r = grid - (net + st["_curt"] - sp0) - bias
         if abs(r) > d._db:
-            bias = min(max(bias + r / 4.0, -d._dmax), d._dmax)
+            bias = min(max(bias + r / 4.0, -d._bmax), d._bmax)
     net = net + bias
     h = d._hyst
     dis_ok, ch_ok = st["_dis_ok"], st["_ch_ok"]
@@ -467,6 +473,7 @@ def float_step(d, st, T, gc, free, now, pv, it, aux, grid, soc, ccl, dcl):
     if not d._xok:
         x = net - d._margin
         if x < lo:
+            lo = max(lo0, x)        # zero export outranks the ramp
             curt = min(pv, lo - x)
             hi = lo
         elif x < hi:
@@ -495,8 +502,9 @@ def float_step(d, st, T, gc, free, now, pv, it, aux, grid, soc, ccl, dcl):
     else:
         want = 0.0
     wi = -1
+    rw = min(max(now - d._wtb, -dispatch._TSAT), dispatch._TSAT)   # window times: offsets
     for i in range(d._nw):
-        if d._wt0[i] <= now < d._wt1[i] and now < d._wexp[i]:
+        if d._wt0[i] <= rw < d._wt1[i] and rw < d._wexp[i]:
             wi = i
             break
     if wi >= 0:
@@ -505,7 +513,7 @@ def float_step(d, st, T, gc, free, now, pv, it, aux, grid, soc, ccl, dcl):
             sur = net - m if net < m else 0.0
             if soc < tgt - h // 2:
                 e = d._bat * (tgt - soc) / 10000.0 / (d._etac / 1000.0)
-                left = max(1.0, (d._wt1[wi] - now) / 60.0)
+                left = max(1.0, (d._wt1[wi] - rw) / 60.0)
                 want = min(sur, -e * 60.0 / min(left, 10000.0))
             elif soc > tgt + h // 2:
                 want = net - m

@@ -121,14 +121,46 @@ def test_ramp_rate_limits_change():
     assert sp >= 20000
 
 
-def test_load_drop_curtails_when_ramp_cannot_follow():
+def test_load_drop_battery_absorbs_at_once_bms_limit_curtails():
+    # zero export outranks the ramp: after a load drop the battery goes straight from
+    # discharge to charging the surplus (no PV curtailed for the ramp's sake)
     d = mk(ramp_w_s=1000)
     for t in range(0, 120):
         d.step(t, 20000, 50000, 0, None, 5000, 10 ** 6, 10 ** 6)
     sp = d.step(120, 20000, 5000, 0, None, 5000, 10 ** 6, 10 ** 6)
-    # the battery can only ramp down 1 kW/s: PV is curtailed so nothing is exported
     g = 5000 - (20000 - d.curtail_w) - sp
-    assert g >= 0 and d.curtail_w > 0
+    assert g == 200 and d.curtail_w == 0 and d.reason in (D.R_EXPORT, D.R_SELF), (g, sp)
+    # the BMS takes 5 kW of charge only: the rest of the surplus is curtailed
+    d = mk(ramp_w_s=1000)
+    for t in range(0, 120):
+        d.step(t, 20000, 50000, 0, None, 5000, 5000, 10 ** 6)
+    sp = d.step(120, 20000, 5000, 0, None, 5000, 5000, 10 ** 6)
+    g = 5000 - (20000 - d.curtail_w) - sp
+    assert sp == -5000 and d.curtail_w == 10200 and g == 200, (sp, d.curtail_w)
+    # an increase of discharge stays ramp-limited
+    sp = d.step(121, 0, 60000, 0, None, 5000, 10 ** 6, 10 ** 6)
+    assert sp == -4000 and d.reason == D.R_RAMP, (sp, d.reason)
+
+
+def test_night_load_drop_no_export_despite_ramp():
+    # review finding 5: night, no PV, IT load 5000 -> 500 W while discharging; the ramp
+    # must not hold the discharge up (no PV to curtail); a grid meter 1-2 steps late must
+    # not teach the bias estimator a phantom load that pushes the next setpoint into export
+    for lag in (0, 1, 2):
+        d = D.Dispatcher(D.validate_params({"battery_wh": 200000, "pcs_w": 5000,
+                                            "grid_cap_w": 1000}))
+        margin = d.p["export_margin_w"]
+        pl = Plant(d, 6000, lag=lag)
+        t = 100000
+        for i in range(30):
+            sp, g = pl.run(t, 1, 0, 5000, 0)
+            t += 1
+        assert 3950 <= sp <= 4050 and g <= 1050, (sp, g)
+        for i in range(30):
+            sp, g = pl.run(t, 1, 0, 500, 0)
+            t += 1
+            assert g >= -margin, (lag, i, sp, g, d.reason)
+            assert g <= 500
 
 
 def test_reserve_blocks_discharge_except_for_cap():
@@ -265,11 +297,67 @@ def test_step_does_not_allocate():
     assert t == 305 * 60
 
 
+# review finding 10: whatever times the cloud sends (the link accepts up to 2**40, forecast
+# t0 from 0, so after app._drel anything from -2**31 to 2**40), step must stay in small ints
+_NOW = 33000000          # 2026 in the app's dispatcher time (s since 2025-01-01)
+_FAR = 1 << 40
+
+
+def _extreme_times(d, now):
+    d.set_schedule([{"t0": -_FAR, "t1": -_FAR + 1, "soc_cpct": 0},
+                    {"t0": now - 100, "t1": _FAR - 1, "soc_cpct": 10000, "exp": _FAR},
+                    {"t0": now + _FAR, "t1": _FAR * 4, "pmax_w": 0}], exp=_FAR * 2)
+    d.set_forecast(-_FAR, 60, [10000000] * 288, _FAR)
+
+
+def _extreme_run(d, now, n, r):
+    big = 10000000
+    for i in range(n):
+        d.step(now, r.below(2 * big) - big // 2, r.below(2 * big), r.below(big),
+               r.below(4 * big) - 2 * big, r.below(10001), r.below(big), r.below(big))
+        now += 60
+    return now
+
+
+def _stored_times(d):
+    return d._wt0 + d._wt1 + d._wexp + [d._fct0, d._fcexp]
+
+
+def test_extreme_schedule_and_forecast_times_stay_small_ints():
+    site = {"battery_wh": 10000000, "pcs_w": 10000000, "grid_cap_w": 10000000,
+            "reserve_s": 86400, "horizon_s": 86400, "ramp_w_s": 10000000}
+    for now in (0, _NOW, (1 << 29) - 86400 * 30, -(1 << 29) + 86400):
+        d = D.Dispatcher(D.validate_params(site))
+        r = Rand(5)
+        now = _extreme_run(d, now, 2, r)
+        _extreme_times(d, now)
+        for v in _stored_times(d):
+            assert -(1 << 30) < v < (1 << 30), v
+        # the long window (t1 = 2**40) is in force; the far-past one and the one 2**40 s
+        # ahead are not; the forecast from 2**40 s ago has ended (load persists)
+        d.step(now, 0, 1000, 0, None, 5000, 10 ** 7, 10 ** 7)
+        assert d._win == 1 and d.reason in (D.R_SCHEDULE, D.R_RAMP, D.R_BMS, D.R_CAP), d.reason
+        now += 60
+        if MICROPYTHON:
+            import micropython
+            micropython.heap_lock()
+            try:
+                now = _extreme_run(d, now, 50, r)
+            finally:
+                micropython.heap_unlock()
+        else:
+            now = _extreme_run(d, now, 50, r)
+        # new inputs far away (other sign) replace the old ones cleanly
+        d.set_forecast(_FAR, 3600, [0] * 10, -_FAR)
+        d.set_schedule([{"t0": -_FAR, "t1": _FAR}])
+        for v in _stored_times(d):
+            assert -(1 << 30) < v < (1 << 30), v
+
+
 # CPython only (sys.settrace); _helpers.cpython_only cannot tag functions on MicroPython
 if not MICROPYTHON:
-    def test_intermediates_below_2_30():
-        # trace every line of the dispatch module under extreme inputs and check every int
-        # local: 10 MW flows, 10 MWh battery, 24 h horizon
+    def _trace_ints(fn):
+        # trace every line of the dispatch module while fn runs and check every int local
         lim = 1 << 30
         bad = []
 
@@ -284,6 +372,27 @@ if not MICROPYTHON:
                 return local
             return local
 
+        sys.settrace(tracer)
+        try:
+            fn()
+        finally:
+            sys.settrace(None)
+        return bad
+
+    def test_intermediates_below_2_30_extreme_times():
+        site = {"battery_wh": 10000000, "pcs_w": 10000000, "grid_cap_w": 10000000,
+                "reserve_s": 86400, "horizon_s": 86400, "ramp_w_s": 10000000}
+        for now in (_NOW, (1 << 29) - 86400 * 30, -(1 << 29) + 86400):
+            d = D.Dispatcher(D.validate_params(site))
+            r = Rand(7)
+            now = _extreme_run(d, now, 2, r)
+            _extreme_times(d, now)
+            bad = _trace_ints(lambda: _extreme_run(d, now, 40, r))
+            assert not bad, (now, bad[:5])
+            assert d._win == 1
+
+    def test_intermediates_below_2_30():
+        # extreme inputs: 10 MW flows, 10 MWh battery, 24 h horizon
         site = {"battery_wh": 10000000, "pcs_w": 10000000, "grid_cap_w": 10000000,
                 "reserve_s": 86400, "horizon_s": 86400, "ramp_w_s": 10000000}
         d = D.Dispatcher(D.validate_params(site))
@@ -291,16 +400,15 @@ if not MICROPYTHON:
         d.set_schedule([{"t0": 600, "t1": 1200, "soc_cpct": 10000}])
         r = Rand(9)
         big = 10000000
-        sys.settrace(tracer)
-        try:
+
+        def run():
             for i in range(40):
                 t = i * 60
                 d.step(t, r.below(2 * big) - big // 2, r.below(2 * big), r.below(big),
                        r.below(4 * big) - 2 * big, r.below(10001), r.below(big), r.below(big))
             D.headroom(d.p, 10000, big, 0, 0, big)
             D.floor_cpct(d.p, big)
-        finally:
-            sys.settrace(None)
+        bad = _trace_ints(run)
         assert not bad, bad[:5]
 
 

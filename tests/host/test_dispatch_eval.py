@@ -128,3 +128,13 @@ def test_bad_arguments_clear_messages(tmp_path):
     p = subprocess.run([os.path.join(VENV_BIN, "edgegw"), "dispatch", "eval", "/nonexistent.csv"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "not found" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("name", sorted(os.path.splitext(f)[0] for f in os.listdir(SCEN)
+                                        if f.endswith(".csv")))
+def test_no_export_violations_in_any_scenario(name):
+    # zero export (review finding 5: the ramp no longer holds discharge up) in every bundled
+    # scenario, for the fallback and the schedule + link loss runs
+    res = evalbench.evaluate(scen(name))
+    for k, m in res["policies"].items():
+        assert m["export_violations"] == 0, (name, k, m)
