@@ -1,6 +1,8 @@
 # The gateway's one JSON config file: validation with errors naming the field, atomic
 # writes (temp file + rename, CRC-32 trailer), and boot fallback: config.json ->
-# the last good copy -> the factory default. See docs/config.md for the schema.
+# the last good copy -> the factory default. A new config.json runs on trial until the
+# application confirms it (confirm()); a restart while on trial falls back to the last
+# good copy. See docs/config.md for the schema and the trial boot.
 import json
 import os
 
@@ -13,6 +15,8 @@ except ImportError:  # pragma: no cover
 
 PATH = "config.json"
 LAST_GOOD = "config.last_good.json"
+TRIAL = "config.trial.json"  # marker: which config.json is on trial, boots it was given
+TRIALS = 1                   # boots a new config gets; a restart before confirm() = failed
 _TRAILER = "\n#crc32 "
 
 ROLES = ("bms", "pcs", "pv_meter", "grid_meter", "load_meter", "aux_meter")
@@ -114,7 +118,8 @@ def validate(cfg):
         return ["config: must be a JSON object"]
     for k in cfg:
         if k not in ("version", "device_id", "buses", "devices", "site", "limits", "safety",
-                     "control", "link", "net", "status_s", "wdt_ms", "console", "note"):
+                     "control", "link", "net", "status_s", "wdt_ms", "console", "note",
+                     "trial_s"):
             v.err(k, "unknown section (typo?)")
     v.int_(cfg, "version", "", 1, 1, dflt=1)
     did = v.str_(cfg, "device_id", "", dflt="edgegw-0001", maxlen=32)
@@ -123,6 +128,7 @@ def validate(cfg):
     cfg.setdefault("device_id", did)
     cfg["status_s"] = v.int_(cfg, "status_s", "", 0, 3600, dflt=10)
     cfg["wdt_ms"] = v.int_(cfg, "wdt_ms", "", 0, 60000, dflt=30000)
+    cfg["trial_s"] = v.int_(cfg, "trial_s", "", 10, 86400, dflt=600)
     if cfg["wdt_ms"] and cfg["wdt_ms"] < 1000:
         v.err("wdt_ms", "%d too short (0 = off, else >= 1000)" % cfg["wdt_ms"])
     con = cfg.get("console", hal.CONSOLE)
@@ -312,40 +318,146 @@ def save(cfg, path=PATH):
     return errs
 
 
-def _same_file(a, b):
+def _text(path):
     try:
-        with open(a) as f:
-            x = f.read()
-        with open(b) as f:
-            return x == f.read()
+        with open(path) as f:
+            return f.read()
     except OSError:
+        return None
+
+
+def _remove(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+# the trial of this boot: None, or the CRC (hex) of the config.json text on trial
+_trial = None
+_status = {"state": "none"}
+
+
+def _marker():
+    """(exists, {"crc", "tries"} or None) of the trial marker."""
+    text = _text(TRIAL)
+    if text is None:
+        return False, None
+    m, errs = parse(text)
+    if errs or not isinstance(m, dict) or not isinstance(m.get("crc"), str) \
+            or not isinstance(m.get("tries"), int):
+        return True, None
+    return True, m
+
+
+def trial_status():
+    """{"state": "none"|"trial"|"confirmed"|"failed"|"changed", ...} for app.status()."""
+    return dict(_status)
+
+
+def on_trial():
+    return _trial is not None
+
+
+def confirm():
+    """The application has run the config on trial long enough (trial_s of healthy running:
+    every device polled, no loop errors): make it the last good copy. True if promoted."""
+    global _trial
+    if _trial is None:
         return False
+    text = _text(PATH)
+    if text is None or "%08x" % _crc(text) != _trial:
+        # a newer config.json was written during the trial: it gets its own trial at the
+        # next boot; the one running now is not on flash any more to be promoted
+        _trial = None
+        _status["state"] = "changed"
+        return False
+    write_atomic(LAST_GOOD, text)
+    _remove(TRIAL)
+    _trial = None
+    _status["state"] = "confirmed"
+    return True
+
+
+def _choose(path, check, report):
+    if path is None:
+        cfg = default()
+        errs = validate(cfg)
+    else:
+        cfg, errs = read(path)
+    if not errs and check is not None:
+        errs = check(cfg)
+    for e in errs:
+        report.append("%s: %s" % (path or "factory default", e))
+    return None if errs else cfg
 
 
 def boot(check=None):
-    """Choose the config to run: config.json if valid (then also kept as the last good
-    copy), else the last good copy, else the factory default. check(cfg) may add errors
-    (unknown maps, dispatch parameters). Returns (cfg, source, errors)."""
+    """Choose the config to run. check(cfg) may add errors (unknown maps, dispatch
+    parameters). Returns (cfg, source, errors). Order:
+    - config.json if valid and the same as the last good copy (confirmed earlier);
+    - config.json if valid and new: on trial (marker written first; confirm() promotes it);
+      with no last good copy at all it is taken as the last good copy at once;
+    - config.json on trial again after a restart (TRIALS used up): trial failed, reported,
+      the last good copy runs (config.json still, if the last good copy is unusable);
+    - the last good copy if config.json is invalid, else the factory default."""
+    global _trial
+    _trial = None
+    _status.clear()
+    _status["state"] = "none"
     report = []
-    for path in (PATH, LAST_GOOD, None):
-        if path is None:
-            cfg = default()
-            errs = validate(cfg)
+    cfg = _choose(PATH, check, report)
+    failed = None
+    if cfg is not None:
+        text = _text(PATH) or ""
+        good = _text(LAST_GOOD)
+        if text == good:
+            _status["state"] = "confirmed"
+            if _text(TRIAL) is not None:
+                _remove(TRIAL)  # a trial of another config that lost
+            return cfg, PATH, report
+        if good is None:
+            # the first config of this gateway: nothing but the factory default (which fits
+            # no real site) to fall back to, so it is the last good copy from now on
+            try:
+                write_atomic(LAST_GOOD, text)
+            except OSError as e:
+                report.append("%s: could not be written (%s)" % (LAST_GOOD, e))
+            _status["state"] = "confirmed"
+            return cfg, PATH, report
+        crc = "%08x" % _crc(text)
+        exists, m = _marker()
+        if m is not None and m["crc"] == crc:
+            tries = m["tries"]
+        elif exists and m is None:
+            tries = TRIALS  # unreadable marker: cannot tell how often it ran, fail closed
         else:
-            cfg, errs = read(path)
-        if not errs and check is not None:
-            errs = check(cfg)
-        if not errs:
-            if path == PATH and not _same_file(PATH, LAST_GOOD):
-                try:
-                    with open(PATH) as f:
-                        write_atomic(LAST_GOOD, f.read())
-                except OSError as e:
-                    report.append("%s: could not be written (%s)" % (LAST_GOOD, e))
-            return cfg, (path or "factory default"), report
-        name = path or "factory default"
-        for e in errs:
-            report.append("%s: %s" % (name, e))
+            tries = 0
+        if tries < TRIALS:
+            write_atomic(TRIAL, dumps({"crc": crc, "tries": tries + 1}))
+            _trial = crc
+            _status["state"] = "trial"
+            _status["tries"] = tries + 1
+            return cfg, PATH, report
+        if m is None:
+            write_atomic(TRIAL, dumps({"crc": crc, "tries": tries}))
+        why = ("%s: trial failed: the gateway restarted %d time(s) while this config was on "
+               "trial, before it was confirmed (power cut, crash or watchdog); it runs again "
+               "only if a new config is written" % (PATH, tries))
+        report.append(why)
+        _status["state"] = "failed"
+        _status["why"] = why
+        failed = cfg
+    for path in (LAST_GOOD, None):
+        if failed is not None and path is None:
+            # the last good copy is unusable: the config that failed its trial still
+            # validated and was made for this site, unlike the factory default
+            report.append("%s: runs although its trial failed (no usable last good copy)"
+                          % PATH)
+            return failed, PATH, report
+        c = _choose(path, check, report)
+        if c is not None:
+            return c, (path or "factory default"), report
     # the factory default failed the check (e.g. maps missing): run it without devices
     cfg = default()
     cfg["devices"] = []
