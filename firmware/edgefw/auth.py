@@ -252,8 +252,8 @@ class Verifier:
             return MALFORMED
         if not _same(sig.lower(), want):
             return BAD_SIG
-        if cmd["exp"] <= now_s:
-            return STALE
+        if cmd["exp"] <= now_s or cmd["exp"] <= cmd["ts"]:
+            return STALE  # expired here, or by the sender's own clock (exp not after ts)
         if cmd["seq"] <= self.last.get(kind, -1):
             return REPLAYED
         if self._pending:

@@ -72,6 +72,9 @@ def test_verify_reasons():
     assert v.check("setpoint", c, 900) == auth.REPLAYED
     assert v.check("setpoint", _cmd(9, 1000, p_w=1), 900) == auth.REPLAYED
     assert v.check("setpoint", _cmd(11, 900, p_w=1), 900) == auth.STALE
+    # expired by the sender's own clock (exp not after ts), though ts is in our future
+    assert v.check("setpoint", auth.sign(KEY, DEV, "setpoint",
+                                         {"seq": 11, "ts": 2000, "exp": 1000}), 900) == auth.STALE
     u = _cmd(12, 1000, p_w=1)
     del u["sig"]
     assert v.check("setpoint", u, 900) == auth.UNSIGNED
