@@ -73,6 +73,21 @@ class SilGateway(VirtualGateway):
         return g.start()
 
 
+# ESP32 gateway buses (docs/config.md, hal_esp32 defaults): the tests' configs name unix
+# pty paths; on the board bus i becomes BOARD_BUSES[i]
+BOARD_BUSES = ({"port": "uart1", "tx": 17, "rx": 16, "de_pin": 4},
+               {"port": "uart2", "tx": 25, "rx": 26, "de_pin": 27})
+
+
+def board_config(cfg):
+    """cfg with every bus on the board's UARTs (a port that is not a uart name)."""
+    c = json.loads(json.dumps(cfg))
+    for i, b in enumerate(c["buses"]):
+        if not str(b.get("port", "")).startswith("uart") and i < len(BOARD_BUSES):
+            b.update(BOARD_BUSES[i])
+    return c
+
+
 class BoardGateway:
     """A real gateway on the bench. The firmware is already deployed (`edgegw deploy`);
     start() writes config.json through the REPL, serves the simulated devices on the bus
@@ -81,7 +96,8 @@ class BoardGateway:
 
     target = "board"
 
-    def __init__(self, port, buses, config, site, speed=1, baud=115200, ready_timeout=30):
+    def __init__(self, port, buses, config, site, speed=1, baud=115200, ready_timeout=30,
+                 fresh=True):
         if not port:
             raise DutError("--port: the gateway's REPL serial port is needed for --target board")
         if not buses:
@@ -104,6 +120,7 @@ class BoardGateway:
         self.sim = site
         self.speed = 1
         self.ready_timeout = ready_timeout
+        self.fresh = fresh          # False: attach to the running gateway as configured
         self.devices = {}
         self.buses = {}
         self.output = ""
@@ -152,8 +169,9 @@ class BoardGateway:
             raise DutError("--port %s: cannot open it (%s)" % (self.port, e))
         self._t = threading.Thread(target=self._reader, name="board-console", daemon=True)
         self._t.start()
-        self.write_file("config.json", _dumps_config(self.cfg))
-        self.reset()
+        if self.fresh:
+            self.write_file("config.json", _dumps_config(board_config(self.cfg)))
+            self.reset()
         return self
 
     def reset(self):
