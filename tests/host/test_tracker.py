@@ -652,7 +652,7 @@ def test_e2e_queued_job_raises_soc_before_it_starts(tmp_path):
                               "not in the tree yet")
     from edgegw.mosq import Mosquitto
     from edgegw.simsite import SimSite
-    t0 = 1700000000 - 1700000000 % 86400 + 22 * 3600       # 22:00 UTC: night, no PV
+    t0 = 1780000000 - 1780000000 % 86400 + 22 * 3600       # 22:00 UTC (2026): night, no PV
     t_job = t0 + 15 * 60
 
     def it(t):
