@@ -23,6 +23,7 @@ class Device:
         self.period_ms = cfg["period_ms"]
         self.map = m
         names = cfg.get("points")
+        self.names = names   # None = every point of the map
         self.reads = regmap.plan(m, names) if self.period_ms else []
         self.values = {}     # point -> latest int
         self.t = {}          # point -> site ms ticks it was read
@@ -36,6 +37,12 @@ class Device:
         for k in vals:
             v[k] = vals[k]
             t[k] = now
+
+    def polls(self, name):
+        """True when the read plan covers this point (safety: a left-out alarm trips)."""
+        if not self.period_ms or name not in self.map.points:
+            return False
+        return self.names is None or name in self.names
 
     def on_poll(self, ok, now):
         self.polled = True

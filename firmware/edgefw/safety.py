@@ -1,8 +1,20 @@
-# Safety interlock, independent of dispatch and of the cloud: a BMS alarm or protection
-# bit, BMS data stale (or never seen), or a PCS fault trips it; while tripped the PCS is
-# commanded to 0 W and stop on the next bus turn. It releases only after the site has
-# been clean for safety.clean_s (site time) without interruption.
+# Safety interlock, independent of dispatch and of the cloud. It trips on: a BMS alarm or
+# protection bit; a safety point (BMS alarm, protect, soc; PCS fault) that is not polled
+# (config `points` left it out), never read, or older than its device's max age (an
+# exception answer to its read leaves it ageing); a PCS fault; a polled PCS that stopped
+# answering (pcs_stale). While tripped the PCS is commanded to 0 W and stop, re-sent every
+# bus turn until the PCS acknowledges. It releases only after the site has been clean for
+# safety.clean_s (site time) without interruption.
 from edgefw import clock
+from edgefw.fx import div_trunc
+
+_Q_STALE = 2  # site.Q_STALE (not imported: site imports nothing of ours but clock/fx)
+
+
+def _polled(dev, name):
+    # devices.Device knows its read plan; other device objects (tests) poll everything
+    f = getattr(dev, "polls", None)
+    return True if f is None else f(name)
 
 
 class Safety:
@@ -18,30 +30,60 @@ class Safety:
         self.trips = 0             # trips after boot
         self.last_trip_s = None
 
+    def _point(self, site, role, dev, name, now, need):
+        """Reason a safety point cannot be trusted, or None. need: trip when it was
+        never read / is not polled; staleness trips when trip_on_stale."""
+        if not _polled(dev, name):
+            return "%s %s not polled (devices[].points)" % (role, name) if need else None
+        v, _, q = site.point(dev, name, now)
+        if v is None:
+            return "%s: no %s data yet" % (role, name) if need else None
+        if q >= _Q_STALE and self.on_stale:
+            return "%s %s stale" % (role, name)
+        return None
+
     def faults(self, site, now):
         """The first reason to trip now, or None."""
         bms = site.dev("bms")
         if bms is not None:
-            if self.on_alarm:
-                a = bms.values.get("alarm")
+            for name, on in (("alarm", self.on_alarm), ("protect", self.on_protect)):
+                if not on:
+                    continue
+                a = bms.values.get(name)
                 if a:
-                    return "bms alarm 0x%x" % a
-            if self.on_protect:
-                p = bms.values.get("protect")
-                if p:
-                    return "bms protect 0x%x" % p
-            if self.on_stale:
-                v, _, q = site.role_point("bms", "soc_cpct", now)
-                if v is None:
-                    return "bms: no data yet"
-                if q >= 2:  # site.Q_STALE
-                    return "bms data stale"
+                    return "bms %s 0x%x" % (name, a)
+                r = self._point(site, "bms", bms, name, now, True)
+                if r is not None:
+                    return r
+            r = self._point(site, "bms", bms, "soc_cpct", now, self.on_stale)
+            if r is not None:
+                return r
         pcs = site.dev("pcs")
-        if pcs is not None and self.on_fault:
-            f = pcs.values.get("fault")
-            if f:
-                return "pcs fault 0x%x" % f
+        if pcs is not None and pcs.period_ms:
+            # a write-only PCS (period_ms 0) cannot be supervised; a polled one must answer
+            if self.on_fault:
+                f = pcs.values.get("fault")
+                if f:
+                    return "pcs fault 0x%x" % f
+                r = self._point(site, "pcs", pcs, "fault", now, True)
+                if r is not None:
+                    return "pcs_stale" if r.endswith("stale") else r
+            elif self.on_stale:
+                v, _, q = site.point(pcs, "p_w", now)
+                if v is not None and q >= _Q_STALE:
+                    return "pcs_stale"
         return None
+
+    def trip(self, reason):
+        """Trip from outside (the loop could not evaluate the interlock)."""
+        self.since = None
+        self.reason = reason
+        if not self.tripped:
+            self.tripped = True
+            self.trips += 1
+            self.last_trip_s = clock.time()
+            return True
+        return False
 
     def check(self, site, now=None):
         """Evaluate; returns True on a new trip (the caller commands the PCS at once)."""
@@ -49,15 +91,7 @@ class Safety:
             now = clock.site_ms()
         r = self.faults(site, now)
         if r is not None:
-            self.since = None
-            new = not self.tripped
-            if new or r != self.reason:
-                self.reason = r
-            if new:
-                self.tripped = True
-                self.trips += 1
-                self.last_trip_s = clock.time()
-            return new
+            return self.trip(r)
         if self.tripped:
             if self.since is None:
                 self.since = now
@@ -72,6 +106,8 @@ class Safety:
             now = clock.site_ms()
         left = None
         if self.tripped and self.since is not None:
-            left = (self.clean_ms - clock.ticks_diff(now, self.since)) // 1000
+            left = div_trunc(self.clean_ms - clock.ticks_diff(now, self.since), 1000)
+            if left < 0:
+                left = 0
         return {"tripped": self.tripped, "reason": self.reason, "trips": self.trips,
                 "last_trip_s": self.last_trip_s, "release_in_s": left}

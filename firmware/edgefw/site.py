@@ -16,6 +16,12 @@ Q_STALE = const(2)    # last reading too old or the device is stale
 Q_NONE = const(3)     # never read / nothing configured
 QNAMES = ("ok", "derived", "stale", "none")
 
+# Ages saturate: ticks wrap (2**30 ms on 32-bit ports), so an age past 2**29 ms would
+# come back as fresh. A point older than AGE_CAP_MS (or its device's max age, if longer)
+# is marked "very old" (its read time becomes None) by point()/sweep(); only a new read
+# clears that. sweep() runs with every update(), far more often than once per 6 days.
+AGE_CAP_MS = const(3600000)
+
 DERIVED = ("grid_w", "pv_w", "it_w", "aux_w", "bat_w", "soc_cpct", "ccl_w", "dcl_w")
 
 _SUMMED = (("pv_w", "pv_meter"), ("it_w", "load_meter"), ("aux_w", "aux_meter"))
@@ -50,17 +56,43 @@ class Site:
         p = d.period_ms if d.period_ms else 1000
         return p * (self.stale_polls + 1)
 
+    def cap(self, d):
+        m = self.max_age(d)
+        return m if m > AGE_CAP_MS else AGE_CAP_MS
+
     def point(self, dev, name, now=None):
-        """(value, age_ms, quality) of one point of a device (value None if never read)."""
+        """(value, age_ms, quality) of one point of a device (value None if never read).
+        Ages are capped at cap(dev): older is reported as cap(dev) and stale."""
         if now is None:
             now = clock.site_ms()
         v = dev.values.get(name)
         if v is None:
             return None, None, Q_NONE
-        age = clock.ticks_diff(now, dev.t[name])
+        t = dev.t.get(name)
+        cap = self.cap(dev)
+        if t is None:
+            return v, cap, Q_STALE
+        age = clock.ticks_diff(now, t)
+        if age > cap or age < -cap:
+            dev.t[name] = None  # very old: stays stale however far the ticks move on
+            return v, cap, Q_STALE
         if dev.stale() or age > self.max_age(dev):
             return v, age, Q_STALE
         return v, age, Q_OK
+
+    def sweep(self, now=None):
+        """Mark every point older than its cap as very old (wrap-safe ages)."""
+        if now is None:
+            now = clock.site_ms()
+        for d in self.devices:
+            t = d.t
+            cap = self.cap(d)
+            for k in t:
+                tk = t[k]
+                if tk is not None:
+                    a = clock.ticks_diff(now, tk)
+                    if a > cap or a < -cap:
+                        t[k] = None
 
     def role_point(self, role, name, now=None):
         d = self.dev(role)
@@ -87,6 +119,7 @@ class Site:
         """Recompute the derived values; returns the dict of values."""
         if now is None:
             now = clock.site_ms()
+        self.sweep(now)
         v = self.v
         q = self.q
         configured = {}

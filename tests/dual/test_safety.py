@@ -73,3 +73,44 @@ def test_pcs_fault_and_bms_stale():
     _chk(sf2, s, t)
     _chk(sf2, s, t)
     assert not sf2.tripped
+
+
+def test_pcs_stale_and_safety_points_age():
+    bms, pcs, s = _site()
+    sf = Safety({"clean_s": 0})
+    t = clock.site_ms()
+    _chk(sf, s, t)
+    _chk(sf, s, t)
+    assert not sf.tripped
+    pcs.is_stale = True  # the PCS stopped answering
+    assert _chk(sf, s, t) and sf.reason == "pcs_stale"
+    pcs.is_stale = False
+    _chk(sf, s, t)
+    _chk(sf, s, t)
+    assert not sf.tripped
+    # the alarm read keeps failing (exception answers): SOC fresh, alarm ageing
+    bms.t["alarm"] = clock.ticks_add(t, -5000)
+    assert sf.check(s, t) and sf.reason == "bms alarm stale"
+
+
+def test_missing_safety_point_trips():
+    bms = FakeDev("bms", "bms", {"soc_cpct": 5000, "protect": 0})
+    s = Site([bms])
+    sf = Safety({"clean_s": 0})
+    t = clock.site_ms()
+    _chk(sf, s, t)
+    _chk(sf, s, t)
+    assert sf.tripped and "alarm" in sf.reason
+    sf2 = Safety({"clean_s": 0, "trip_on_alarm": False})
+    _chk(sf2, s, t)
+    _chk(sf2, s, t)
+    assert not sf2.tripped
+
+
+def test_release_countdown_never_negative():
+    bms, pcs, s = _site()
+    sf = Safety({"clean_s": 1})
+    t = clock.site_ms()
+    _chk(sf, s, t)  # clean from t; release due at t + 1 s
+    st = sf.status(clock.ticks_add(t, 1500))  # asked before the next check releases it
+    assert st["tripped"] and st["release_in_s"] == 0

@@ -82,3 +82,27 @@ def test_old_value_is_stale():
     assert v is None and q == Q_NONE
     snap = s.snapshot()
     assert snap["points"]["bms"]["soc_cpct"][0] == 8320 and snap["q"]["grid_w"] in ("ok", "none")
+
+
+def test_old_value_stays_stale_past_tick_wrap():
+    # CPython's clock emulates 32-bit ports (ticks period 2**30 ms): an age past 2**29 ms
+    # (6.2 days) must not wrap back to "fresh". The control loop updates the site at
+    # least every minute; here every hour of site time for 7 days.
+    devs, s = _site()
+    bms = devs[5]
+    t0 = clock.site_ms()
+    for k in bms.t:
+        bms.t[k] = t0
+    now = t0
+    for h in range(7 * 24 + 1):
+        now = clock.ticks_add(t0, 0)
+        for i in range(h):
+            now = clock.ticks_add(now, 3600000)
+        s.update(now)
+        v, age, q = s.point(bms, "soc_cpct", now)
+        if h >= 1:
+            assert q == Q_STALE and age >= 3600000, (h, age, q)
+            assert s.q["soc_cpct"] == Q_STALE
+    # a new reading is fresh again
+    bms.set({"soc_cpct": 5000}, now)
+    assert s.point(bms, "soc_cpct", now)[2] == Q_OK
