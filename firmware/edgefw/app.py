@@ -30,6 +30,7 @@ _app = None
 def _opt(name):
     # imported only when used: the link and its MQTT client cost RAM a site without
     # a cloud does not need to spend
+    gc.collect()  # compiling a module from source needs one big free block
     try:
         return __import__("edgefw." + name, None, None, (name,))
     except ImportError:
@@ -67,14 +68,51 @@ def _drel(t):
     return t - DISPATCH_EPOCH
 
 
+# Until the wall clock has been set (NTP on a board: its RTC starts at 2000 after a power
+# cycle) cloud setpoints, schedules and forecasts are not used: their expiry and windows
+# cannot be judged.
+CLOCK_VALID_S = 1704067200   # 2024-01-01 00:00 UTC
+
+_STOP_MS = 2000              # bounded time the loop's exit spends stopping the PCS (real ms)
+_BUS_BACKOFF_MAX = 60000     # a failed bus is reopened at most this far apart (real ms)
+
+
+def clock_valid():
+    return clock.time() >= CLOCK_VALID_S
+
+
+class _PW:
+    """One PCS point write (its map may need several frames); acknowledged only when
+    every frame was answered without an exception."""
+    __slots__ = ("app", "point", "value", "left", "bad")
+
+    def __init__(self, app, point, value, n):
+        self.app = app
+        self.point = point
+        self.value = value
+        self.left = n
+        self.bad = False
+
+    def cb(self, ok):
+        if self.bad:
+            return
+        self.left -= 1
+        if not ok:
+            self.bad = True
+            self.app._pw_done(self, False)
+        elif self.left <= 0:
+            self.app._pw_done(self, True)
+
+
 class App:
-    def __init__(self, cfg, source="config.json", report=None):
+    def __init__(self, cfg, source="config.json", report=None, open_bus=None):
         self.cfg = cfg
         self.source = source
         self.report = report or []
         self.errors = []        # recent loop errors: [site s, text]
         self.nerr = 0
         self.err_run = 0        # errors in a row (the watchdog resets a stuck loop)
+        self.pass_err = False
         self.loops = 0
         self.stopping = False
         self.running = False
@@ -84,20 +122,24 @@ class App:
         self.boot_s = clock.time()
         saf = cfg["safety"]
         self.devs = devices.build(cfg)
+        self.open_bus = open_bus or hal.open_bus  # tests hand in their own buses
         self.masters = {}
+        self.bus_cfg = {}
+        self.down = {}          # bus name -> [real ms ticks of the next reopen, backoff ms]
         self.poller = select.poll()
+        self.watched = {}       # bus name -> stream registered with the poller
         for b in cfg["buses"]:
+            n = b["name"]
+            self.bus_cfg[n] = b
+            self.masters[n] = busmaster.BusMaster(
+                None, n, b["baud"], b["timeout_ms"], b["retries"], saf["stale_polls"])
             try:
-                bus = hal.open_bus(b)
+                bus = self.open_bus(b)
             except Exception as e:
-                self._err("bus %s: cannot open %s: %s" % (b["name"], b["port"], e))
+                self._err("bus %s: cannot open %s: %s (retrying)" % (n, b["port"], e))
+                self.down[n] = [clock.ticks_add(clock.ticks_ms(), 1000), 1000]
                 continue
-            self.masters[b["name"]] = busmaster.BusMaster(
-                bus, b["name"], b["baud"], b["timeout_ms"], b["retries"], saf["stale_polls"])
-            try:
-                self.poller.register(bus.stream, select.POLLIN)
-            except Exception:
-                pass  # a stream poll cannot watch: the loop still polls it on its timer
+            self._attach(n, bus)
         for d in self.devs:
             m = self.masters.get(d.bus)
             if m is not None:
@@ -115,10 +157,21 @@ class App:
         self.sp_w = 0           # last setpoint chosen
         self.sp_src = "boot"
         self.bound_by = ""
-        self.sent_w = None      # last setpoint written to the PCS
-        self.sent_t = 0
-        self.run_cmd = None     # last run command written (1/0)
+        # PCS commands: what the loop wants, and what the PCS acknowledged (None =
+        # unknown: never written, or the last write failed); pend = write in flight
+        self.want_w = None
+        self.want_run = None
+        self.ack = {"p_set_w": None, "run": None}
+        self.ack_t = {"p_set_w": 0, "run": 0}
+        self.pend = {"p_set_w": None, "run": None}
         self.wr_fail = 0
+        self.pcs_fails = 0      # failed PCS writes in a row
+        self.pcs_retry = 0      # real ms ticks before which a dead PCS is not retried
+        self.fail_cyc = None    # bus cycle count at the last failed write (retry pacing)
+        self.fail_t = 0
+        self.chg_t = None       # site ms when the acknowledged setpoint last changed
+        self.mismatch_t = None  # site ms since the PCS p_w disagrees with the command
+        self.mismatches = 0
         self.disp = None
         self.params = None
         if dispatch is not None:
@@ -152,10 +205,71 @@ class App:
         self.wdt = hal.Watchdog(cfg["wdt_ms"]) if cfg["wdt_ms"] else None
         self.curtail_w = 0
         self.telemetry_seq = 0
+        # network and wall clock (ESP32: WLAN station + NTP; unix: the host's)
+        self.net_cfg = cfg.get("net") or {}
+        self.time_set = False
+        self.ntp_due = clock.ticks_ms()
+        try:
+            hal.net_connect(self.net_cfg)  # starts the station; never waits for it
+        except Exception as e:
+            self._err("net: %r" % (e,))
+
+    # ---- buses --------------------------------------------------------------
+
+    def _attach(self, name, bus):
+        self.masters[name].set_bus(bus)
+        try:
+            self.poller.register(bus.stream, select.POLLIN)
+            self.watched[name] = bus.stream
+        except Exception:
+            pass  # a stream poll cannot watch: the loop still polls it on its timer
+
+    def _bus_fail(self, name, e):
+        """A bus raised: its devices go stale, its writes fail, it is closed and
+        reopened with backoff. Reported once per outage; the other buses go on."""
+        m = self.masters[name]
+        m.fail()
+        bus = m.bus
+        m.bus = None
+        st = self.watched.pop(name, None)
+        if st is not None:
+            # only what was registered: MicroPython 1.29's poll.unregister of an object
+            # it never took crashes the interpreter (segfault)
+            try:
+                self.poller.unregister(st)
+            except Exception:
+                pass
+        if bus is not None:
+            try:
+                bus.close()
+            except Exception:
+                pass
+        if name not in self.down:
+            self._err("bus %s: %r; reopening with backoff" % (name, e))
+            self.down[name] = [clock.ticks_add(clock.ticks_ms(), 1000), 1000]
+
+    def _reopen(self, name):
+        d = self.down[name]
+        now = clock.ticks_ms()
+        if clock.ticks_diff(now, d[0]) < 0:
+            return False
+        try:
+            bus = self.open_bus(self.bus_cfg[name])
+        except Exception:
+            b = d[1] * 2
+            d[1] = b if b < _BUS_BACKOFF_MAX else _BUS_BACKOFF_MAX
+            d[0] = clock.ticks_add(now, d[1])
+            return False
+        del self.down[name]
+        self._attach(name, bus)
+        return True
 
     # ---- cloud inputs (link callbacks) -------------------------------------
 
     def _on_schedule(self, d):
+        if not clock_valid():
+            self._err("schedule ignored: wall clock not set yet")
+            return
         if self.disp is not None:
             ws = []
             for w in d.get("windows") or []:
@@ -168,6 +282,8 @@ class App:
             self.disp.set_schedule(ws, None if exp is None else _drel(exp))
 
     def _on_forecast(self, f):
+        if not clock_valid():
+            return  # the forecast's t0/exp cannot be placed without a set clock
         if self.disp is not None:
             self.disp.set_forecast(_drel(f["t0"]), f["step_s"], f["load_w"], _drel(f["exp"]))
 
@@ -204,58 +320,203 @@ class App:
         except ValueError as e:
             self._err("pcs %s=%d: %s" % (point, value, e))
             return False
+        pw = _PW(self, point, value, len(ops))
+        self.pend[point] = pw
         if urgent:
             ops = list(ops)
             ops.reverse()  # each urgent write goes to the front: keep the map's order
         for op in ops:
-            m.write(d, op[0], op[1], op[2], self._wr_done, urgent)
+            m.write(d, op[0], op[1], op[2], pw.cb, urgent)
         return True
 
-    def _wr_done(self, ok):
-        if not ok:
+    def _pw_done(self, pw, ok):
+        p = pw.point
+        if ok:
+            if self.ack[p] != pw.value:
+                self.chg_t = clock.site_ms()
+            self.ack[p] = pw.value
+            self.ack_t[p] = clock.site_ms()
+            self.pcs_fails = 0
+            self.fail_cyc = None
+        else:
             self.wr_fail += 1
+            self.pcs_fails += 1
+            self.ack[p] = None  # unknown now: the next bus turn writes it again
+            # the next bus turn: after a read finished on the bus (or 250 ms), so a
+            # refusing PCS never starves the BMS reads on its bus
+            m = self.masters.get(self.pcs.bus)
+            self.fail_cyc = m.cycles if m is not None else 0
+            self.fail_t = clock.ticks_ms()
+            if self.pcs_fails >= 3:
+                self.pcs_retry = clock.ticks_add(clock.ticks_ms(), 500)
+        if self.pend[p] is pw:
+            self.pend[p] = None
 
     def stop_pcs(self):
-        """0 W then stop, ahead of everything else on the PCS bus."""
+        """0 W then stop, ahead of everything else on the PCS bus (a new trip, the loop's
+        exit); _pcs_service re-sends both every bus turn until the PCS acknowledges."""
         if self.pcs is None:
             return
-        # urgent writes jump the queue in reverse order: queue stop first, then 0 W
+        # urgent writes jump the queue: queue stop first, then 0 W (0 W goes out first)
         self._pcs_write("run", 0, True)
         self._pcs_write("p_set_w", 0, True)
-        self.sent_w = 0
-        self.run_cmd = 0
-        self.sent_t = clock.site_ms()
 
-    def command(self, sp, now):
-        if self.safety.tripped:
-            if self.run_cmd != 0 or self.sent_w != 0 \
-                    or clock.ticks_diff(now, self.sent_t) >= self.refresh:
-                self.stop_pcs()
+    def _pcs_service(self, now):
+        """Every pass: write what the PCS has not acknowledged (run also when its readback
+        differs); the setpoint also every refresh_ms (PCS revert timers). Tripped: 0 W
+        and stop. run = 1 only once the magnitude is acknowledged."""
+        if self.pcs is None:
             return
-        if self.sent_w != sp or clock.ticks_diff(now, self.sent_t) >= self.refresh:
-            self._pcs_write("p_set_w", sp)
-            self.sent_w = sp
-            self.sent_t = now
-            if self.run_cmd != 1:
-                self._pcs_write("run", 1)  # after the magnitude: never run a stale one
-                self.run_cmd = 1
+        tr = self.safety.tripped
+        if tr:
+            ww, wr = 0, 0
+        else:
+            ww, wr = self.want_w, self.want_run
+        if ww is None and wr is None:
+            return
+        if self.pcs_fails >= 3 and self.pcs.stale() \
+                and clock.ticks_diff(clock.ticks_ms(), self.pcs_retry) < 0:
+            return  # a PCS that does not answer costs a timeout per try: pace them
+        if self.fail_cyc is not None:
+            m = self.masters.get(self.pcs.bus)
+            if m is not None and m.cycles == self.fail_cyc \
+                    and clock.ticks_diff(clock.ticks_ms(), self.fail_t) < 250:
+                return
+        ack = self.ack
+        pend = self.pend
+        # readback: a PCS that shows another run state than it acknowledged (power
+        # cycle, local panel) gets the command again (p_set_w is not compared: a PCS may
+        # clamp or round it; it is rewritten every refresh_ms anyway)
+        t = self.pcs.t.get("run")
+        if ack["run"] is not None and pend["run"] is None and t is not None \
+                and self.pcs.values.get("run") != ack["run"] \
+                and clock.ticks_diff(t, self.ack_t["run"]) > 0:
+            ack["run"] = None
+        todo_w = ww is not None and pend["p_set_w"] is None and (
+            ack["p_set_w"] != ww
+            or clock.ticks_diff(now, self.ack_t["p_set_w"]) >= self.refresh)
+        todo_r = wr is not None and pend["run"] is None and ack["run"] != wr
+        if todo_r and wr == 1 and (todo_w or pend["p_set_w"] is not None
+                                   or ack["p_set_w"] != ww):
+            todo_r = False  # never run on a magnitude the PCS has not confirmed
+        if tr:
+            if todo_r:
+                self._pcs_write("run", wr, True)
+            if todo_w:
+                self._pcs_write("p_set_w", ww, True)
+        else:
+            if todo_w:
+                self._pcs_write("p_set_w", ww)
+            if todo_r:
+                self._pcs_write("run", wr)
+
+    def _pcs_check(self, now):
+        """Event when the PCS's measured p_w does not follow the acknowledged command for
+        3 control periods (a PCS in local mode, a lost revert timer)."""
+        a = self.ack["p_set_w"]
+        v, _, q = self.site.role_point("pcs", "p_w", now)
+        if a is None or v is None or q != 0 or self.ack["run"] is None:
+            self.mismatch_t = None
+            return
+        want = a if self.ack["run"] == 1 else 0
+        tol = 200 + abs(want) // 10
+        if abs(v - want) <= tol:
+            self.mismatch_t = None
+            return
+        if self.mismatch_t is None:
+            self.mismatch_t = now
+        elif self.mismatch_t is not False and \
+                clock.ticks_diff(now, self.mismatch_t) >= 3 * self.period:
+            self.mismatch_t = False  # reported; again only after it followed once
+            self.mismatches += 1
+            self._err("pcs mismatch: p_w %d W, commanded %d W" % (v, want))
+            if self.link is not None:
+                try:
+                    self.link.event("pcs_mismatch", {"p_w": v, "sp_w": want})
+                except Exception:
+                    pass
+
+    def _shutdown_pcs(self):
+        """The loop is ending: 0 W and stop, waiting at most _STOP_MS for the PCS to
+        acknowledge (nothing supervises it afterwards)."""
+        if self.pcs is None or self.cfg["control"]["mode"] == "off":
+            return
+        self.want_w = 0
+        self.want_run = 0
+        self.sp_w = 0
+        self.sp_src = "stopped"
+        name = self.pcs.bus
+        m = self.masters.get(name)
+        if m is None:
+            return
+        t0 = clock.ticks_ms()
+        if name in self.down:
+            self.down[name][0] = t0
+            if not self._reopen(name):
+                return
+        self.stop_pcs()
+        while clock.ticks_diff(clock.ticks_ms(), t0) < _STOP_MS:
+            if self.ack["p_set_w"] == 0 and self.ack["run"] == 0:
+                return
+            try:
+                w = m.poll()
+                self._pcs_service(clock.site_ms())
+            except Exception:
+                return
+            clock.sleep_ms(1 if w else 0)
 
     # ---- control ------------------------------------------------------------
 
+    def _export_floor(self):
+        """Lowest grid power (W, - = export) any setpoint may lead to, or None: -export_max_w,
+        and with export not allowed (site.export_allowed false) the dispatch
+        export_margin_w of import."""
+        f = None
+        x = self.cfg["limits"]["export_max_w"]
+        if x is not None:
+            f = -x
+        p = self.params
+        if p is not None:
+            ok, margin = p["export_allowed"], p["export_margin_w"]
+        else:
+            ok, margin = (self.cfg.get("site") or {}).get("export_allowed") is True, 0
+        if not ok and (f is None or margin > f):
+            f = margin
+        return f
+
+    def _grid_after_change(self):
+        """True when the grid meter's reading is newer than the last acknowledged PCS
+        setpoint change (the meter and the PCS are read at different times)."""
+        if self.chg_t is None:
+            return True
+        d = self.site.dev("grid_meter")
+        t = d.t.get("p_w") if d is not None else None
+        return t is not None and clock.ticks_diff(t, self.chg_t) > 0
+
     def bound(self, sp, v):
-        """Local limits no setpoint source may pass; returns (sp, what bound it)."""
+        """Local limits no setpoint source (cloud, hold, dispatch) may pass; returns
+        (sp, what bound it). Export: grid after = grid now + (PCS now - sp) must stay at
+        or above _export_floor(); PCS now = the lower of the acknowledged setpoint and
+        the measured p_w (pessimistic); more discharge than now only on a grid reading
+        taken after the last setpoint change. The bound never asks for more charging
+        than the PCS does now. With the grid value stale or unknown: no discharge, and no less
+        charging than now (sp <= min(PCS now, 0))."""
         lim = self.cfg["limits"]
+        s = self.site
         why = ""
+        a = self.ack["p_set_w"]
+        if a is not None and self.ack["run"] == 0:
+            a = 0
+        b = a
+        if s.ok("bat_w"):
+            bm = v["bat_w"]
+            if b is None or bm < b:
+                b = bm
+        gok = s.ok("grid_w") and b is not None
         g = v["grid_w"]
-        b = v["bat_w"]
-        if g is not None and b is not None:
-            # grid after the change: g + b - sp (the PCS output replaces grid import)
-            if lim["export_max_w"] is not None and sp > g + b + lim["export_max_w"]:
-                sp = g + b + lim["export_max_w"]
-                why = "export_max"
-            if lim["import_max_w"] is not None and sp < g + b - lim["import_max_w"]:
-                sp = g + b - lim["import_max_w"]
-                why = "import_max"
+        if gok and lim["import_max_w"] is not None and sp < g + b - lim["import_max_w"]:
+            sp = g + b - lim["import_max_w"]
+            why = "import_max"
         lo = -lim["pcs_charge_max_w"]
         hi = lim["pcs_discharge_max_w"]
         if v["ccl_w"] is not None and -v["ccl_w"] > lo:
@@ -272,6 +533,20 @@ class App:
                 lo = 0
         if lo > hi:
             lo = hi = 0
+        floor = self._export_floor()
+        if floor is not None:
+            if gok:
+                x = g + b - floor
+                keep = b if b < 0 else 0
+                if x < keep:
+                    x = keep
+                if x > b and not self._grid_after_change():
+                    x = b if b > keep else keep  # more only once the meter saw the last step
+            else:
+                x = a if a is not None and a < 0 else 0
+            if sp > x:
+                sp = x
+                why = "export"
         c = clamp(sp, lo, hi)
         if c != sp:
             why = "limits"
@@ -286,24 +561,27 @@ class App:
         ctl = self.cfg["control"]
         if self.energy is not None and s.ok("grid_w", "pv_w", "it_w", "bat_w"):
             try:
-                self.energy.step(dt, v["pv_w"] + self.curtail_w, v["pv_w"], v["it_w"],
+                self.energy.step(dt, v["pv_w"], v["pv_w"], v["it_w"],
                                  v["aux_w"] or 0, v["bat_w"], v["grid_w"])
                 self.energy.persist(now_s, ENERGY_FILE)  # bounded flash writes
             except Exception as e:
                 self._err("energy: %s" % e)
         if self.pcs is None or ctl["mode"] == "off":
             self.sp_src = "off"
+            self.want_w = self.want_run = None
             return
         sp = None
+        local = None
         if ctl["mode"] == "hold":
             sp = ctl["hold_w"]
             src = "hold"
         else:
             src = "no data"
-            local = None
             if self.disp is not None and s.ok("grid_w", "pv_w", "it_w", "bat_w", "soc_cpct"):
-                # available PV (measured + what we curtail), else curtailment toggles
-                local = self.disp.step(_drel(now_s), v["pv_w"] + self.curtail_w,
+                # available PV: no device here applies curtailment (curtail_w is advice
+                # in telemetry), so the measured PV is all there is; adding curtail_w
+                # without an actuator feeds back and runs away
+                local = self.disp.step(_drel(now_s), v["pv_w"],
                                        v["it_w"], v["aux_w"] or 0,
                                        v["grid_w"], v["soc_cpct"], v["ccl_w"] or 0,
                                        v["dcl_w"] or 0)
@@ -318,35 +596,64 @@ class App:
                     c = None
                     self._err("link setpoint: %s" % e)
                 if c is not None:
-                    sp = c
-                    src = "cloud"
-                    if self.disp is not None:
-                        # the ramp restarts from what the PCS really got; the meter
-                        # bias must not learn the cloud's offset
-                        self.disp.track(c, self.curtail_w)
+                    if clock_valid():
+                        sp = c
+                        src = "cloud"
+                    else:
+                        src += " (cloud ignored: clock not set)"
             if sp is None:
                 sp = local if local is not None else 0
         sp, self.bound_by = self.bound(sp, v)
         if self.safety.tripped:
             sp = 0
             src = "safety"
+        if self.disp is not None and sp != local:
+            # the ramp restarts from what the PCS really gets; the meter bias must not
+            # learn the gap (trip, hold, cloud, bounds, no data)
+            self.disp.track(sp, self.curtail_w)
         self.sp_w = sp
         self.sp_src = src
-        self.command(sp, now)
+        self.want_w = sp
+        self.want_run = 1
+        self._pcs_check(now)
 
     # ---- loop ---------------------------------------------------------------
 
+    def _net_tick(self):
+        # NTP until the clock is set (every 60 s), then every 6 h; each try is bounded
+        # by hal.set_time's own timeout (about 1 s on a board)
+        self.ntp_due = clock.ticks_add(clock.ticks_ms(), 21600000 if self.time_set else 60000)
+        try:
+            if hal.net_up(self.net_cfg) and hal.set_time():
+                self.time_set = True
+        except Exception as e:
+            self._err("net/ntp: %r" % (e,))
+
     def step(self):
-        """One pass: buses, safety, control, link. Returns ms it may sleep."""
+        """One pass: buses (each isolated), safety (always), control, PCS writes, link.
+        Returns ms it may sleep."""
         wait = 50
-        for m in self.masters.values():
-            w = m.poll()
+        self.pass_err = False
+        for name in self.masters:
+            m = self.masters[name]
+            if name in self.down and not self._reopen(name):
+                continue
+            try:
+                w = m.poll()
+            except Exception as e:
+                self._bus_fail(name, e)
+                w = 50
             if w < wait:
                 wait = w
         now = clock.site_ms()
         # the interlock runs every pass: a fault in fresh BMS/PCS data (or data going
         # stale) stops the PCS at once, not at the next control tick
-        if self.safety.check(self.site, now):
+        try:
+            new = self.safety.check(self.site, now)
+        except Exception as e:
+            self.pass_err = True
+            new = self.safety.trip("interlock error %r" % (e,))
+        if new:
             self._err("safety trip: %s" % self.safety.reason)
             self.sp_w = 0
             self.sp_src = "safety"
@@ -357,8 +664,17 @@ class App:
             self.ctl_due = clock.ticks_add(self.ctl_due, self.period)
             if clock.ticks_diff(now, self.ctl_due) > 0:
                 self.ctl_due = clock.ticks_add(now, self.period)  # overran: skip, no burst
-            self.control(now)
+            try:
+                self.control(now)
+            except Exception as e:
+                self.pass_err = True
+                self._err("control: %r" % (e,))
             left = self.period
+        try:
+            self._pcs_service(now)  # un-acknowledged writes go again every bus turn
+        except Exception as e:
+            self.pass_err = True
+            self._err("pcs: %r" % (e,))
         lw = left // clock.speed()
         if lw < wait:
             wait = lw
@@ -372,10 +688,15 @@ class App:
         for m in self.masters.values():
             if m.idle_with_writes():
                 wait = 0  # a write was queued after its master was polled: send it now
+        if clock.ticks_diff(clock.ticks_ms(), self.ntp_due) >= 0:
+            self._net_tick()
         st = self.cfg["status_s"]
         if st and clock.ticks_diff(now, self.stat_due) >= 0:
             self.stat_due = clock.ticks_add(now, st * 1000)
-            self.publish()
+            try:
+                self.publish()
+            except Exception as e:
+                self._err("publish: %r" % (e,))
         self.loops += 1
         return wait if wait > 0 else 0
 
@@ -422,7 +743,7 @@ class App:
             while not self.stopping:
                 try:
                     wait = self.step()
-                    self.err_run = 0
+                    self.err_run = self.err_run + 1 if self.pass_err else 0
                 except MemoryError:
                     gc.collect()
                     self._err("MemoryError in the loop")
@@ -436,6 +757,12 @@ class App:
                 if wait > 0:
                     self.poller.poll(wait)
         finally:
+            # Ctrl-C, app.stop() or an error out of the loop: nothing supervises the
+            # battery after this, so the PCS goes to 0 W and stop first (bounded time)
+            try:
+                self._shutdown_pcs()
+            except BaseException:
+                pass
             self.running = False
             if self.energy is not None:
                 try:
@@ -443,7 +770,10 @@ class App:
                 except Exception:
                     pass
             for m in self.masters.values():
-                m.close()
+                try:
+                    m.close()
+                except Exception:
+                    pass
 
     def status(self, points=True):
         now = clock.site_ms()
@@ -453,9 +783,13 @@ class App:
             b = m.stats()
             b["_junk"] = m.junk
             b["_pending_writes"] = m.pending()
+            b["_errors"] = m.errors
+            b["_down"] = name in self.down
             buses[name] = b
         gc.collect()
-        heap = {"alloc": gc.mem_alloc(), "free": gc.mem_free()}
+        heap = {}
+        if hasattr(gc, "mem_alloc"):  # MicroPython (CPython runs the dual tests)
+            heap = {"alloc": gc.mem_alloc(), "free": gc.mem_free()}
         if micropython is not None and hasattr(micropython, "mem_peak"):
             heap["peak"] = micropython.mem_peak()
         return {
@@ -464,8 +798,16 @@ class App:
             "speed": clock.speed(), "loops": self.loops, "running": self.running,
             "config": self.source, "config_errors": self.report,
             "mode": self.cfg["control"]["mode"], "sp_w": self.sp_w, "sp_src": self.sp_src,
-            "bound_by": self.bound_by, "sent_w": self.sent_w, "run_cmd": self.run_cmd,
-            "write_fail": self.wr_fail, "safety": self.safety.status(now),
+            "bound_by": self.bound_by,
+            # sent_w / run_cmd: what the PCS acknowledged (None = unknown: never written
+            # or the last write failed); want_*: what the loop asks for
+            "sent_w": self.ack["p_set_w"], "run_cmd": self.ack["run"],
+            "want_w": 0 if self.safety.tripped else self.want_w,
+            "want_run": 0 if self.safety.tripped else self.want_run,
+            "pcs_pending": self.pend["p_set_w"] is not None or self.pend["run"] is not None,
+            "pcs_mismatches": self.mismatches,
+            "write_fail": self.wr_fail, "clock_valid": clock_valid(),
+            "time_set": self.time_set, "safety": self.safety.status(now),
             "site": self.site.snapshot(now, points),
             "buses": buses,
             "link": None if self.link is None else self.link.stats(),

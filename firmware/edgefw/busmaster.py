@@ -91,6 +91,7 @@ class BusMaster:
         self.rr = 0
         self.junk = 0           # frames from nobody we asked (late answers, noise)
         self.cycles = 0
+        self.errors = 0         # times the bus itself raised (see fail())
 
     # ---- configuration ------------------------------------------------------
 
@@ -346,6 +347,41 @@ class BusMaster:
         self._send(best.frames[0], best.reqs[0])
         return 0
 
+    # ---- a bus that raised (TCP gateway gone, adapter unplugged) ----------------
+
+    def fail(self):
+        """The bus raised: drop the transaction in flight, fail every queued write (its
+        callback gets False) and mark the devices stale (their data ages from now on).
+        The owner closes the bus and later hands a new one to set_bus()."""
+        self.errors += 1
+        ws = self.wq
+        self.wq = []
+        cur = self.cur
+        if isinstance(cur, _Write) and cur not in ws:
+            ws.insert(0, cur)
+        self.cur = None
+        self.hold = None
+        self.retry = False
+        self.state = _IDLE
+        now = clock.site_ms()
+        for s in self.st:
+            s.idx = -1
+            s.answered = False
+            if s.missed < self.stale_polls:
+                s.missed = self.stale_polls
+            s.stale = True
+            s.due = now
+        for w in ws:
+            if w.cb is not None:
+                w.cb(False)
+
+    def set_bus(self, bus):
+        """A reopened bus: start clean (framer flushed, first poll now)."""
+        self.bus = bus
+        self.fr.flush()
+        self.state = _IDLE
+        self.quiet_us = clock.ticks_us()
+
     def stats(self):
         now = clock.site_ms()
         d = {}
@@ -354,4 +390,5 @@ class BusMaster:
         return d
 
     def close(self):
-        self.bus.close()
+        if self.bus is not None:
+            self.bus.close()

@@ -70,15 +70,44 @@ class Watchdog:
 
 
 def net_connect(net_cfg):
-    """Start the WLAN station from the config's `net` section ({"ssid", "psk"})."""
+    """Start the WLAN station from the config's `net` section ({"ssid", "psk"}); never
+    waits for the association (the control loop must run without a network)."""
     if not net_cfg or not net_cfg.get("ssid"):
         return False
     import network
     w = network.WLAN(network.STA_IF)
     w.active(True)
     if not w.isconnected():
-        w.connect(net_cfg["ssid"], net_cfg.get("psk", ""))
+        try:
+            w.connect(net_cfg["ssid"], net_cfg.get("psk", ""))
+        except OSError:
+            pass  # already connecting
     return w.isconnected()
+
+
+def net_up(net_cfg=None):
+    """True when the station has an address; starts it again if it dropped."""
+    import network
+    w = network.WLAN(network.STA_IF)
+    if w.isconnected():
+        return True
+    if net_cfg:
+        net_connect(net_cfg)
+    return False
+
+
+def set_time():
+    """RTC from NTP (UTC); one bounded attempt (1 s socket timeout). True when set."""
+    try:
+        import ntptime
+    except ImportError:
+        return False
+    ntptime.timeout = 1
+    try:
+        ntptime.settime()
+    except Exception:
+        return False
+    return True
 
 
 def reset():
@@ -86,4 +115,4 @@ def reset():
 
 
 def clock_setup():
-    return 1, None  # real time; the RTC is set by NTP (or the link) when there is one
+    return 1, None  # real time; the RTC is set by NTP (app -> set_time) once WLAN is up

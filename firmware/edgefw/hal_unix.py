@@ -92,7 +92,10 @@ class Bus:
 
     def readinto(self, buf):
         try:
-            n = self.stream.readinto(buf)
+            if self.sock is not None and hasattr(self.sock, "recv_into"):
+                n = self.sock.recv_into(buf)  # CPython sockets have no readinto
+            else:
+                n = self.stream.readinto(buf)
         except OSError as e:
             if e.args[0] == 11:  # EAGAIN on a non-blocking socket
                 return 0
@@ -127,6 +130,15 @@ class Watchdog:
 
 def net_connect(net_cfg):
     return True  # the host's network is already up
+
+
+def net_up(net_cfg=None):
+    return True
+
+
+def set_time():
+    """The host keeps its own clock (NTP is the OS's job): nothing to set."""
+    return True
 
 
 def reset():
