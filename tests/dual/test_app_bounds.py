@@ -287,6 +287,20 @@ def test_pcs_that_lost_run_gets_it_again():
         r.done()
 
 
+def test_pcs_not_following_is_reported_once():
+    r = Rig()
+    try:
+        r.running()
+        r.pcs.on_write = None
+        r.pcs.set({"p_w": 0})  # acknowledged 1500 W, delivers nothing (local mode)
+        assert r.until(lambda: r.a.mismatches == 1, 2000)
+        r.passes(500)
+        assert r.a.mismatches == 1
+        assert [e for e in r.a.errors if "pcs mismatch" in e[1]]
+    finally:
+        r.done()
+
+
 def test_silent_pcs_trips_pcs_stale():
     r = Rig()
     try:
