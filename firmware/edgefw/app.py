@@ -415,8 +415,10 @@ class App:
         3 control periods (a PCS in local mode, a lost revert timer)."""
         a = self.ack["p_set_w"]
         v, _, q = self.site.role_point("pcs", "p_w", now)
-        if a is None or v is None or q != 0 or self.ack["run"] is None:
-            self.mismatch_t = None
+        if a is None or v is None or q != 0 or self.ack["run"] is None or (
+                self.chg_t is not None
+                and clock.ticks_diff(now, self.chg_t) < 3 * self.period):
+            self.mismatch_t = None  # unknown, or still settling after a change
             return
         want = a if self.ack["run"] == 1 else 0
         tol = 200 + abs(want) // 10
@@ -685,8 +687,8 @@ class App:
                 self._err("link: %s" % e)
             if wait > 20:
                 wait = 20
-        for m in self.masters.values():
-            if m.idle_with_writes():
+        for name in self.masters:
+            if name not in self.down and self.masters[name].idle_with_writes():
                 wait = 0  # a write was queued after its master was polled: send it now
         if clock.ticks_diff(clock.ticks_ms(), self.ntp_due) >= 0:
             self._net_tick()

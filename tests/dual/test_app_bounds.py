@@ -200,6 +200,34 @@ def test_bus_error_isolated_interlock_still_runs():
         r.done()
 
 
+def test_pcs_bus_down_trips_without_spinning():
+    r = Rig()
+    try:
+        r.running()
+        r.buses["batt"].broken = True
+        r.can_open = False
+        assert r.until(lambda: r.a.safety.tripped, 2000)
+        assert "stale" in r.a.safety.reason
+        clock.configure(1)  # meters due every 100 ms real: the loop could sleep between
+        r.passes(200)
+        # the loop sleeps what step() returns (as run() does): count passes in 200 ms
+        n = 0
+        t0 = clock.ticks_ms()
+        while clock.ticks_diff(clock.ticks_ms(), t0) < 200:
+            w = r.a.step()
+            n += 1
+            if w:
+                clock.sleep_ms(w)
+        assert n < 5000, n  # the stop waits for the bus; the loop does not spin (35000+)
+        clock.configure(SPEED)
+        r.can_open = True
+        r.buses["batt"].broken = False
+        r.bms.set({"alarm": 0})
+        assert r.until(lambda: r.pcs_at(0, 0) or r.pcs_at(1500, 1), 4000)
+    finally:
+        r.done()
+
+
 def test_bus_that_cannot_open_at_boot_is_retried():
     r = None
     try:
