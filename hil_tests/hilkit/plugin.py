@@ -131,8 +131,14 @@ def broker(hil):
     m = Mosquitto()
     # persistent sessions survive a broker kill (saved every second): the cloud stand-in's
     # subscription is still there when the broker returns, however fast the gateway is
+    # (a mosquitto started as root drops to the `mosquitto` user: the store must be open
+    # to it)
+    db = os.path.join(m.dir, "db")
+    os.mkdir(db)
+    os.chmod(db, 0o777)
+    os.chmod(m.dir, 0o711)
     with open(m.conf, "a") as f:
-        f.write("persistence true\npersistence_location %s/\nautosave_interval 1\n" % m.dir)
+        f.write("persistence true\npersistence_location %s/\nautosave_interval 1\n" % db)
     with m:
         m.external = False
         yield m
