@@ -170,6 +170,7 @@ class App:
         self.fail_cyc = None    # bus cycle count at the last failed write (retry pacing)
         self.fail_t = 0
         self.chg_t = None       # site ms when the acknowledged setpoint last changed
+        self.prev_w = None      # the acknowledged setpoint before that change
         self.mismatch_t = None  # site ms since the PCS p_w disagrees with the command
         self.mismatches = 0
         self.disp = None
@@ -332,8 +333,9 @@ class App:
     def _pw_done(self, pw, ok):
         p = pw.point
         if ok:
-            if self.ack[p] != pw.value:
+            if p == "p_set_w" and self.ack[p] != pw.value:
                 self.chg_t = clock.site_ms()
+                self.prev_w = self.ack[p]
             self.ack[p] = pw.value
             self.ack_t[p] = clock.site_ms()
             self.pcs_fails = 0
@@ -498,10 +500,10 @@ class App:
     def bound(self, sp, v):
         """Local limits no setpoint source (cloud, hold, dispatch) may pass; returns
         (sp, what bound it). Export: grid after = grid now + (PCS now - sp) must stay at
-        or above _export_floor(); PCS now = the lower of the acknowledged setpoint and
-        the measured p_w (pessimistic); more discharge than now only on a grid reading
-        taken after the last setpoint change. The bound never asks for more charging
-        than the PCS does now. With the grid value stale or unknown: no discharge, and no less
+        or above _export_floor(); PCS now = the lowest of the acknowledged setpoint, the
+        measured p_w and, while the grid reading is older than the last acknowledged
+        step up, the setpoint before that step (meter and PCS are read at different
+        times). The bound never asks for more charging than the PCS does now. With the grid value stale or unknown: no discharge, and no less
         charging than now (sp <= min(PCS now, 0))."""
         lim = self.cfg["limits"]
         s = self.site
@@ -510,6 +512,9 @@ class App:
         if a is not None and self.ack["run"] == 0:
             a = 0
         b = a
+        if a is not None and self.prev_w is not None and self.prev_w < a \
+                and not self._grid_after_change():
+            b = self.prev_w  # the meter still shows the PCS before its last step up
         if s.ok("bat_w"):
             bm = v["bat_w"]
             if b is None or bm < b:
@@ -542,8 +547,6 @@ class App:
                 keep = b if b < 0 else 0
                 if x < keep:
                     x = keep
-                if x > b and not self._grid_after_change():
-                    x = b if b > keep else keep  # more only once the meter saw the last step
             else:
                 x = a if a is not None and a < 0 else 0
             if sp > x:
