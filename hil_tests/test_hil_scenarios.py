@@ -53,13 +53,6 @@ def _link(broker, **kw):
     return lk
 
 
-CURTAIL_BUG = ("firmware bug: app.control feeds dispatch pv_w + curtail_w as available PV, but "
-               "nothing curtails PV, so curtail_w runs away (MW) while the battery is full and "
-               "exporting; when the job starts the battery stays idle for ~5 min (30-38 kW "
-               "import). Reproduction: hil_tests/README.md 'Known firmware findings'")
-
-
-@pytest.mark.xfail(strict=True, reason=CURTAIL_BUG)
 def test_sandstorm_seed_case(launch, broker, cloud, report):
     """The seed's case: the cloud schedules 95 % SOC before a sandstorm (signed, over
     mosquitto, while online); then the link is lost; PV falls 70 % within an hour; a 2-hour
