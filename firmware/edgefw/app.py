@@ -214,6 +214,20 @@ class App:
             hal.net_connect(self.net_cfg)  # starts the station; never waits for it
         except Exception as e:
             self._err("net: %r" % (e,))
+        # a new config runs on trial: it becomes the last good copy only after trial_s of
+        # healthy running (config.confirm); a reboot before that falls back (config.boot)
+        self.nloop_err = 0
+        self.trial_due = None
+        if config.on_trial():
+            self.trial_due = clock.ticks_add(clock.site_ms(), cfg.get("trial_s", 600) * 1000)
+        ts = config.trial_status()
+        if ts.get("state") == "failed":
+            self._err("config trial failed: %s" % ts.get("why"))
+            if self.link is not None:
+                try:
+                    self.link.event("config", {"trial": "failed", "why": ts.get("why")})
+                except Exception:
+                    pass
 
     # ---- buses --------------------------------------------------------------
 
@@ -703,7 +717,30 @@ class App:
             except Exception as e:
                 self._err("publish: %r" % (e,))
         self.loops += 1
+        if self.trial_due is not None and clock.ticks_diff(now, self.trial_due) >= 0:
+            self._trial_check(now)
         return wait if wait > 0 else 0
+
+    def _trial_check(self, now):
+        ok = self.nloop_err == 0
+        for m in self.masters.values():
+            if m.bus is None:
+                ok = False
+            for st in m.stats().values():
+                if not st["ok"] or st["stale"]:
+                    ok = False
+        if not ok:
+            self.trial_due = clock.ticks_add(now, 10000)  # not healthy yet: look again
+            return
+        self.trial_due = None
+        if config.confirm():
+            if not self.cfg.get("console"):
+                print("edgegw: config confirmed after its trial")
+            if self.link is not None:
+                try:
+                    self.link.event("config", {"trial": "confirmed"})
+                except Exception:
+                    pass
 
     def telemetry(self):
         v = self.site.v
@@ -751,10 +788,12 @@ class App:
                     self.err_run = self.err_run + 1 if self.pass_err else 0
                 except MemoryError:
                     gc.collect()
+                    self.nloop_err += 1
                     self._err("MemoryError in the loop")
                     wait = 0
                 except Exception as e:
                     self.err_run += 1
+                    self.nloop_err += 1
                     self._err("loop: %r" % (e,))
                     wait = 10
                 if self.wdt is not None and self.err_run < 20:
@@ -802,6 +841,7 @@ class App:
             "t": clock.time(), "uptime_s": clock.ticks_diff(now, self.t_boot) // 1000,
             "speed": clock.speed(), "loops": self.loops, "running": self.running,
             "config": self.source, "config_errors": self.report,
+            "config_trial": config.trial_status(),
             "mode": self.cfg["control"]["mode"], "sp_w": self.sp_w, "sp_src": self.sp_src,
             "bound_by": self.bound_by,
             # sent_w / run_cmd: what the PCS acknowledged (None = unknown: never written

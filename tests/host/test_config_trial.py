@@ -3,6 +3,7 @@ config that runs on trial and is killed before confirm() is not run again; the l
 copy runs and the status names why. confirm() on the gateway promotes it."""
 import os
 import signal
+import time
 
 from edgegw.simsite import SimSite
 from edgegw.vgw import VirtualGateway, site_config, REPO
@@ -66,3 +67,36 @@ def test_confirmed_trial_becomes_last_good(tmp_path):
     with VirtualGateway(str(tmp_path), good, _sim(), speed=SPEED, write_config=False) as gw:
         s = gw.status(points=False)
         assert (s["device_id"], s["config"], s["config_errors"]) == ("gw-new", "config.json", [])
+
+
+def test_app_confirms_a_healthy_trial_by_itself(tmp_path):
+    """The running gateway promotes its trial config after trial_s of healthy running
+    (every device answering, no loop errors), without anyone calling confirm()."""
+    config, good, new = _configs()
+    new["trial_s"] = 10  # site seconds: 1 s of real time at 10x
+    (tmp_path / "config.last_good.json").write_text(config.dumps(good))
+    (tmp_path / "config.json").write_text(config.dumps(new))
+    with VirtualGateway(str(tmp_path), good, _sim(), speed=SPEED, write_config=False) as gw:
+        s = gw.wait(lambda s: s["config_trial"]["state"] == "confirmed", 20, points=False)
+        assert s["device_id"] == "gw-new"
+    assert (tmp_path / "config.last_good.json").read_text() == \
+        (tmp_path / "config.json").read_text()
+    assert not (tmp_path / "config.trial.json").exists()
+
+
+def test_unhealthy_trial_is_not_confirmed(tmp_path):
+    """A trial config whose BMS never answers stays on trial (a reboot would fall back)."""
+    config, good, new = _configs()
+    new["trial_s"] = 10
+    new["devices"] = [dict(d) for d in new["devices"]]  # own copies: the simulator keeps 1
+    for d in new["devices"]:
+        if d["role"] == "bms":
+            d["slave"] = 99  # nobody answers at this address
+    (tmp_path / "config.last_good.json").write_text(config.dumps(good))
+    (tmp_path / "config.json").write_text(config.dumps(new))
+    with VirtualGateway(str(tmp_path), good, _sim(), speed=SPEED, write_config=False) as gw:
+        gw.wait(lambda s: s["buses"]["bus0"]["pcs"]["ok"] > 0, 10, points=False)
+        time.sleep(30.0 / SPEED)  # three trial periods of site time
+        s = gw.status(points=False)
+        assert s["config_trial"]["state"] == "trial"
+    assert "gw-lastgood" in (tmp_path / "config.last_good.json").read_text()
