@@ -71,14 +71,13 @@ def _drel(t):
 # Until the wall clock has been set (NTP on a board: its RTC starts at 2000 after a power
 # cycle) cloud setpoints, schedules and forecasts are not used: their expiry and windows
 # cannot be judged.
-CLOCK_VALID_S = 1704067200   # 2024-01-01 00:00 UTC
 
 _STOP_MS = 2000              # bounded time the loop's exit spends stopping the PCS (real ms)
 _BUS_BACKOFF_MAX = 60000     # a failed bus is reopened at most this far apart (real ms)
 
 
 def clock_valid():
-    return clock.time() >= CLOCK_VALID_S
+    return clock.valid()
 
 
 class _PW:

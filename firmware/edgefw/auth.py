@@ -124,7 +124,6 @@ def _is_int(v):
 # Replay protection fails closed: without a trusted record of the seqs already used (fresh
 # device, files wiped, a slot torn or corrupt) only commands made after this boot pass.
 SKEW_S = 120           # allowed clock difference sender vs gateway for that floor
-_SANE_S = 1704067200   # 2024-01-01: a wall clock below this has not been set yet
 
 
 def _slot_text(rec):
@@ -224,7 +223,7 @@ class Verifier:
             pass
 
     def _set_floor(self, boot_s):
-        if boot_s < _SANE_S:
+        if not clock.valid(boot_s):
             self._pending = True  # set at the first check with a set clock
             return
         f = boot_s - SKEW_S
@@ -257,7 +256,7 @@ class Verifier:
         if cmd["seq"] <= self.last.get(kind, -1):
             return REPLAYED
         if self._pending:
-            if now_s < _SANE_S:
+            if not clock.valid(now_s):
                 return NO_CLOCK  # cannot tell a fresh command from a captured one
             # the clock was set after boot: the boot time is now - uptime
             up = clock.ticks_diff(clock.site_ms(), self._t0) // 1000

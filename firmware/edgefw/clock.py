@@ -93,3 +93,12 @@ def time():
         return int(_t.time()) + _EPOCH_FIX
     return _epoch + _advance() // 1000
 
+
+
+# A wall clock below 2024-01-01 has not been set yet (an ESP32 RTC restarts at 2000-01-01
+# after a power cut, before NTP): cloud expiry and replay floors cannot be judged.
+VALID_FROM = 1704067200
+
+
+def valid(t=None):
+    return (time() if t is None else t) >= VALID_FROM
