@@ -122,10 +122,6 @@ def test_one_device_silent_30s_then_back(gw, report):
     _nothing_lost(gw)
 
 
-@pytest.mark.xfail(strict=True, reason="firmware: site.update derives a missing PV from the "
-                   "balance with aux_w = 0 when the aux load is unmetered (derived from the "
-                   "balance itself), so derived PV is short by the aux load (400 W here); "
-                   "keeping the last derived aux_w would fix it")
 def test_derived_pv_accounts_for_unmetered_aux(gw, report):
     report(scenario="steady", fault="PV meter silent: PV derived from the balance")
     pv = gw.devices["pv"]

@@ -47,6 +47,7 @@ class Site:
             self.v[k] = None
             self.q[k] = Q_NONE
         self.t = None  # site ms of the last update
+        self.aux_est = 0  # unmetered other load, from the last balance of four fresh meters
 
     def dev(self, role):
         ds = self.roles.get(role)
@@ -140,6 +141,10 @@ class Site:
                 configured["bat_w"] = True
         v["bat_w"] = b
         q["bat_w"] = qb
+        if not configured["aux_w"]:
+            # no aux meter: the last estimate stands in, so a derived power is not short
+            # by the other load (cooling, lights) while one meter is silent
+            v["aux_w"] = self.aux_est
         # one missing power of the balance can be derived from the others
         miss = None
         for k in ("grid_w", "pv_w", "it_w", "bat_w"):
@@ -164,6 +169,8 @@ class Site:
             a = v["grid_w"] + v["pv_w"] + v["bat_w"] - v["it_w"]
             v["aux_w"] = a if a > 0 else 0
             q["aux_w"] = Q_DERIVED
+            if miss is None:
+                self.aux_est = v["aux_w"]
         v["soc_cpct"], _, q["soc_cpct"] = self.role_point("bms", "soc_cpct", now)
         vv, _, qv = self.role_point("bms", "v_cv", now)
         for k, pt in (("ccl_w", "ccl_ca"), ("dcl_w", "dcl_ca")):

@@ -66,6 +66,20 @@ def test_unmetered_aux_derived():
     assert v["aux_w"] == 300 and s.q["aux_w"] == Q_DERIVED
 
 
+def test_silent_pv_meter_derived_with_the_last_aux_estimate():
+    # aux is unmetered (400 W the meters do not explain); then the PV meter goes silent:
+    # PV from the balance must still count the aux load, not assume it is 0
+    devs, s = _site()
+    devs[0].set({"p_w": 1600})
+    v = s.update()
+    assert v["aux_w"] == 400
+    devs[1].is_stale = True
+    v = s.update()
+    assert s.q["pv_w"] == Q_DERIVED
+    assert v["pv_w"] == 3000, v["pv_w"]  # 3200 + 400 - 1600 + (-1000)... = 3000
+    assert v["aux_w"] == 400
+
+
 def test_battery_from_bms_without_pcs():
     devs = [FakeDev("bms", "bms", {"v_cv": 5000, "i_ca": -2000})]
     s = Site(devs)
