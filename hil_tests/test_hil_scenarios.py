@@ -19,8 +19,10 @@ def _hm(t):
 
 
 def _run_until(gw, t_end, timeout, every=None, on=None):
-    """Let the site run until site time t_end; on(t) is called about every `every` s."""
-    end = time.monotonic() + timeout
+    """Let the site run until site time t_end; on(t) is called about every `every` s.
+    timeout: real s at the test's own speed (scaled when --speed or a board runs slower)."""
+    need = (t_end - gw.sim.t) / float(gw.speed)
+    end = time.monotonic() + max(timeout, need * 1.5 + 30)
     while gw.sim.t < t_end:
         assert gw.alive(), "gateway exited:\n" + gw.output[-2000:]
         if time.monotonic() > end:
