@@ -19,6 +19,7 @@ GRACE = "GRACE"
 FALLBACK = "FALLBACK"
 RECOVERING = "RECOVERING"
 
+RING_SEG_MAX_KB = 16  # largest ring segment (KB): it must fit the heap at once
 K_TELEMETRY = 1  # ring record kinds -> topic
 K_EVENT = 2
 _TOPIC_OF = {K_TELEMETRY: T.TELEMETRY, K_EVENT: T.EVENTS}
@@ -90,6 +91,11 @@ def validate_link_cfg(d):
     if d["ring_kb"] and d["ring_segs"] and d["ring_kb"] * 1024 // d["ring_segs"] < 1024:
         errs.append("link.ring_segs: %d segments of a %d KB ring are below 1 KB each"
                     % (d["ring_segs"], d["ring_kb"]))
+    # a segment is read whole into RAM when the ring is scanned or drained
+    if d["ring_kb"] and d["ring_segs"] and d["ring_kb"] > RING_SEG_MAX_KB * d["ring_segs"]:
+        errs.append("link.ring_kb: %d KB in %d segments is over %d KB per segment (each is "
+                    "read whole into RAM): use more ring_segs or a smaller ring"
+                    % (d["ring_kb"], d["ring_segs"], RING_SEG_MAX_KB))
     return errs
 
 

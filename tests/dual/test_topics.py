@@ -32,6 +32,18 @@ def test_schedule_validation_names_the_field():
         "windows[0].soc: unknown field"
     assert T.check_schedule({"windows": [{"t0": 1, "t1": 2, "pmin_w": 5, "pmax_w": 1}]})
     assert T.check_schedule({"windows": [{"t0": 1, "t1": 2}] * 49})
+    # a window may carry its own expiry, as dispatch.set_schedule takes it
+    assert T.check_schedule({"windows": [{"t0": 1, "t1": 2, "exp": 2}]}) == []
+    assert T.check_schedule({"windows": [{"t0": 1, "t1": 2, "exp": "x"}]})[0].startswith(
+        "windows[0].exp")
+
+
+def test_ring_segments_bounded_by_ram():
+    from edgefw import link
+    e = link.validate_link_cfg({"host": "h", "ring_kb": 4096, "ring_segs": 8})
+    assert any(x.startswith("link.ring_kb:") for x in e), e
+    assert not any(x.startswith("link.ring") for x in link.validate_link_cfg(
+        {"host": "h", "ring_kb": 1024, "ring_segs": 64}))
 
 
 def test_forecast_validation():
