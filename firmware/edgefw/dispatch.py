@@ -2,7 +2,8 @@
 # integer fixed point, no I/O. Rules, highest priority first (docs/dispatch.md):
 #   1 safety: SOC window (with hysteresis), BMS ccl/dcl, PCS rating, ramp rate
 #   2 zero export (aim export_margin_w into import), PV curtailment when the battery can't
-#   3 grid import cap (peak shaving)
+#   3 grid import cap (peak shaving); raised for the night when the plan says it cannot
+#     be held (the battery would empty and the next surge import in full)
 #   4 critical reserve: SOC kept above what the IT load needs for reserve_s
 #   5 PV self-consumption / peak levelling: a plan level T from the compute forecast
 #   6 the cloud schedule window (target SOC, power bounds) until it expires
@@ -266,6 +267,12 @@ class Dispatcher:
         self._etac = p["eta_c_milli"]
         self._etad = p["eta_d_milli"]
         self._cap = p["grid_cap_w"]
+        # effective import cap: the configured one, raised (ratchet, within a day) to the
+        # lowest level the plan says is holdable once it says the cap is not; back to the
+        # configured cap at sunset and when the battery is full
+        self._ecap = p["grid_cap_w"]
+        self._kfc = 0            # plan blocks covered by the load forecast
+        self._dark = True        # no PV expected now (the plan is then trustworthy)
         self._xok = p["export_allowed"]
         self._margin = p["export_margin_w"]
         self._ramp = p["ramp_w_s"]
@@ -415,11 +422,22 @@ class Dispatcher:
             tod = tod - div_trunc(tod, 86400) * 86400
             if tod < 0:
                 tod += 86400
+        dark = True
         if self._pvx > 0:
             x0 = self._pv_expect(tod)
+            dark = x0 == 0
+            if dark and not self._dark:
+                self._ecap = self._cap     # sunset: a new night, the ratchet starts over
+            self._dark = dark
             if x0 > div_trunc(self._pvx, 5):
                 r = _frac(_min(pv, x0), x0)
                 self._kci = clamp(self._kci + div_trunc(r - self._kci, 32), 500, 10000)
+        # blocks the load forecast covers in full (the cap ratchet trusts only those)
+        self._kfc = 0
+        if fcok:
+            x = self._fct0 + self._nfc * st - rf          # |.| < 2**29 + 1 day
+            if x > 0:
+                self._kfc = _min(n, div_trunc(x, _BLOCK))
         for k in range(n):
             tot = 0
             for j in range(m):
@@ -507,6 +525,25 @@ class Dispatcher:
                 lo = mid
         return hi
 
+    def _raise_cap(self, n, soc, T):
+        # The cap cannot be held through the near part of the horizon even with grid
+        # charging: emptying the battery to hold it leaves the next surge unshaved (it
+        # imports in full), so hold the lowest level that is holdable instead. Only at
+        # night with a load forecast (no PV guess in the plan) and only upwards within a
+        # day (a noisy plan must not make it hunt); the cap rule outranks the reserve, so
+        # the energy down to soc_min counts. T: a holdable level (the plan's, >= this).
+        sm = self._smin
+        e0 = 0
+        if soc > sm:
+            e0 = _mdiv(energy_wh(self._bat, soc - sm), self._etad, 1000) * 4
+        emax = _mdiv(energy_wh(self._bat, self._smax - sm), self._etad, 1000) * 4
+        c = self._ecap
+        n = _min(n, self._kfc)
+        if n > 0 and self._feasible(c, n, e0, emax, True) < 0 and self._kfail < self._jit:
+            c = self._bisect(c, T, n, e0, emax, True)
+            if c > self._ecap + self._db:
+                self._ecap = c
+
     def _plan(self, now, pv, it, aux, soc):
         n = self._nb
         fcok = self._profile(now, pv, it, aux)
@@ -522,6 +559,8 @@ class Dispatcher:
                 hi = self._pf[k]
         T = self._bisect(lo, hi, n, e0, emax, False) if hi > lo else lo
         gc = False
+        if soc >= self._smax - self._hyst:
+            self._ecap = self._cap
         if T > lo:
             # would charging from the grid below the level allow a lower one? Only for a
             # hard need (the cap) or a forecast ramp: the gateway has no PV forecast, so a
@@ -534,6 +573,8 @@ class Dispatcher:
                 if self._kfail < self._jit:
                     T = Tc
                     gc = True
+        if T > self._ecap and fcok and self._dark:
+            self._raise_cap(n, soc, T)
         self._kclip = 0
         self._gc = gc and self._feasible(T, n, e0, emax, False) < 0
         if not self._gc and self._free > 0 and self._kclip > 0:
@@ -650,7 +691,7 @@ class Dispatcher:
                 hi_r = R_EXPORT
 
         # 3 import cap: sp >= net - cap
-        c = net - self._cap
+        c = net - self._ecap
         if c > hi:
             lo = hi          # cap out of reach: whatever limits hi is the binding reason
             lo_r = hi_r

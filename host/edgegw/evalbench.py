@@ -417,7 +417,7 @@ class _CloudSp(np.ndarray):
 # ---- float reference of the rules ----------------------------------------------------
 
 _STATE = ("_sp", "_t", "_first", "_dis_ok", "_ch_ok", "_res_low", "_bias", "_curt",
-          "_fl", "_lastit", "_replan", "_calm", "_net1", "_sp1")
+          "_fl", "_lastit", "_replan", "_calm", "_net1", "_sp1", "_ecap")
 
 
 def snapshot(d):
@@ -478,7 +478,7 @@ def float_step(d, st, T, gc, free, now, pv, it, aux, grid, soc, ccl, dcl):
             hi = lo
         elif x < hi:
             hi = x
-    c = net - d._cap
+    c = net - st["_ecap"]
     if c > hi:
         lo = hi
     elif c > lo:

@@ -200,20 +200,71 @@ def test_schedule_window_then_expiry():
 
 
 def test_forecast_precharges_before_ramp():
-    # 2 h ramp to 80 kW starting in 2 h, cap 40 kW, battery at 30 %: needs grid precharge
+    # 2 h ramp to 70 kW starting in 2 h, cap 40 kW, battery at 30 %: needs grid precharge,
+    # which stays within the cap (the cap is holdable with it)
     d = mk(grid_cap_w=40000, reserve_s=0)
-    load = [10000] * 8 + [80000] * 8 + [10000] * 8
+    load = [10000] * 8 + [70000] * 8 + [10000] * 8
     d.set_forecast(0, 900, load, 86400)
     for t in range(0, 20):
         sp = d.step(t, 0, 10000, 0, None, 3000, 10 ** 6, 10 ** 6)
     assert sp < 0 and d.reason in (D.R_PRECHARGE, D.R_CAP), (sp, d.reason)
     assert 10000 - sp <= 40000
+    assert d._ecap == 40000
     # without the forecast nothing pulls from the grid
     d2 = mk(grid_cap_w=40000, reserve_s=0)
     sp = d2.step(0, 0, 10000, 0, None, 3000, 10 ** 6, 10 ** 6)
     assert sp >= 0
     e = raises(ValueError, d.set_forecast, 0, 5, [1], 10)
     assert "step_s" in str(e)
+
+
+def test_cap_raised_to_holdable_level():
+    # 80 kW ramp: even a full precharge at the cap cannot hold 40 kW through it (the
+    # battery would empty and the rest import in full). The effective cap rises to the
+    # lowest level the plan can hold, only a little above the configured one, and the
+    # precharge and the shaving both keep to it.
+    d = mk(grid_cap_w=40000, reserve_s=0)
+    load = [10000] * 8 + [80000] * 8 + [10000] * 8
+    d.set_forecast(0, 900, load, 86400)
+    for t in range(0, 20):
+        sp = d.step(t, 0, 10000, 0, None, 3000, 10 ** 6, 10 ** 6)
+    assert sp < 0 and d.reason in (D.R_PRECHARGE, D.R_CAP), (sp, d.reason)
+    assert 40000 < d._ecap < 45000, d._ecap
+    assert 10000 - sp <= d._ecap
+    c = d._ecap
+    # the surge: the cap rule holds the raised level (not less: the energy is planned)
+    sp = d.step(20, 0, 80000, 0, None, 3000, 10 ** 6, 10 ** 6)
+    assert d._ecap >= c
+    # a full battery: back to the configured cap
+    for t in range(21, 30):
+        d.step(t + 3600, 0, 10000, 0, None, 9500, 10 ** 6, 10 ** 6)
+    assert d._ecap == 40000, d._ecap
+    # no load forecast: the plan is a guess and the cap stays
+    d = mk(grid_cap_w=40000, reserve_s=0)
+    for t in range(0, 20):
+        d.step(t, 0, 80000, 0, None, 3000, 10 ** 6, 10 ** 6)
+    assert d._ecap == 40000
+
+
+def test_cap_not_raised_by_day_reset_at_sunset():
+    # with a PV expectation the ratchet only works in the dark (no PV guess in the plan)
+    site = dict(pv_peak_w=60000, sun_rise_s=21600, sun_set_s=64800, tz_s=0,
+                grid_cap_w=40000, reserve_s=0)
+    load = [80000] * 24
+    d = mk(**site)
+    d.set_forecast(43200, 900, load, 43200 + 86400)
+    for t in range(43200, 43220):
+        d.step(t, 0, 80000, 0, None, 3000, 10 ** 6, 10 ** 6)
+    assert d._ecap == 40000
+    d = mk(**site)
+    d.set_forecast(0, 900, load, 86400)
+    for t in range(0, 20):
+        d.step(t, 0, 80000, 0, None, 3000, 10 ** 6, 10 ** 6)
+    assert d._ecap > 40000
+    # day, then the next sunset starts the night over from the configured cap
+    d.step(43200, 20000, 30000, 0, None, 3000, 10 ** 6, 10 ** 6)
+    d.step(64800 + 600, 0, 30000, 0, None, 3000, 10 ** 6, 10 ** 6)
+    assert d._ecap == 40000, d._ecap
 
 
 def test_constant_input_constant_setpoint():
