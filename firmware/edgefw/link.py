@@ -10,6 +10,7 @@ import json
 import os
 
 from edgefw import auth, clock
+from edgefw.config import write_atomic
 from edgefw.mqtt import MQTTClient
 from edgefw.ring import Ring
 from protocols import topics as T
@@ -97,20 +98,6 @@ def validate_link_cfg(d):
                     "read whole into RAM): use more ring_segs or a smaller ring"
                     % (d["ring_kb"], d["ring_segs"], RING_SEG_MAX_KB))
     return errs
-
-
-def _write_atomic(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    try:
-        os.rename(tmp, path)
-    except OSError:
-        try:
-            os.remove(path)
-        except OSError:
-            pass
-        os.rename(tmp, path)
 
 
 def _read_json(path):
@@ -263,7 +250,7 @@ class Link:
     def _reserve(self):
         if self.seq >= self._seq_res:
             self._seq_res = self.seq + _SEQ_BLOCK
-            _write_atomic(self.dir + "/link_tx_seq.json",
+            write_atomic(self.dir + "/link_tx_seq.json",
                           json.dumps({"next": self._seq_res, "boot": self.boot}))
 
     def _out(self, kind, d):
@@ -419,7 +406,7 @@ class Link:
 
     def _save(self, name, d):
         try:
-            _write_atomic("%s/link_%s.json" % (self.dir, name), json.dumps(d))
+            write_atomic("%s/link_%s.json" % (self.dir, name), json.dumps(d))
         except OSError:
             pass
 
