@@ -31,16 +31,12 @@ def UserError(msg):
 
 
 def parse_broker(s):
-    host, _, port = s.rpartition(":")
-    if not host:
-        return s, 1883
+    """'host:port' or 'host' -> (host, port); a bad port is a user error naming --broker."""
+    from edgegw.tracker.publish import parse_broker as parse
     try:
-        p = int(port)
-    except ValueError:
-        raise UserError("--broker: port %r is not a number" % port) from None
-    if not 0 < p < 65536:
-        raise UserError("--broker: port %d out of range 1..65535" % p)
-    return host, p
+        return parse(s)
+    except ValueError as e:
+        raise UserError("--%s" % e) from None
 
 
 def connect(broker, client_id="", timeout_s=5, on_connect=None):

@@ -60,7 +60,7 @@ def parse_broker(s):
     except ValueError:
         raise ValueError("broker: port %r is not a number" % port) from None
     if not 0 < p < 65536:
-        raise ValueError("broker: port %d out of range" % p)
+        raise ValueError("broker: port %d out of range 1..65535" % p)
     return host, p
 
 
