@@ -55,6 +55,9 @@ prob = click.FloatRange(0.0, 1.0)
 @click.option("--timing", type=click.Choice(["auto", "wire", "arrival"]), default="auto",
               show_default=True, help="wire: a write starts the frame (UART); arrival: a write "
               "delivers it whole (pty, TCP); auto from the URL.")
+@click.option("--transport-us", "transport", default="auto", show_default=True, metavar="US|auto",
+              help="Round trip the port's transport adds (both legs), taken off every response "
+              "time; auto measures it for a pty, 0 for anything else.")
 @click.option("--drop", type=prob, default=0.0, help="Drop a response with probability P.")
 @click.option("--corrupt-crc", type=prob, default=0.0, help="Corrupt a CRC with probability P.")
 @click.option("--delay", type=click.IntRange(0, 60000), default=0, metavar="MS",
@@ -68,7 +71,7 @@ prob = click.FloatRange(0.0, 1.0)
               '"silent": [{"slave": 3, "t0": 10, "t1": 40}], "seed": 1}')
 @click.option("--seed", type=int, default=None, help="Random seed for the faults (default 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the final statistics as JSON.")
-def cli(trace_file, port, baud, raw, speed, duration, timing, drop, corrupt_crc, delay,
+def cli(trace_file, port, baud, raw, speed, duration, timing, transport, drop, corrupt_crc, delay,
         noise_burst, silent, faults_file, seed, as_json):
     """Play the slave devices of TRACE to a gateway on PORT.
 
@@ -79,6 +82,13 @@ def cli(trace_file, port, baud, raw, speed, duration, timing, drop, corrupt_crc,
     """
     from edgegw.cmd_trace import read_trace
     header, recs = read_trace(trace_file)
+    if transport != "auto":
+        try:
+            transport = int(transport)
+            if not 0 <= transport <= 100000:
+                raise ValueError
+        except ValueError:
+            raise UserError("--transport-us %s: give microseconds 0..100000 or auto" % transport)
     f = faults_from(drop, corrupt_crc, delay, noise_burst, silent, faults_file, seed)
     b = baud or (header.get("baud") if isinstance(header.get("baud"), int) else 9600)
     r = rp.Replayer(recs, b, f)
@@ -86,7 +96,7 @@ def cli(trace_file, port, baud, raw, speed, duration, timing, drop, corrupt_crc,
         raise UserError("TRACE %s has no requests to answer (is it empty, or a raw dump? try "
                         "--raw)" % trace_file)
     try:
-        r.open(port, timing)
+        r.open(port, timing, transport)
     except Exception as e:
         raise UserError("--port %s: cannot open it (%s)" % (port, e))
 
@@ -108,7 +118,8 @@ def cli(trace_file, port, baud, raw, speed, duration, timing, drop, corrupt_crc,
     finally:
         signal.signal(signal.SIGTERM, old)
         r.stop()
-    st = dict(r.stats, seconds=round(time.time() - t0, 3), faults=f.as_dict())
+    st = dict(r.stats, seconds=round(time.time() - t0, 3), transport_us=r.transport_us,
+              faults=f.as_dict())
     if as_json:
         click.echo(json.dumps(st, indent=2))
     else:

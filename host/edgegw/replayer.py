@@ -16,7 +16,14 @@ Times: a record's t_us is the time of its last byte (docs/trace-format.md); a fr
 bytes takes n character times on the wire, so it started n characters earlier. Latency =
 response start - request end. Timing "wire" (a UART: a write starts the frame on the line)
 or "arrival" (a pty or TCP stream: a write delivers the whole frame at once, i.e. it is the
-frame's end): the response is written so that its start is request end + latency either way."""
+frame's end): the response is written so that its start is request end + latency either way.
+
+Transport: a pty or socket adds its own delivery delay on both legs (the request reaches us
+late, our response reaches the gateway late: ~0.1-0.2 ms each on Linux ptys, a constant bias
+that alone is half a character at 19200 baud). transport_us, the measured round trip of
+that transport, is taken off every response time; "auto" measures it on a pty pair at open
+(calibrate_pty) for a pty port and uses 0 elsewhere (a UART adapter's latency is its own:
+an FTDI's latency timer, 16 ms by default, dwarfs all this; set it to 1 ms for replay)."""
 import json
 import os
 import random
@@ -153,10 +160,12 @@ class Replayer:
     pyserial port; start()/stop() in a thread."""
 
     def __init__(self, records, baud=9600, faults=None, default_latency_us=3000,
-                 timing="arrival"):
+                 timing="arrival", transport_us=0):
         self.records = list(records)
         self.baud = baud
         self.timing = timing
+        self.transport_us = transport_us
+        self._fd = None
         self.char_us = rtu.char_us(baud)
         self.t35_us = rtu.silence_us(baud)
         self.faults = faults or Faults()
@@ -257,15 +266,32 @@ class Replayer:
 
     # ---- on a port ---------------------------------------------------------------------
 
-    def open(self, url, timing="auto"):
+    def open(self, url, timing="auto", transport_us="auto"):
         import serial
         self.ser = serial.serial_for_url(url, baudrate=self.baud, timeout=0)
         self.timing = timing_for(url) if timing == "auto" else timing
+        if transport_us == "auto":
+            transport_us = calibrate_pty() if _is_pty(url) else 0
+        self.transport_us = int(transport_us)
+        try:
+            self._fd = self.ser.fileno()
+        except Exception:
+            self._fd = None     # loop://, socket://: pyserial's own read/write
         return self.ser
 
     def _lead(self, n):
-        """How long after a frame's start to write it (see Times above)."""
-        return n * self.char_us if self.timing == "arrival" else 0
+        """How long after a frame's start to write it (see Times above), less the
+        transport's round trip (see Transport above)."""
+        return (n * self.char_us if self.timing == "arrival" else 0) - self.transport_us
+
+    def _write(self, data):
+        # os.write on the fd: pyserial's write adds ~70 us of Python before the bytes move
+        if self._fd is None:
+            self.ser.write(data)
+            return
+        mv = memoryview(data)
+        while mv:
+            mv = mv[os.write(self._fd, mv):]
 
     def _now_us(self):
         return time.monotonic_ns() // 1000
@@ -282,15 +308,15 @@ class Replayer:
 
     def _read(self, timeout_s):
         ser = self.ser
-        try:
-            fd = ser.fileno()
-        except Exception:
-            fd = None
+        fd = self._fd
         if fd is not None:
             r, _, _ = select.select([fd], [], [], timeout_s)
             if not r:
                 return b""
-            return ser.read(ser.in_waiting or 1)
+            try:
+                return os.read(fd, 4096)
+            except BlockingIOError:
+                return b""
         n = ser.in_waiting
         if n:
             return ser.read(n)
@@ -312,12 +338,12 @@ class Replayer:
         at = t_end_us + lat + int(f.delay_ms * 1000)
         if f.noise_burst and self.rng.random() < f.noise_burst:
             noise = bytes(self.rng.randrange(256) for _ in range(self.rng.randint(4, 12)))
-            self.ser.write(noise)
+            self._write(noise)
             self.stats["noise"] += 1
             # the response still comes, after a proper silence behind the noise
             at = max(at, self._now_us() + len(noise) * self.char_us + self.t35_us)
         self._wait_until(at + self._lead(len(rsp)))
-        self.ser.write(rsp)
+        self._write(rsp)
         self.stats["answered"] += 1
         return at
 
@@ -385,7 +411,7 @@ class Replayer:
                     self.stats["corrupted"] += 1
                 at += int(f.delay_ms * 1000)
             self._wait_until(at + self._lead(len(b)))
-            self.ser.write(b)
+            self._write(b)
             self.stats["answered"] += 1
 
     def start(self, url=None, raw=False, speed=1.0, timing="auto"):
@@ -414,6 +440,65 @@ class Replayer:
 
     def __exit__(self, *a):
         self.stop()
+
+
+def _is_pty(url):
+    """A Unix98 pty slave (Linux majors 136-143), not a UART or USB adapter."""
+    try:
+        return 136 <= os.major(os.stat(url).st_rdev) <= 143
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+_CAL = []
+
+
+def calibrate_pty(n=24, gap_s=0.03, hold_s=0.01):
+    """One pty round trip (us) as a replayed exchange pays it: the request's delivery to a
+    process that has idled gap_s, plus the response's delivery to one that has idled
+    hold_s (a sleeping process wakes later than a busy one: ~0.1 ms vs ~0.05 ms per leg
+    here). Measured with a forked echo on a pty pair, the two legs timed on the shared
+    monotonic clock; the median. Once per process (n * (gap_s + hold_s) seconds)."""
+    if _CAL:
+        return _CAL[0]
+    import pty
+    import struct
+    import tty
+    m, s = pty.openpty()
+    tty.setraw(m)
+    tty.setraw(s)
+    pid = os.fork()
+    if pid == 0:    # the echo: answers hold_s after a request with when it read it
+        try:
+            for _ in range(n):
+                select.select([s], [], [], 2.0)
+                os.read(s, 64)
+                t_rd = time.monotonic_ns()
+                time.sleep(hold_s)
+                os.write(s, struct.pack("<qq", t_rd, time.monotonic_ns()))
+        finally:
+            os._exit(0)
+    legs = []
+    try:
+        for _ in range(n):
+            time.sleep(gap_s)
+            t_wr = time.monotonic_ns()
+            os.write(m, b"\x01\x03\x00\x00\x00\x01\x84\x0a")
+            got = b""
+            while len(got) < 16:
+                r, _, _ = select.select([m], [], [], 2.0)
+                if not r:
+                    return 0
+                got += os.read(m, 64)
+            t_rd = time.monotonic_ns()
+            e_rd, e_wr = struct.unpack("<qq", got[:16])
+            legs.append(((e_rd - t_wr) + (t_rd - e_wr)) // 1000)
+    finally:
+        os.waitpid(pid, 0)
+        os.close(m)
+        os.close(s)
+    _CAL.append(int(_median(legs) or 0))
+    return _CAL[0]
 
 
 def timing_for(url):

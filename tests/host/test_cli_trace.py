@@ -122,6 +122,7 @@ def test_bad_arguments_name_the_argument(tmp_path):
         (["trace", "capture", "--port", str(tmp_path / "ttyNONE")], "--port"),
         (["replay", SEPLOS, "--port", "loop://", "--silent", "3-10"], "--silent"),
         (["replay", SEPLOS, "--port", "loop://", "--drop", "2"], "--drop"),
+        (["replay", SEPLOS, "--port", "loop://", "--transport-us", "fast"], "--transport-us"),
     ]
     bad = tmp_path / "f.json"
     bad.write_text('{"drop": 0.1, "jitter": 3}')
@@ -238,6 +239,23 @@ def test_replayer_answers():
     assert r.respond(rtu.encode_request(2, 3, 7, 1))[0] == rtu.encode_response(2, 3, [99])
     assert r.respond(rtu.encode_request(5, 4, 0, 4)) == (None, None)   # not on this bus
     assert r.stats["exact"] == 3 and r.stats["composed"] == 2 and r.stats["unknown"] == 1
+
+
+def test_transport_round_trip_is_taken_off(bus):
+    recs = _records()[0]
+    char = rtu.char_us(9600)
+    r = replayer.Replayer(recs, 9600, transport_us=300)
+    assert r._lead(8) == 8 * char - 300              # arrival: written at its end, less the trip
+    r.timing = "wire"
+    assert r._lead(8) == -300
+    # a pty's round trip is measured at open: positive, and far below a character at 9600
+    r.open(bus.paths[1], "auto")
+    assert r.timing == "arrival" and 0 < r.transport_us < 5 * char
+    r.stop()
+    assert replayer._is_pty(bus.paths[1]) and not replayer._is_pty("/dev/null")
+    r.open("loop://", "auto")
+    assert r.transport_us == 0
+    r.stop()
 
 
 def test_faults_parse():
