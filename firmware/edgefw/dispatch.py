@@ -438,10 +438,18 @@ class Dispatcher:
             x = self._fct0 + self._nfc * st - rf          # |.| < 2**29 + 1 day
             if x > 0:
                 self._kfc = _min(n, div_trunc(x, _BLOCK))
+        # past the end of the load forecast: its lowest point (the base load; the tracker
+        # knows no jobs that far out), or the present value if lower. Not the present
+        # value alone: a running job would seem to run on for the whole horizon and hold
+        # the level (and the battery) back for a load that ends in the forecast.
+        itx = it
+        if fcok:
+            for i in range(self._nfc):
+                itx = _min(itx, self._fc[i])
         for k in range(n):
             tot = 0
             for j in range(m):
-                v = it
+                v = itx
                 if fcok:
                     dk = rf + k * _BLOCK + j * sub - self._fct0   # |.| < 2**29 + 1 day
                     if dk >= 0:
@@ -567,7 +575,9 @@ class Dispatcher:
             # pessimistic plan must not pull grid energy on its own
             Tc = self._bisect(lo, T, n, e0, emax, True)
             big = _max(self._tol + self._db, div_trunc(self._dmax, 20))
-            if T > self._cap or (fcok and T - Tc > big):
+            # the cap counts as a hard need within `big` of it too: a plan that holds the
+            # cap by less than that has no room for forecast error
+            if T > self._cap - big or (fcok and T - Tc > big):
                 # just in time: only when the shortfall is near (PV may still come first)
                 self._feasible(Tc, n, e0, emax, False)
                 if self._kfail < self._jit:

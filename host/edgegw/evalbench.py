@@ -3,7 +3,7 @@
   a  no battery (PV straight to the load, surplus curtailed where export is forbidden)
   b  the firmware fallback dispatch (firmware/edgefw/dispatch.py itself) from the start,
      fed the compute-load forecast the tracker publishes (the job plan, 5 min points,
-     6 h ahead, refreshed every 15 min); no PV forecast
+     6 h ahead, refreshed every 15 min); no PV forecast, no cloud schedule
   c  the cloud schedule: the cloud's optimum setpoints until link_lost_s, then the firmware
      with the schedule windows it received (followed until they expire)
   d  the perfect-foresight optimum by LP (HiGHS): minimise the peak import, then the grid
@@ -162,9 +162,8 @@ def run_firmware(sc, p, use_forecast=True, cloud_sp=None, lost_s=None, schedule=
                  record=None):
     """Closed loop with the firmware dispatcher. cloud_sp (array) is applied instead of
     the firmware output while t < lost_s. record: list to append golden rows to."""
-    d = dispatch.Dispatcher(p)
-    if schedule and "schedule" in p:
-        d.set_schedule(p["schedule"])
+    # the site JSON's schedule is what the cloud sent: (b) never got it
+    d = dispatch.Dispatcher(p if schedule else dict(p, schedule=[]))
     pl = Plant(p)
     n = len(sc["t_s"])
     out = _empty(n)
