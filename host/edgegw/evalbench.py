@@ -245,8 +245,10 @@ def _store(out, i, pv, curt, it, aux, bat, pl, sp, reason, level):
 # ---- LP optimum -------------------------------------------------------------------
 
 def lp_optimum(sc, p):
-    """Perfect-foresight optimum (HiGHS via scipy): lexicographic min peak import, then
-    min grid energy at that peak. Returns (sp array W, curtail array W, peak W)."""
+    """Perfect-foresight optimum (HiGHS via scipy) of the firmware's rule order: min peak
+    import; then, at that peak, keep the critical reserve (the firmware's floor_cpct for
+    the IT load of each minute; a penalised shortfall, since the cap outranks it) and min
+    grid energy. Returns (sp array W, curtail array W, peak W)."""
     from scipy.optimize import linprog
     from scipy.sparse import coo_matrix
 
@@ -261,12 +263,15 @@ def lp_optimum(sc, p):
     e0 = bwh * p["soc_init_cpct"] / 10000.0
     emin = bwh * p["soc_min_cpct"] / 10000.0
     emax = bwh * p["soc_max_cpct"] / 10000.0
-    # SOC window only: the firmware's critical reserve ranks below the import cap
+    # hard bounds: the SOC window only; the reserve (below the cap in the firmware's rule
+    # order) is the penalised shortfall S of stage 2
     fl = np.full(n, min(emin, e0))
     iCH, iDIS, iIMP, iEXP, iCUR = (k * n for k in range(5))
     iE = 5 * n
     iP = 6 * n + 1
-    nv = iP + 1
+    iS = iP + 1          # reserve shortfall (Wh) after each minute
+    nv = iS + n
+    res = np.array([bwh * dispatch.floor_cpct(p, int(x)) / 10000.0 for x in sc["it_w"]])
     rows, cols, vals = [], [], []
     beq = []
     r = 0
@@ -294,11 +299,17 @@ def lp_optimum(sc, p):
     cols.append(iE + n)
     vals.append(-1)
     bub.append(-e0)
-    Aub = coo_matrix((vals, (rows, cols)), shape=(n + 1, nv)).tocsr()
+    for t in range(n):   # E[t+1] + S[t] >= reserve[t]
+        rows += [n + 1 + t, n + 1 + t]
+        cols += [iE + t + 1, iS + t]
+        vals += [-1, -1]
+        bub.append(-float(res[t]))
+    Aub = coo_matrix((vals, (rows, cols)), shape=(2 * n + 1, nv)).tocsr()
     bounds = ([(0, cmax)] * n + [(0, dmax)] * n + [(0, None)] * n
               + [(0, None if p["export_allowed"] else 0)] * n
               + [(0, float(x)) for x in pv]
-              + [(e0, e0)] + [(float(fl[min(t, n - 1)]), emax) for t in range(1, n + 1)] + [(0, None)])
+              + [(e0, e0)] + [(float(fl[min(t, n - 1)]), emax) for t in range(1, n + 1)] + [(0, None)]
+              + [(0, None)] * n)
     c1 = np.zeros(nv)
     c1[iP] = 1.0
     r1 = linprog(c1, A_ub=Aub, b_ub=bub, A_eq=Aeq, b_eq=beq, bounds=bounds, method="highs")
@@ -310,6 +321,9 @@ def lp_optimum(sc, p):
     c2[iCH:iCH + n] = 1e-4 * dt      # no simultaneous charge/discharge cycling
     c2[iDIS:iDIS + n] = 1e-4 * dt
     c2[iCUR:iCUR + n] = 1e-5 * dt
+    # a Wh under the reserve for one minute costs as much as 1.7 Wh of import: refilling
+    # pays off from the second minute on, as the firmware's reserve rule has it
+    c2[iS:iS + n] = 100.0 * dt
     bounds[iP] = (0, peak + 1.0)
     r2 = linprog(c2, A_ub=Aub, b_ub=bub, A_eq=Aeq, b_eq=beq, bounds=bounds, method="highs")
     if r2.status != 0:

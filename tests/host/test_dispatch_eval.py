@@ -93,6 +93,29 @@ def test_lp_flattens_a_known_case():
     assert abs(m["import_kwh"] - 50.0) < 0.05
 
 
+def test_lp_keeps_the_reserve_where_the_peak_allows():
+    # 1 h burst of 30 kW, 1 h of 5 kW, 2 h of 45 kW PV over 5 kW; 40 kWh battery at 75 %,
+    # 25 kW PCS, lossless. The burst sets the peak at 5 kW (PCS limit) and leaves 5 kWh. In
+    # hour 2 the optimum without a reserve discharges them (import 5 kWh in all); with a
+    # 2 h reserve for the IT load (10 kWh at 5 kW) it imports hour 2 instead (10 kWh)
+    n = 240
+    sc = {"t_s": np.arange(n) * 60, "pv_w": np.array([0] * 120 + [45000] * 120),
+          "it_w": np.array([30000] * 60 + [5000] * 180), "aux_w": np.zeros(n, dtype=int)}
+    from edgefw import dispatch
+    out = {}
+    for reserve_s in (0, 7200):
+        p = dispatch.validate_params({"battery_wh": 40000, "soc_init_cpct": 7500,
+                                      "soc_min_cpct": 0, "soc_max_cpct": 10000,
+                                      "pcs_w": 25000, "eta_c_milli": 1000, "eta_d_milli": 1000,
+                                      "reserve_s": reserve_s})
+        sp, curt, peak = evalbench.lp_optimum(sc, p)
+        assert abs(peak - 5000) < 2, (reserve_s, peak)
+        out[reserve_s] = evalbench.metrics(evalbench.run_setpoints(sc, p, sp, curt), p)
+    assert abs(out[0]["import_kwh"] - 5.0) < 0.05, out[0]
+    assert abs(out[7200]["import_kwh"] - 10.0) < 0.05, out[7200]
+    assert out[7200]["peak_import_w"] <= 5002
+
+
 def test_lp_optimum_bounds_every_policy_peak_without_violations():
     sc, p = evalbench.load_scenario(scen("night_burst"))
     res = evalbench.evaluate(scen("night_burst"))
