@@ -218,6 +218,28 @@ def test_forecast_precharges_before_ramp():
     assert "step_s" in str(e)
 
 
+def test_plan_past_the_forecast_takes_the_base_load():
+    # a 30 kW job runs for 1 more hour, then 10 kW: past the 6 h forecast the plan takes the
+    # forecast's lowest point (10 kW), not the present 30 kW (the job would seem to run on
+    # for 18 h more and hold the battery back: level ~23 kW instead of ~8 kW)
+    d = mk(reserve_s=0)
+    d.set_forecast(0, 900, [30000] * 4 + [10000] * 20, 86400)
+    for t in range(0, 20):
+        sp = d.step(t, 0, 30000, 0, None, 8000, 10 ** 6, 10 ** 6)
+    assert d.level_w < 15000, d.level_w
+    assert sp > 15000 and d.reason == D.R_SHAVE, (sp, d.reason)
+
+
+def test_precharge_when_the_plan_holds_the_cap_by_a_hair():
+    # 70 kW for 2 h in 1 h against a 40 kW cap; the battery holds it at ~39.1 kW, grid
+    # charging (2 kW at most) would gain < 1 kW: no forecast ramp by that measure, but a
+    # plan within pcs_w/20 of the cap has no room for forecast error, so it precharges
+    d = mk(grid_cap_w=40000, reserve_s=0, charge_max_w=2000)
+    d.set_forecast(0, 900, [10000] * 4 + [70000] * 8 + [10000] * 12, 86400)
+    sp = d.step(0, 0, 10000, 0, None, 7500, 10 ** 6, 10 ** 6)
+    assert sp == -2000 and d._gc, (sp, d.reason, d.level_w)    # the charge limit binds
+
+
 def test_cap_raised_to_holdable_level():
     # 80 kW ramp: even a full precharge at the cap cannot hold 40 kW through it (the
     # battery would empty and the rest import in full). The effective cap rises to the
