@@ -14,11 +14,11 @@ transport, the simulated devices served on the bench's USB-RS485 adapters (--bus
 """
 import json
 import os
-import re
 import signal
 import threading
 import time
 
+from edgegw.console_io import ReplConsole
 from edgegw.simdev import SimBus, SimDevice
 from edgegw.vgw import VirtualGateway
 
@@ -88,13 +88,14 @@ def board_config(cfg):
     return c
 
 
-class BoardGateway:
+class BoardGateway(ReplConsole):
     """A real gateway on the bench. The firmware is already deployed (`edgegw deploy`);
     start() writes config.json through the REPL, serves the simulated devices on the bus
     adapters and soft-resets the board. The board's site clock runs real time, so the
     simulated physics does too (speed 1)."""
 
     target = "board"
+    console_name = "board"
 
     def __init__(self, port, buses, config, site, speed=1, baud=115200, ready_timeout=30,
                  fresh=True):
@@ -123,9 +124,7 @@ class BoardGateway:
         self.fresh = fresh          # False: attach to the running gateway as configured
         self.devices = {}
         self.buses = {}
-        self.output = ""
-        self._pos = 0
-        self._cv = threading.Condition()
+        self._console_init()
         self._io = threading.Lock()
         self._stop = threading.Event()
         self._t = None
@@ -226,40 +225,12 @@ class BoardGateway:
             if not d:
                 time.sleep(0.02)
                 continue
-            with self._cv:
-                self.output += d.decode("utf-8", "replace")
-                if len(self.output) > 1000000:
-                    cut = len(self.output) - 500000
-                    self.output = self.output[cut:]
-                    self._pos = max(0, self._pos - cut)
-                self._cv.notify_all()
-
-    def expect(self, regex, timeout=10):
-        rx = re.compile(regex)
-        end = time.monotonic() + timeout
-        with self._cv:
-            while True:
-                m = rx.search(self.output, self._pos)
-                if m:
-                    self._pos = m.end()
-                    return m
-                left = end - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("no %r in the board output within %s s; tail:\n%s"
-                                       % (regex, timeout, self.output[-1500:]))
-                self._cv.wait(min(left, 0.2))
+            self._console_got(d)
 
     def exec(self, code, timeout=10):
-        from mpremote.transport import TransportExecError
+        """Run code in the board's raw REPL on the open port -> stdout."""
         with self._io:
-            self.t.enter_raw_repl(soft_reset=False, timeout_overall=timeout)
-            try:
-                out, err = self.t.exec_raw(code, timeout=timeout)
-            finally:
-                self.t.exit_raw_repl()
-        if err:
-            raise TransportExecError(out, err.decode())
-        return out.decode("utf-8", "replace")
+            return self._console_exec(self.t, code, timeout)
 
     def write_file(self, path, text):
         data = text.encode() if isinstance(text, str) else text
@@ -269,22 +240,6 @@ class BoardGateway:
             self.exec("_f.write(%r)" % data[i:i + 512])
         self.exec("_f.close()\nimport os\ntry:\n os.rename(%r,%r)\nexcept OSError:\n"
                   " os.remove(%r)\n os.rename(%r,%r)\ndel _f" % (tmp, path, path, tmp, path))
-
-    def status(self, points=True, timeout=10):
-        out = self.exec("import json\nfrom edgefw import app as _a\n"
-                        "print(json.dumps(_a.status(%s)))" % bool(points), timeout)
-        return json.loads(out.strip().splitlines()[-1])
-
-    def wait(self, pred, timeout=20, interval=0.3, points=True):
-        end = time.monotonic() + timeout
-        while True:
-            s = self.status(points)
-            if pred(s):
-                return s
-            if time.monotonic() > end:
-                raise TimeoutError("status condition not met in %s s; last status:\n%s"
-                                   % (timeout, json.dumps(s, indent=1)[:4000]))
-            time.sleep(interval)
 
 
 def _dumps_config(cfg):

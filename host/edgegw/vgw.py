@@ -34,7 +34,6 @@ dropped, as on an unplugged serial port.
 import json
 import os
 import pty
-import re
 import select
 import signal
 import subprocess
@@ -43,6 +42,7 @@ import threading
 import time
 import tty
 
+from edgegw.console_io import ReplConsole
 from edgegw.simdev import SimBus, SimDevice
 from edgegw.simsite import SimSite
 
@@ -82,7 +82,7 @@ def _pty_raw():
     return m, s, os.ttyname(s)
 
 
-class VirtualGateway:
+class VirtualGateway(ReplConsole):
     def __init__(self, dirpath=None, config=None, site=None, speed=10, heapsize="384k",
                  write_config=True, pace=False, micropython=MICROPYTHON, env=None,
                  ready_timeout=15, external=()):
@@ -103,9 +103,7 @@ class VirtualGateway:
         self.bus_ports = {}
         self.repl_port = None
         self.proc = None
-        self.output = ""
-        self._pos = 0
-        self._out_lock = threading.Condition()
+        self._console_init()
         self._exec_lock = threading.Lock()
         self._stop = threading.Event()
         self._fds = []
@@ -233,13 +231,7 @@ class VirtualGateway:
                         return
                     time.sleep(0.05)
                     continue
-                with self._out_lock:
-                    self.output += d.decode("utf-8", "replace")
-                    if len(self.output) > 1000000:  # keep memory bounded on long runs
-                        cut = len(self.output) - 500000
-                        self.output = self.output[cut:]
-                        self._pos = max(0, self._pos - cut)
-                    self._out_lock.notify_all()
+                self._console_got(d)
                 try:
                     os.write(m2, d)
                 except (BlockingIOError, OSError):
@@ -279,53 +271,14 @@ class VirtualGateway:
         return self.proc is not None and self.proc.poll() is None
 
     # ---- console ------------------------------------------------------------
-
-    def expect(self, regex, timeout=10):
-        """Wait until the console output (after the last match) matches regex."""
-        rx = re.compile(regex)
-        end = time.monotonic() + timeout
-        with self._out_lock:
-            while True:
-                m = rx.search(self.output, self._pos)
-                if m:
-                    self._pos = m.end()
-                    return m
-                left = end - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("no %r in the gateway output within %s s; tail:\n%s"
-                                       % (regex, timeout, self.output[-1500:]))
-                self._out_lock.wait(min(left, 0.2))
+    # expect(), status(), wait(): ReplConsole; output comes from _relay
 
     def exec(self, code, timeout=10):
         """Run code on the gateway's REPL through mpremote's serial transport -> stdout."""
-        from mpremote.transport import TransportExecError
         from mpremote.transport_serial import SerialTransport
         with self._exec_lock:
             t = SerialTransport(self.repl_port, baudrate=115200)
             try:
-                t.enter_raw_repl(soft_reset=False, timeout_overall=timeout)
-                out, err = t.exec_raw(code, timeout=timeout)
-                t.exit_raw_repl()
+                return self._console_exec(t, code, timeout)
             finally:
                 t.close()
-        if err:
-            raise TransportExecError(out, err.decode())
-        return out.decode("utf-8", "replace")
-
-    def status(self, points=True, timeout=10):
-        out = self.exec("import json\nfrom edgefw import app as _a\n"
-                        "print(json.dumps(_a.status(%s)))" % bool(points), timeout)
-        return json.loads(out.strip().splitlines()[-1])
-
-    def wait(self, pred, timeout=20, interval=0.3, points=True):
-        """Poll status() until pred(status) is true; returns that status."""
-        end = time.monotonic() + timeout
-        s = None
-        while True:
-            s = self.status(points)
-            if pred(s):
-                return s
-            if time.monotonic() > end:
-                raise TimeoutError("status condition not met in %s s; last status:\n%s"
-                                   % (timeout, json.dumps(s, indent=1)[:4000]))
-            time.sleep(interval)
