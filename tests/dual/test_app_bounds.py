@@ -433,6 +433,8 @@ def test_unix_tcp_bus_reads_and_reports_peer_close():
     if port is None:  # MicroPython: no getsockname; pick a fixed port instead
         ls.close()
         ls = socket.socket()
+        # the fixed port of the last run may still be in TIME_WAIT (EADDRINUSE)
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         port = 47391
         ls.bind(socket.getaddrinfo("127.0.0.1", port)[0][-1])
         ls.listen(1)
