@@ -81,12 +81,13 @@ def clock_valid():
 
 
 class _PW:
-    """One PCS point write (its map may need several frames); acknowledged only when
-    every frame was answered without an exception."""
-    __slots__ = ("app", "point", "value", "left", "bad")
+    """One point write to the PCS or the PV inverter (its map may need several frames);
+    acknowledged only when every frame was answered without an exception."""
+    __slots__ = ("app", "dev", "point", "value", "left", "bad")
 
-    def __init__(self, app, point, value, n):
+    def __init__(self, app, dev, point, value, n):
         self.app = app
+        self.dev = dev
         self.point = point
         self.value = value
         self.left = n
@@ -163,6 +164,18 @@ class App:
         self.ack = {"p_set_w": None, "run": None}
         self.ack_t = {"p_set_w": 0, "run": 0}
         self.pend = {"p_set_w": None, "run": None}
+        # PV inverter limit (role pv_inverter): curtail_w applied through edgefw/pvlimit.py
+        # in mode auto; its writes share the acknowledged write path (lim_cpct, lim_ena)
+        self.pvinv = self.site.dev("pv_inverter")
+        self.pvlimit = _opt("pvlimit") if self.pvinv is not None else None
+        self.pvl = self.pvlimit.PvLimit() if self.pvlimit is not None else None
+        self.pv_limit_w = None   # limit asked for (W), None = released
+        self.pv_want = (None, None)  # (lim_cpct, lim_ena) wanted; ena None = nothing yet
+        self.pv_avail_w = None   # PV available behind the limit (estimate), while limited
+        for k in ("lim_cpct", "lim_ena"):
+            self.ack[k] = None
+            self.ack_t[k] = 0
+            self.pend[k] = None
         self.wr_fail = 0
         self.pcs_fails = 0      # failed PCS writes in a row
         self.pcs_retry = 0      # real ms ticks before which a dead PCS is not retried
@@ -325,16 +338,19 @@ class App:
     # ---- PCS commands -------------------------------------------------------
 
     def _pcs_write(self, point, value, urgent=False):
-        d = self.pcs
+        return self._dev_write(self.pcs, point, value, urgent)
+
+    def _dev_write(self, d, point, value, urgent=False):
+        """Queue one point write (PCS or PV inverter); _pw_done gets its outcome."""
         m = self.masters.get(d.bus) if d is not None else None
         if m is None:
             return False
         try:
             ops = d.writes(point, value)
         except ValueError as e:
-            self._err("pcs %s=%d: %s" % (point, value, e))
+            self._err("%s %s=%d: %s" % (d.role, point, value, e))
             return False
-        pw = _PW(self, point, value, len(ops))
+        pw = _PW(self, d, point, value, len(ops))
         self.pend[point] = pw
         if urgent:
             ops = list(ops)
@@ -351,19 +367,22 @@ class App:
                 self.prev_w = self.ack[p]
             self.ack[p] = pw.value
             self.ack_t[p] = clock.site_ms()
-            self.pcs_fails = 0
-            self.fail_cyc = None
+            if pw.dev is self.pcs:
+                self.pcs_fails = 0
+                self.fail_cyc = None
         else:
             self.wr_fail += 1
-            self.pcs_fails += 1
-            self.ack[p] = None  # unknown now: the next bus turn writes it again
-            # the next bus turn: after a read finished on the bus (or 250 ms), so a
-            # refusing PCS never starves the BMS reads on its bus
-            m = self.masters.get(self.pcs.bus)
-            self.fail_cyc = m.cycles if m is not None else 0
-            self.fail_t = clock.ticks_ms()
-            if self.pcs_fails >= 3:
-                self.pcs_retry = clock.ticks_add(clock.ticks_ms(), 500)
+            # unknown now: written again (the PV inverter at the next control step)
+            self.ack[p] = None
+            if pw.dev is self.pcs:
+                self.pcs_fails += 1
+                # the next bus turn: after a read finished on the bus (or 250 ms), so a
+                # refusing PCS never starves the BMS reads on its bus
+                m = self.masters.get(self.pcs.bus)
+                self.fail_cyc = m.cycles if m is not None else 0
+                self.fail_t = clock.ticks_ms()
+                if self.pcs_fails >= 3:
+                    self.pcs_retry = clock.ticks_add(clock.ticks_ms(), 500)
         if self.pend[p] is pw:
             self.pend[p] = None
 
@@ -578,8 +597,10 @@ class App:
         self.ctl_last = now
         ctl = self.cfg["control"]
         if self.energy is not None and s.ok("grid_w", "pv_w", "it_w", "bat_w"):
+            # available PV: behind an inverter limit, the last step's estimate
+            pva = self.pv_avail_w if self.pv_avail_w is not None else v["pv_w"]
             try:
-                self.energy.step(dt, v["pv_w"], v["pv_w"], v["it_w"],
+                self.energy.step(dt, pva, v["pv_w"], v["it_w"],
                                  v["aux_w"] or 0, v["bat_w"], v["grid_w"])
                 self.energy.persist(now_s, ENERGY_FILE)  # bounded flash writes
             except Exception as e:
@@ -595,11 +616,22 @@ class App:
             src = "hold"
         else:
             src = "no data"
+            pvm = rat = None
+            self.pv_avail_w = None
             if self.disp is not None and s.ok("grid_w", "pv_w", "it_w", "bat_w", "soc_cpct"):
-                # available PV: no device here applies curtailment (curtail_w is advice
-                # in telemetry), so the measured PV is all there is; adding curtail_w
-                # without an actuator feeds back and runs away
-                local = self.disp.step(_drel(now_s), v["pv_w"],
+                # available PV: without a pv_inverter nothing applies curtailment
+                # (curtail_w is advice in telemetry), so the measured PV is all there is
+                # (adding curtail_w without an actuator feeds back and runs away). With
+                # one, pvlimit estimates the PV behind its limit (kept from before the
+                # limit while the inverter sits at it: a fixed point, not a runaway)
+                pv = v["pv_w"]
+                if self.pvl is not None:
+                    pvm, rat = self._pv_read(now)
+                    if pvm is not None:
+                        pv = pv - pvm + self.pvl.available(pvm, rat)
+                        if self.pvl.limited:
+                            self.pv_avail_w = pv
+                local = self.disp.step(_drel(now_s), pv,
                                        v["it_w"], v["aux_w"] or 0,
                                        v["grid_w"], v["soc_cpct"], v["ccl_w"] or 0,
                                        v["dcl_w"] or 0)
@@ -621,19 +653,79 @@ class App:
                         src += " (cloud ignored: clock not set)"
             if sp is None:
                 sp = local if local is not None else 0
+            if self.pvl is not None:
+                # cloud: the cloud owns the site, no local limit; a trip keeps the last
+                # limit (docs/firmware.md); else the dispatcher's curtail_w
+                if src == "cloud":
+                    self.pvl.release()
+                elif pvm is not None and not self.safety.tripped:
+                    self.pvl.limit(self.curtail_w, rat)
+                self._pv_service(rat)
         sp, self.bound_by = self.bound(sp, v)
         if self.safety.tripped:
             sp = 0
             src = "safety"
-        if self.disp is not None and sp != local:
+        cur = self.curtail_w
+        if self.pvl is not None and local is not None:
+            # the PV really shed: the limit in force moves only beyond its dead band
+            # (bus writes), so it differs from curtail_w by up to that much; the meter
+            # bias must not learn that gap (it would walk the limit up and down)
+            L = self.pvl.lim_w
+            cur = 0 if L is None else max(0, (self.pvl.est_w or 0) - L)
+        if self.disp is not None and (sp != local or cur != self.curtail_w):
             # the ramp restarts from what the PCS really gets; the meter bias must not
             # learn the gap (trip, hold, cloud, bounds, no data)
-            self.disp.track(sp, self.curtail_w)
+            self.disp.track(sp, cur)
         self.sp_w = sp
         self.sp_src = src
         self.want_w = sp
         self.want_run = 1
         self._pcs_check(now)
+
+    # ---- PV inverter limit ----------------------------------------------------
+
+    def _pv_read(self, now):
+        """(AC power W, rating W) of the PV inverter, or (None, None) when either is
+        unknown, stale or the rating is not positive."""
+        d = self.pvinv
+        m, _, q = self.site.point(d, "p_w", now)
+        r, _, qr = self.site.point(d, "wmax_w", now)
+        if m is None or r is None or q != 0 or qr != 0 or r <= 0:
+            return None, None
+        return m, r
+
+    def _pv_service(self, rat):
+        """Write the wanted limit through the acknowledged write path: lim_cpct (0.01 %
+        of the rating, rounded down, also to the map's step) first, lim_ena = 1 only
+        once that is acknowledged; released: lim_ena = 0. Unacknowledged writes and a
+        readback that differs from the acknowledged value (power cycle) go again at the
+        next control step; nothing while the inverter is stale."""
+        d = self.pvinv
+        L = self.pvl.lim_w
+        c, e = self.pv_want
+        if L is None:
+            c, e = None, 0
+        elif rat is not None:
+            c = self.pvlimit.pct_cpct(L, rat)
+            g = d.map.points["lim_cpct"].get("mul", 1)
+            c -= c % g
+            e = 1
+        self.pv_limit_w = L
+        self.pv_want = (c, e)
+        if e is None or (e == 1 and c is None) or d.stale():
+            return
+        ack = self.ack
+        pend = self.pend
+        for p, w in (("lim_cpct", c), ("lim_ena", e)):
+            t = d.t.get(p)
+            if w is not None and ack[p] is not None and pend[p] is None and t is not None \
+                    and d.values.get(p) != ack[p] and clock.ticks_diff(t, self.ack_t[p]) > 0:
+                ack[p] = None
+        if c is not None and pend["lim_cpct"] is None and ack["lim_cpct"] != c:
+            self._dev_write(d, "lim_cpct", c)
+        if pend["lim_ena"] is None and ack["lim_ena"] != e and (
+                e == 0 or (ack["lim_cpct"] == c and pend["lim_cpct"] is None)):
+            self._dev_write(d, "lim_ena", e)
 
     # ---- loop ---------------------------------------------------------------
 
@@ -746,12 +838,15 @@ class App:
         rec = {"seq": self.telemetry_seq, "ts": clock.time(),
                "state": None if self.link is None else self.link.state,
                "sp_w": self.sp_w, "curtail_w": self.curtail_w,
+               "pv_limit_w": self.pv_limit_w,
                "safety": self.safety.reason if self.safety.tripped else ""}
         # ccl_w/dcl_w: the BMS limits, so schedulers can rebuild the headroom figure
         for k in ("grid_w", "pv_w", "it_w", "aux_w", "bat_w", "soc_cpct", "ccl_w", "dcl_w"):
             rec[k] = v[k]
         if self.params is not None and self.site.ok("pv_w", "it_w", "soc_cpct"):
-            h = dispatch.headroom(self.params, v["soc_cpct"], v["pv_w"], v["it_w"],
+            # curtailed PV is green headroom too: the available PV behind a limit
+            pv = self.pv_avail_w if self.pv_avail_w is not None else v["pv_w"]
+            h = dispatch.headroom(self.params, v["soc_cpct"], pv, v["it_w"],
                                   v["aux_w"] or 0, v["dcl_w"])
             rec["headroom_w"] = h[0]
             rec["headroom_1h_w"] = h[1]
@@ -850,6 +945,12 @@ class App:
             "want_run": 0 if self.safety.tripped else self.want_run,
             "pcs_pending": self.pend["p_set_w"] is not None or self.pend["run"] is not None,
             "pcs_mismatches": self.mismatches,
+            # curtail_w: PV the dispatcher wants shed; pv_limit_w: the inverter limit
+            # asked for (None = released); pv_lim: (lim_cpct, lim_ena) wanted / acknowledged
+            "curtail_w": self.curtail_w, "pv_limit_w": self.pv_limit_w,
+            "pv_lim": None if self.pvinv is None else {
+                "want": list(self.pv_want),
+                "ack": [self.ack["lim_cpct"], self.ack["lim_ena"]]},
             "write_fail": self.wr_fail, "clock_valid": clock_valid(),
             "time_set": self.time_set, "safety": self.safety.status(now),
             "site": self.site.snapshot(now, points),

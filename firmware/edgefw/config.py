@@ -19,8 +19,10 @@ TRIAL = "config.trial.json"  # marker: which config.json is on trial, boots it w
 TRIALS = 1                   # boots a new config gets; a restart before confirm() = failed
 _TRAILER = "\n#crc32 "
 
-ROLES = ("bms", "pcs", "pv_meter", "grid_meter", "load_meter", "aux_meter")
-SINGLE_ROLES = ("bms", "pcs", "grid_meter")  # the others may repeat and are summed
+ROLES = ("bms", "pcs", "pv_meter", "grid_meter", "load_meter", "aux_meter", "pv_inverter")
+# the others may repeat and are summed; pv_inverter: one PV inverter the gateway limits
+# (curtailment on a zero-export site, edgefw/pvlimit.py)
+SINGLE_ROLES = ("bms", "pcs", "grid_meter", "pv_inverter")
 PARITIES = ("N", "E", "O")
 
 

@@ -125,6 +125,10 @@ class Site:
         q = self.q
         configured = {}
         for k, role in _SUMMED:
+            if k == "pv_w" and role not in self.roles and "pv_inverter" in self.roles:
+                # no PV meter: the limited inverter's own AC power is the PV production
+                # (with a PV meter, that meter counts and the inverter is only limited)
+                role = "pv_inverter"
             v[k], q[k] = self._sum(role, "p_w", now)
             configured[k] = role in self.roles
         configured["grid_w"] = "grid_meter" in self.roles

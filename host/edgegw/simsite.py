@@ -4,6 +4,10 @@ PV from a profile, IT and aux loads from profiles, a battery whose SOC integrate
 DC power with charge/discharge efficiency inside the BMS current limits, a PCS that
 follows its setpoint with a ramp (and falls back to 0 W when its revert timer runs out),
 and a grid that takes the balance: grid_w = it_w + aux_w - pv_w - bat_w.
+A PV inverter (role pv_inverter, map sunspec_pv) obeys its active-power limit: PV
+production = min(available PV, lim_cpct x pv_inv_w / 10000) while lim_ena is 1 (dropped
+when lim_rvrt_s > 0 and lim_cpct was not rewritten in time); the PV meter shows that
+production.
 
 Site time is seconds (float) from `t0` (unix s); step(dt) advances it. SimSite is
 thread-safe: the simulated devices read `points(role)` and apply `write(role, changes)`
@@ -57,7 +61,7 @@ class SimSite:
     def __init__(self, t0=None, pv=None, it=2000, aux=300, battery_wh=10240, soc_cpct=5000,
                  cells=16, cell_min_mv=3000, cell_max_mv=3450, pack_r_mohm=20,
                  max_charge_a=100, max_discharge_a=100, pcs_w=5000, ramp_w_s=2500,
-                 eta_c_milli=950, eta_d_milli=950, pv_peak_w=6000):
+                 eta_c_milli=950, eta_d_milli=950, pv_peak_w=6000, pv_inv_w=8000):
         self.lock = threading.RLock()
         self.t = float(t0 if t0 is not None else int(time.time()))
         self.pv_f = profile(pv if pv is not None else clear_sky_pv(pv_peak_w))
@@ -82,6 +86,13 @@ class SimSite:
         self.set_t = self.t      # site s of the last setpoint write (revert timer)
         self.pcs_fault = 0
         self.bat_w = 0.0         # AC, + = discharging
+        # PV inverter state (its registers): the limit in 0.01 % of pv_inv_w
+        self.pv_inv_w = pv_inv_w
+        self.lim_cpct = 10000
+        self.lim_ena = 0
+        self.lim_rvrt_s = 0
+        self.lim_t = self.t      # site s of the last lim_cpct write (revert timer)
+        self.pv_avail_w = 0.0    # PV the panels offer; pv_w is what the inverter makes
         # BMS fault injection
         self.bms_alarm = 0
         self.bms_protect = 0
@@ -167,8 +178,18 @@ class SimSite:
             self.e["it"] += self.it_w * h
             self.e["aux"] += self.aux_w * h
 
+    def pv_limit_w(self):
+        """The inverter's limit in force (W), None when it is off or reverted."""
+        if not self.lim_ena:
+            return None
+        if self.lim_rvrt_s and self.t - self.lim_t > self.lim_rvrt_s:
+            return None
+        return self.pv_inv_w * self.lim_cpct / 10000.0
+
     def _balance(self):
-        self.pv_w = max(0.0, float(self.pv_f(self.t)))
+        self.pv_avail_w = max(0.0, float(self.pv_f(self.t)))
+        lim = self.pv_limit_w()
+        self.pv_w = self.pv_avail_w if lim is None else min(self.pv_avail_w, lim)
         self.it_w = max(0.0, float(self.it_f(self.t)))
         self.aux_w = max(0.0, float(self.aux_f(self.t)))
         self.grid_w = self.it_w + self.aux_w - self.pv_w - self.bat_w
@@ -240,14 +261,32 @@ class SimSite:
                         "state": st, "fault": self.pcs_fault, "p_rated_w": self.pcs_w,
                         "soc_cpct": self.soc_cpct, "run": self.run, "p_set_w": self.p_set_w,
                         "rvrt_s": self.rvrt_s}
+            if role == "pv_inverter":
+                lim = self.pv_limit_w()
+                return {"p_w": int(round(self.pv_w)),
+                        "state": 5 if lim is not None and self.pv_avail_w > lim else 4,
+                        "wmax_w": self.pv_inv_w, "lim_cpct": self.lim_cpct,
+                        "lim_ena": self.lim_ena, "lim_rvrt_s": self.lim_rvrt_s}
             return {}
 
     def write(self, role, changes):
-        """A device applied a write: the PCS takes run / p_set_w / rvrt_s."""
+        """A device applied a write: the PCS takes run / p_set_w / rvrt_s, the PV
+        inverter lim_cpct / lim_ena / lim_rvrt_s (its production follows at once)."""
         with self.lock:
             self.writes.append((self.t, role, dict(changes)))
             if len(self.writes) > 10000:
                 del self.writes[:5000]
+            if role == "pv_inverter":
+                for k, v in changes.items():
+                    if k == "lim_cpct":
+                        self.lim_cpct = int(v)
+                        self.lim_t = self.t
+                    elif k == "lim_ena":
+                        self.lim_ena = 1 if v else 0
+                    elif k == "lim_rvrt_s":
+                        self.lim_rvrt_s = int(v)
+                self._balance()
+                return
             if role != "pcs":
                 return
             for k, v in changes.items():
@@ -264,4 +303,7 @@ class SimSite:
             return {"t": int(self.t), "grid_w": int(round(self.grid_w)),
                     "pv_w": int(round(self.pv_w)), "it_w": int(round(self.it_w)),
                     "aux_w": int(round(self.aux_w)), "bat_w": int(round(self.bat_w)),
-                    "soc_cpct": self.soc_cpct, "p_set_w": self.p_set_w, "run": self.run}
+                    "soc_cpct": self.soc_cpct, "p_set_w": self.p_set_w, "run": self.run,
+                    "pv_avail_w": int(round(self.pv_avail_w)),
+                    "pv_limit_w": None if self.pv_limit_w() is None
+                    else int(round(self.pv_limit_w()))}

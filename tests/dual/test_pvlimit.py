@@ -118,3 +118,31 @@ def test_closed_loop_settles_at_the_margin_without_runaway():
     # no surplus: released
     grid, lim = _site(1500, 2000, 0, 100, 10, pl)
     assert lim is None
+
+
+class _Dev:
+    """What Site reads from a device: role, values, read times, stale()."""
+
+    def __init__(self, name, role, p_w):
+        from edgefw import clock
+        self.name = name
+        self.role = role
+        self.period_ms = 1000
+        self.values = {"p_w": p_w}
+        self.t = {"p_w": clock.site_ms()}
+
+    def stale(self):
+        return False
+
+
+def test_pv_inverter_is_the_pv_without_a_pv_meter():
+    from edgefw.site import Site
+    from edgefw import config
+    assert "pv_inverter" in config.ROLES and "pv_inverter" in config.SINGLE_ROLES
+    inv = _Dev("inv", "pv_inverter", 2200)
+    s = Site([_Dev("grid", "grid_meter", 100), inv, _Dev("it", "load_meter", 2300)])
+    assert s.update()["pv_w"] == 2200 and s.ok("pv_w")
+    # with a PV meter, the meter is the PV (the inverter is only limited)
+    s = Site([_Dev("grid", "grid_meter", 100), inv, _Dev("pv", "pv_meter", 3000),
+              _Dev("it", "load_meter", 2300)])
+    assert s.update()["pv_w"] == 3000
