@@ -2,13 +2,15 @@
 from protocols import regmap as r
 from _helpers import raises, Rand, MICROPYTHON
 
-MAPS = ("sdm630", "sdm120", "dtsu666", "dtsd1352", "seplos_v3", "sunspec_pcs", "sungrow_sh")
+MAPS = ("sdm630", "sdm120", "dtsu666", "dtsd1352", "seplos_v3", "sunspec_pcs", "sungrow_sh",
+        "sunspec_pv")
 METER = ("p_w", "e_imp_wh", "e_exp_wh", "u1_dv", "i1_ma", "f_chz", "pf_milli")
 BMS = ("soc_cpct", "soh_cpct", "v_cv", "i_ca", "cell_max_mv", "cell_min_mv", "t_max_dc", "t_min_dc",
        "ccl_ca", "dcl_ca", "cycles", "alarm", "protect")
 PCS = ("p_w", "p_set_w", "run", "fault", "state")
+PVINV = ("p_w", "wmax_w", "lim_cpct", "lim_ena")
 ROLE = {"sdm630": METER, "sdm120": METER, "dtsu666": METER, "dtsd1352": METER,
-        "seplos_v3": BMS, "sunspec_pcs": PCS, "sungrow_sh": PCS}
+        "seplos_v3": BMS, "sunspec_pcs": PCS, "sungrow_sh": PCS, "sunspec_pv": PVINV}
 SUFFIX_UNIT = {"w": "W", "wh": "Wh", "dv": "0.1V", "cv": "0.01V", "mv": "mV", "ma": "mA", "ca": "0.01A",
                "chz": "0.01Hz", "milli": "0.001", "cpct": "0.01%", "dc": "0.1degC", "cah": "0.01Ah",
                "s": "s", "var": "var"}
