@@ -618,19 +618,22 @@ class App:
             src = "no data"
             pvm = rat = None
             self.pv_avail_w = None
-            if self.disp is not None and s.ok("grid_w", "pv_w", "it_w", "bat_w", "soc_cpct"):
-                # available PV: without a pv_inverter nothing applies curtailment
-                # (curtail_w is advice in telemetry), so the measured PV is all there is
-                # (adding curtail_w without an actuator feeds back and runs away). With
-                # one, pvlimit estimates the PV behind its limit (kept from before the
-                # limit while the inverter sits at it: a fixed point, not a runaway)
-                pv = v["pv_w"]
-                if self.pvl is not None:
-                    pvm, rat = self._pv_read(now)
-                    if pvm is not None:
-                        pv = pv - pvm + self.pvl.available(pvm, rat)
+            # available PV: without a pv_inverter nothing applies curtailment
+            # (curtail_w is advice in telemetry), so the measured PV is all there is
+            # (adding curtail_w without an actuator feeds back and runs away). With
+            # one, pvlimit estimates the PV behind its limit (kept from before the
+            # limit while the inverter sits at it: a fixed point, not a runaway); read
+            # every step, also while tripped (the trip limit needs the estimate)
+            pv = v["pv_w"]
+            if self.pvl is not None:
+                pvm, rat = self._pv_read(now)
+                if pvm is not None:
+                    est = self.pvl.available(pvm, rat)
+                    if pv is not None:
+                        pv = pv - pvm + est
                         if self.pvl.limited:
                             self.pv_avail_w = pv
+            if self.disp is not None and s.ok("grid_w", "pv_w", "it_w", "bat_w", "soc_cpct"):
                 local = self.disp.step(_drel(now_s), pv,
                                        v["it_w"], v["aux_w"] or 0,
                                        v["grid_w"], v["soc_cpct"], v["ccl_w"] or 0,
@@ -654,12 +657,16 @@ class App:
             if sp is None:
                 sp = local if local is not None else 0
             if self.pvl is not None:
-                # cloud: the cloud owns the site, no local limit; a trip keeps the last
-                # limit (docs/firmware.md); else the dispatcher's curtail_w
+                # cloud: the cloud owns the site, no local limit; a trip: the PCS stops,
+                # so on a zero-export site the PV is held to the load (what the battery
+                # took would go out); else the dispatcher's curtail_w
                 if src == "cloud":
                     self.pvl.release()
-                elif pvm is not None and not self.safety.tripped:
-                    self.pvl.limit(self.curtail_w, rat)
+                elif pvm is not None and (local is not None or self.safety.tripped):
+                    c = self.curtail_w
+                    if self.safety.tripped:
+                        c = self._trip_curtail(v)
+                    self.pvl.limit(c, rat)
                 self._pv_service(rat)
         sp, self.bound_by = self.bound(sp, v)
         if self.safety.tripped:
@@ -683,6 +690,16 @@ class App:
         self._pcs_check(now)
 
     # ---- PV inverter limit ----------------------------------------------------
+
+    def _trip_curtail(self, v):
+        """PV to shed while tripped (PCS at 0 W): on a zero-export site all of the PV
+        estimate above the load less the export margin; none where export is allowed."""
+        p = self.params
+        if p is None or p["export_allowed"]:
+            return 0
+        est = self.pvl.est_w or 0
+        x = est - (v["it_w"] or 0) - (v["aux_w"] or 0) + p["export_margin_w"]
+        return x if x > 0 else 0
 
     def _pv_read(self, now):
         """(AC power W, rating W) of the PV inverter, or (None, None) when either is

@@ -68,6 +68,24 @@ def test_inverter_limit_stops_export(tmp_path):
         assert len(gw.devices["pvinv"].writes) - n0 <= 2
 
 
+def test_trip_holds_pv_to_the_load(tmp_path):
+    # half-full battery: the surplus goes into it (no limit needed); a BMS alarm trips,
+    # the PCS stops, and the surplus the battery took must not go to the grid: the PV is
+    # limited to the load (less the export margin) until the trip clears
+    sim = SimSite(pv=6000, it=2000, aux=300, soc_cpct=5000, pv_inv_w=INV_W)
+    with VirtualGateway(str(tmp_path), _cfg(True), sim, speed=SPEED) as gw:
+        gw.wait(lambda s: not s["safety"]["tripped"] and s["sp_src"].startswith("dispatch")
+                and gw.sim.summary()["bat_w"] < -3000, 40, points=False)
+        gw.sim.bms_alarm = 1 << 2
+        gw.wait(lambda s: s["safety"]["tripped"] and s["pv_lim"]["ack"] == s["pv_lim"]["want"]
+                and s["pv_lim"]["want"][1] == 1 and gw.sim.lim_ena == 1, 30, points=False)
+        time.sleep(1.0)
+        grid = _grid_samples(gw, 15)
+        assert abs(gw.sim.summary()["bat_w"]) < 100
+        assert min(grid) >= -tol_w(INV_W), grid
+        assert gw.sim.summary()["pv_w"] < 2300 + tol_w(INV_W) + 100
+
+
 def test_without_inverter_the_site_exports(tmp_path):
     with VirtualGateway(str(tmp_path), _cfg(False), _sim(), speed=SPEED) as gw:
         gw.wait(lambda s: not s["safety"]["tripped"] and s["sp_src"].startswith("dispatch")
