@@ -9,6 +9,9 @@ from edgefw import app as appmod
 from edgefw import clock, config, hal_unix
 
 SPEED = 10
+# polls a device may miss before it is stale: 3 (the default) at 100 ms periods trips on a
+# loaded 2-core box (the test process gets half a core); the stale tests wait long enough
+STALE_POLLS = 8
 
 
 class Slave:
@@ -131,7 +134,7 @@ class Rig:
                    {"name": "it", "role": "load_meter", "map": "sdm630", "slave": 5,
                     "bus": "meters", "period_ms": 100}],
                "control": control or {"mode": "hold", "hold_w": 1500, "period_ms": 100},
-               "safety": {"clean_s": 0}, "site": {"export_allowed": True} if site is None else site,
+               "safety": {"clean_s": 0, "stale_polls": STALE_POLLS}, "site": {"export_allowed": True} if site is None else site,
                "limits": limits or {}, "console": True, "wdt_ms": 0, "status_s": 0}
         errs = config.validate(cfg) + appmod.check_config(cfg)
         assert not errs, errs
