@@ -91,13 +91,27 @@ class Scenario:
 
 
 # columns of RecSite.rec
-T, GRID, PV, IT, AUX, BAT, SOC, PSET, CCL = range(9)
+T, GRID, PV, IT, AUX, BAT, SOC, PSET, CCL, PVAV, PVLIM = range(11)
+
+
+def with_pv_inverter(cfg, keep_meter=False, name="pvinv", slave=5, bus="bus0"):
+    """cfg with a PV inverter (role pv_inverter, map sunspec_pv) on `bus`, polled like the
+    other devices; the PV meter goes unless keep_meter (without one the inverter's p_w is
+    the site's PV, with one the meter counts and the inverter is only limited). The
+    simulated inverter's rating is the site's pv_inv_w."""
+    devs = [d for d in cfg["devices"] if keep_meter or d["role"] != "pv_meter"]
+    period = max(d.get("period_ms", 1000) for d in devs)
+    devs.append({"name": name, "role": "pv_inverter", "map": "sunspec_pv", "slave": slave,
+                 "bus": bus, "period_ms": period})
+    return dict(cfg, devices=devs)
 
 
 class RecSite(SimSite):
-    """SimSite that records (t, grid_w, pv_w, it_w, aux_w, bat_w, soc_cpct, p_set_w, ccl_w)
-    after every physics step: the truth a revenue meter on the grid connection would see
-    (ccl_w: the charge power the BMS allows, its current limit x pack voltage)."""
+    """SimSite that records (t, grid_w, pv_w, it_w, aux_w, bat_w, soc_cpct, p_set_w, ccl_w,
+    pv_avail_w, pv_lim_w) after every physics step: the truth a revenue meter on the grid
+    connection would see (ccl_w: the charge power the BMS allows, its current limit x pack
+    voltage; pv_w what the PV inverter produces, pv_avail_w what the panels offer, pv_lim_w
+    the inverter's limit in force, None when off)."""
 
     def __init__(self, *a, **kw):
         self.rec_every = kw.pop("rec_every", 0.0)   # site s between samples (0 = every step)
@@ -114,7 +128,8 @@ class RecSite(SimSite):
                 return
             self._rec_t = self.t
             self.rec.append((self.t, self.grid_w, self.pv_w, self.it_w, self.aux_w, self.bat_w,
-                             self.soc_cpct, self.p_set_w, self.ccl_a() * self.pack_v()))
+                             self.soc_cpct, self.p_set_w, self.ccl_a() * self.pack_v(),
+                             self.pv_avail_w, self.pv_limit_w()))
 
     def window(self, t0, t1):
         with self.lock:
