@@ -740,8 +740,14 @@ class App:
                 ack[p] = None
         if c is not None and pend["lim_cpct"] is None and ack["lim_cpct"] != c:
             self._dev_write(d, "lim_cpct", c)
+        # lim_ena = 1 once lim_cpct is acknowledged (an enable ahead of a failed percent
+        # would apply whatever percent the inverter held); on a trip right behind it (the
+        # bus keeps the order): the stopped PCS no longer takes the surplus, every control
+        # step of waiting exports it
+        pc = pend["lim_cpct"]
         if pend["lim_ena"] is None and ack["lim_ena"] != e and (
-                e == 0 or (ack["lim_cpct"] == c and pend["lim_cpct"] is None)):
+                e == 0 or (ack["lim_cpct"] == c and pc is None)
+                or (self.safety.tripped and pc is not None and pc.value == c)):
             self._dev_write(d, "lim_ena", e)
 
     # ---- loop ---------------------------------------------------------------

@@ -24,6 +24,10 @@
 # available PV would release the limit and export).
 SETTLE_STEPS = 3
 TOL_MIN_W = 50
+# a limit is let go in steps of a tenth of the rating per control step, not at once: the
+# dispatcher's curtail_w drops to 0 when it commands the charge that takes the surplus,
+# but the PCS needs a moment to get there, and the PV released at once went out meanwhile
+RELEASE_DIV = 10
 
 
 def tol_w(rating_w):
@@ -65,8 +69,17 @@ class PvLimit:
     def limit(self, curtail_w, rating_w):
         """The limit (W, 0..rating) after the dispatcher asked for curtail_w, or None."""
         if curtail_w <= 0:
-            self.release()
-            return None
+            L = self.lim_w
+            if L is None:
+                return None
+            st = rating_w // RELEASE_DIV if rating_w > 0 else 0
+            est = self.est_w if self.est_w is not None else 0
+            if st <= 0 or L + st >= est or L + st >= rating_w:
+                self.release()
+                return None
+            self.lim_w = L + st     # raised: the inverter lags (see SETTLE_STEPS)
+            self.settle = SETTLE_STEPS
+            return self.lim_w
         est = self.est_w if self.est_w is not None else 0
         n = est - curtail_w
         if n < 0:

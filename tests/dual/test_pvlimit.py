@@ -39,7 +39,9 @@ def test_limit_follows_curtail_and_releases_at_zero():
     # more curtail (beyond tol): the limit moves down
     assert p.limit(3000, RATING) == 3000
     assert p.available(3000, RATING) == 6000
-    assert p.limit(0, RATING) is None
+    # curtail 0: let go in steps of a tenth of the rating per step (the PCS ramps up to
+    # the charge that takes the surplus meanwhile), released once past the estimate
+    assert [p.limit(0, RATING) for _ in range(4)] == [3800, 4600, 5400, None]
     assert p.lim_w is None and not p.limited
     assert p.available(5800, RATING) == 5800
 
