@@ -68,25 +68,23 @@ class PvLimit:
 
     def limit(self, curtail_w, rating_w):
         """The limit (W, 0..rating) after the dispatcher asked for curtail_w, or None."""
+        L = self.lim_w
+        est = self.est_w if self.est_w is not None else 0
         if curtail_w <= 0:
-            L = self.lim_w
             if L is None:
                 return None
             st = rating_w // RELEASE_DIV if rating_w > 0 else 0
-            est = self.est_w if self.est_w is not None else 0
             if st <= 0 or L + st >= est or L + st >= rating_w:
                 self.release()
                 return None
             self.lim_w = L + st     # raised: the inverter lags (see SETTLE_STEPS)
             self.settle = SETTLE_STEPS
             return self.lim_w
-        est = self.est_w if self.est_w is not None else 0
         n = est - curtail_w
         if n < 0:
             n = 0
         if rating_w > 0 and n > rating_w:
             n = rating_w
-        L = self.lim_w
         if L is None or n - L > tol_w(rating_w) or L - n > tol_w(rating_w):
             if L is not None and n > L:
                 self.settle = SETTLE_STEPS
