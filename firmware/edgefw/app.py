@@ -961,6 +961,9 @@ class App:
             "config_trial": config.trial_status(),
             "mode": self.cfg["control"]["mode"], "sp_w": self.sp_w, "sp_src": self.sp_src,
             "bound_by": self.bound_by,
+            # the import cap the dispatcher holds (raised above site.grid_cap_w for a night
+            # when its plan shows the configured one cannot be held)
+            "cap_w": None if self.disp is None else self.disp.cap_w(),
             # sent_w / run_cmd: what the PCS acknowledged (None = unknown: never written
             # or the last write failed); want_*: what the loop asks for
             "sent_w": self.ack["p_set_w"], "run_cmd": self.ack["run"],

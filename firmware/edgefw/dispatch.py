@@ -397,6 +397,11 @@ class Dispatcher:
         self._curt = clamp(curtail_w, 0, WMAX)
         self.sp_w = self._sp
 
+    def cap_w(self):
+        """The import cap in force: grid_cap_w, or the level it was raised to for the night
+        when the plan showed it could not be held."""
+        return self._ecap
+
     def clear_forecast(self):
         self._nfc = 0
         self._replan = True
