@@ -71,13 +71,14 @@ _SPEC = (
     ("energy_persist_s", 10, 86400, 900),
     ("pv_peak_w", 0, WMAX, 0),           # clear-sky PV peak; 0 = no PV expectation
     ("pv_expect_milli", 0, 1000, 800),   # share of it the plan counts on
+    ("pv_next_milli", 0, 1000, 1000),    # share of the learnt index for a day not begun
     ("sun_rise_s", 0, 86400, 23400),     # local time of day (s) PV starts / ends
     ("sun_set_s", 0, 86400, 70200),
     ("tz_s", -50400, 50400, 28800),      # local time = now_s + tz_s (China: +8 h)
     ("grid_factor_g_kwh", 0, 1000, None),
     ("grid_factor_dg_kwh", 0, 10000, None),
 )
-_OTHER = ("export_allowed", "region", "schedule", "name", "note")
+_OTHER = ("export_allowed", "grid_cap_hard", "region", "schedule", "name", "note")
 
 
 def _isint(v):
@@ -125,6 +126,11 @@ def validate_params(site):
     if not isinstance(ea, bool):
         raise ValueError("site.export_allowed: %r is not true/false" % (ea,))
     p["export_allowed"] = ea
+    # true: grid_cap_w is a contract limit, never raised for a night (see _raise_cap)
+    hc = site.get("grid_cap_hard", False)
+    if not isinstance(hc, bool):
+        raise ValueError("site.grid_cap_hard: %r is not true/false" % (hc,))
+    p["grid_cap_hard"] = hc
     reg = site.get("region", "national")
     try:
         from edgefw import energy
@@ -317,6 +323,15 @@ class Dispatcher:
         self._tz = p["tz_s"]
         self._bmax = div_trunc(self._dmax, 10)   # the grid-meter bias is a small correction
         self._pf = [0] * self._nb
+        # pv_next_milli < 1000: the level counts on less PV for a day that has not begun
+        # (_pf), grid charging stops where the day the plan hopes for (_po, the learnt
+        # index) would no longer fit its PV surplus into the battery
+        self._pvn = p["pv_next_milli"]
+        self._po = [0] * self._nb if self._pvn < 1000 else self._pf
+        self._pu = self._pf          # the profile _feasible walks
+        self._hi = 0                 # highest energy from the first PV surplus on
+        self._gc0 = False
+        self._hard = p["grid_cap_hard"]
         # charge -> later discharge efficiency, 0.001 units
         self._keff = div_trunc(p["eta_c_milli"] * p["eta_d_milli"], 1000)
         self._lastit = 0
@@ -428,9 +443,14 @@ class Dispatcher:
             if tod < 0:
                 tod += 86400
         dark = True
+        nxt = 0
         if self._pvx > 0:
             x0 = self._pv_expect(tod)
             dark = x0 == 0
+            # start of the next daylight period not begun yet (s from today's midnight)
+            nxt = self._rise + 86400
+            if dark and tod < self._rise:
+                nxt = self._rise
             if dark and not self._dark:
                 self._ecap = self._cap     # sunset: a new night, the ratchet starts over
             self._dark = dark
@@ -466,11 +486,20 @@ class Dispatcher:
             # PV: the present value, handing over linearly (pv_persist_s) to the clear-sky
             # expectation (a parabola between sunrise and sunset, pv_expect_milli of peak)
             mm = k * 15 + 7              # block middle, minutes from now
-            x = _mdiv(self._pv_expect(tod + mm * 60), self._kci, 10000) if self._pvx > 0 else 0
+            x = 0
+            xo = 0
+            if self._pvx > 0:
+                tb = tod + mm * 60
+                xo = _mdiv(self._pv_expect(tb), self._kci, 10000)
+                x = xo
+                if tb >= nxt and self._pvn < 1000:
+                    x = _mdiv(xo, self._pvn, 1000)
             if mm < pvp:
                 x = _mdiv(pv, pvp - mm, pvp) + _mdiv(x, mm, pvp)
-            f -= x
-            self._pf[k] = f
+                xo = _mdiv(pv, pvp - mm, pvp) + _mdiv(xo, mm, pvp)
+            self._pf[k] = f - x
+            if self._pvn < 1000:
+                self._po[k] = f - xo
         return fcok
 
     def _pv_expect(self, tod):
@@ -491,12 +520,15 @@ class Dispatcher:
         need = 0
         low = e0                 # lowest energy before the battery first fills up
         clip = 0                 # energy the plan would have to spill (battery full)
+        hi = -1                  # highest energy from the first PV surplus on
         dmax = self._dmax
         cmax = self._cmax
         k2 = self._keff
-        pf = self._pf
+        pf = self._pu
         for k in range(n):
             f = pf[k]
+            if (f < 0 or hi >= 0) and e > hi:
+                hi = e
             if f > T:
                 d = f - T
                 if d > dmax:
@@ -526,6 +558,9 @@ class Dispatcher:
         # what can go to self-consumption now: no more than would be spilled later, and
         # never below the lowest point before that (the plan's peaks stay covered)
         self._free = _min(low, clip)
+        if hi >= 0 and e > hi:
+            hi = e
+        self._hi = hi
         return need
 
     def _bisect(self, lo, hi, n, e0, emax, grid):
@@ -557,23 +592,16 @@ class Dispatcher:
             if c > self._ecap + self._db:
                 self._ecap = c
 
-    def _plan(self, now, pv, it, aux, soc):
-        n = self._nb
-        fcok = self._profile(now, pv, it, aux)
-        fl = self._fl
-        e0 = 0
-        if soc > fl:
-            e0 = _mdiv(energy_wh(self._bat, soc - fl), self._etad, 1000) * 4
-        emax = _mdiv(energy_wh(self._bat, _max(0, self._smax - fl)), self._etad, 1000) * 4
+    def _choose(self, n, e0, emax, fcok):
+        # the plan level on the profile _pu; sets _gc0 when it needs grid charging
         lo = self._margin
         hi = lo
+        pf = self._pu
         for k in range(n):
-            if self._pf[k] > hi:
-                hi = self._pf[k]
+            if pf[k] > hi:
+                hi = pf[k]
         T = self._bisect(lo, hi, n, e0, emax, False) if hi > lo else lo
-        gc = False
-        if soc >= self._smax - self._hyst:
-            self._ecap = self._cap
+        self._gc0 = False
         if T > lo:
             # would charging from the grid below the level allow a lower one? Only for a
             # hard need (the cap) or a forecast ramp: the gateway has no PV forecast, so a
@@ -587,8 +615,33 @@ class Dispatcher:
                 self._feasible(Tc, n, e0, emax, False)
                 if self._kfail < self._jit:
                     T = Tc
-                    gc = True
-        if T > self._ecap and fcok and self._dark:
+                    self._gc0 = True
+        return T
+
+    def _plan(self, now, pv, it, aux, soc):
+        n = self._nb
+        fcok = self._profile(now, pv, it, aux)
+        fl = self._fl
+        e0 = 0
+        if soc > fl:
+            e0 = _mdiv(energy_wh(self._bat, soc - fl), self._etad, 1000) * 4
+        emax = _mdiv(energy_wh(self._bat, _max(0, self._smax - fl)), self._etad, 1000) * 4
+        if soc >= self._smax - self._hyst:
+            self._ecap = self._cap
+        T = self._choose(n, e0, emax, fcok)
+        if self._gc0 and self._pvn < 1000:
+            # a grid charge the pessimistic plan wants but the day the plan hopes for
+            # (the learnt index) could not take on top of its PV surplus: that day's plan
+            # decides (pessimism must not buy grid energy that a sunny day would spill)
+            self._pu = self._po
+            self._feasible(T, n, e0, emax, False)
+            if self._hi >= 0 and emax - self._hi < self._tol:
+                T = self._choose(n, e0, emax, fcok)
+            else:
+                self._pu = self._pf
+        gc = self._gc0
+        lo = self._margin
+        if T > self._ecap and fcok and self._dark and not self._hard:
             self._raise_cap(n, soc, T)
         self._kclip = 0
         self._gc = gc and self._feasible(T, n, e0, emax, False) < 0
@@ -596,6 +649,7 @@ class Dispatcher:
             # energy the battery would spill later is spread evenly over the blocks until
             # then as extra self-consumption: the level drops, smoothly (no on/off)
             T = _max(lo, T - div_trunc(self._free, self._kclip))
+        self._pu = self._pf
 
         # hysteresis on the level: a small re-plan does not move the setpoint
         d = T - self._level

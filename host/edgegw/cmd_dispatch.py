@@ -13,6 +13,7 @@ ROWS = (
     ("export_kwh", "export kWh"),
     ("export_violations", "export violations (min)"),
     ("cap_violations", "import above cap (min)"),
+    ("cap_excess_kwh", "import above cap kWh"),
     ("soc_violations", "SOC violations (min)"),
     ("limit_violations", "power limit violations (min)"),
     ("pv_used_pct", "PV used on site %"),
@@ -41,7 +42,9 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
 @click.option("--plot", type=click.Path(dir_okay=False), help="write a PNG of the runs")
 @click.option("--no-forecast", is_flag=True, help="give the fallback no compute forecast")
-def eval_cmd(scenario, site, as_json, plot, no_forecast):
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
+              help="override a site field (VALUE as JSON: 300, true), repeatable")
+def eval_cmd(scenario, site, as_json, plot, no_forecast, sets):
     """Run SCENARIO.csv (t_s,pv_w,it_load_w,aux_load_w) under four policies: a no battery,
     b the firmware fallback dispatch, c the cloud schedule then link loss, d the LP optimum."""
     from edgegw import evalbench
@@ -51,9 +54,19 @@ def eval_cmd(scenario, site, as_json, plot, no_forecast):
         raise UserError("--site: %s not found" % site)
     if plot and not plot.lower().endswith(".png"):
         raise UserError("--plot: %s must end in .png" % plot)
+    over = {}
+    for s in sets:
+        k, eq, v = s.partition("=")
+        if not eq or not k.strip():
+            raise UserError("--set: %r is not FIELD=VALUE" % s)
+        try:
+            over[k.strip()] = json.loads(v)
+        except ValueError:
+            raise UserError("--set: %s: %r is not a JSON value (a number, true/false)"
+                            % (k.strip(), v))
     try:
         res = evalbench.evaluate(scenario, site, use_forecast=not no_forecast,
-                                 keep_runs=bool(plot))
+                                 keep_runs=bool(plot), overrides=over)
     except evalbench.ScenarioError as e:
         raise UserError(str(e))
     if plot:

@@ -37,8 +37,9 @@ class ScenarioError(ValueError):
 
 # ---- loading ----------------------------------------------------------------------
 
-def load_scenario(csv_path, site_path=None):
-    """-> (dict of int numpy arrays t_s, pv_w, it_w, aux_w; validated site params)."""
+def load_scenario(csv_path, site_path=None, overrides=None):
+    """-> (dict of int numpy arrays t_s, pv_w, it_w, aux_w; validated site params).
+    overrides: site fields that replace the file's (validated the same way)."""
     if site_path is None:
         site_path = os.path.splitext(csv_path)[0] + ".json"
     try:
@@ -48,6 +49,9 @@ def load_scenario(csv_path, site_path=None):
         raise ScenarioError("%s: cannot read site file (%s)" % (site_path, e.strerror))
     except ValueError as e:
         raise ScenarioError("%s: not valid JSON (%s)" % (site_path, e))
+    if not isinstance(site, dict):
+        raise ScenarioError("%s: must be a JSON object" % site_path)
+    site.update(overrides or {})
     try:
         p = dispatch.validate_params(site)
     except ValueError as e:
@@ -356,6 +360,9 @@ def metrics(out, p, job=None):
         "export_kwh": round(float(np.clip(-g, 0, None).sum() * dt_h / 1000), 2),
         "export_violations": 0 if p["export_allowed"] else int((g < -tol).sum()),
         "cap_violations": int((g > p["grid_cap_w"] + tol).sum()),
+        # energy imported above the cap (what a per-kWh over-cap tariff would bill)
+        "cap_excess_kwh": round(float(np.clip(g - p["grid_cap_w"], 0, None).sum() * dt_h
+                                      / 1000), 2),
         "soc_violations": int(((soc < p["soc_min_cpct"] - 1) | (soc > p["soc_max_cpct"] + 1))
                               .sum()) if out["bat"].any() else 0,
         "limit_violations": int(((out["bat"] > dmax + tol) | (-out["bat"] > cmax + tol)).sum()),
@@ -388,9 +395,10 @@ def _share(a, x, d, key, lower_better):
     return round(100.0 * dx / da, 1)
 
 
-def evaluate(csv_path, site_path=None, use_forecast=True, keep_runs=False):
-    """Run all policies on a scenario; returns a JSON-able dict (runs kept if asked)."""
-    sc, p = load_scenario(csv_path, site_path)
+def evaluate(csv_path, site_path=None, use_forecast=True, keep_runs=False, overrides=None):
+    """Run all policies on a scenario; returns a JSON-able dict (runs kept if asked).
+    overrides: site fields replacing the site file's (a what-if without editing it)."""
+    sc, p = load_scenario(csv_path, site_path, overrides)
     job = None
     if "schedule" in p and len(p["schedule"]) >= 2:
         w = p["schedule"][-1]

@@ -53,6 +53,11 @@ def test_validate_defaults_and_errors():
     assert "soc_min_cpct" in str(e)
     e = raises(ValueError, D.validate_params, {"export_allowed": 1})
     assert "export_allowed" in str(e)
+    e = raises(ValueError, D.validate_params, {"grid_cap_hard": 1})
+    assert "grid_cap_hard" in str(e)
+    e = raises(ValueError, D.validate_params, {"pv_next_milli": 1001})
+    assert "site.pv_next_milli" in str(e)
+    assert p["grid_cap_hard"] is False and p["pv_next_milli"] == 1000
     e = raises(ValueError, D.validate_params, {"schedule": [{"t0": 5, "t1": 1}]})
     assert "schedule[0].t1" in str(e)
 
@@ -289,6 +294,58 @@ def test_cap_not_raised_by_day_reset_at_sunset():
     assert d._ecap == 40000, d._ecap
 
 
+def test_hard_cap_is_never_raised():
+    # the ratchet case above, on a site whose cap is a contract limit (grid_cap_hard): the
+    # cap stays, the surge beyond what the battery holds imports in full
+    d = mk(grid_cap_w=40000, reserve_s=0, grid_cap_hard=True)
+    d.set_forecast(0, 900, [10000] * 8 + [80000] * 8 + [10000] * 8, 86400)
+    for t in range(0, 20):
+        sp = d.step(t, 0, 10000, 0, None, 3000, 10 ** 6, 10 ** 6)
+        assert 10000 - sp <= 40000
+    assert d._ecap == 40000 and d.cap_w() == 40000, d._ecap
+    assert sp < 0    # it still precharges up to the cap
+
+
+_SUN = dict(pv_peak_w=60000, sun_rise_s=21600, sun_set_s=64800, tz_s=0, reserve_s=0)
+
+
+def test_pv_next_keeps_energy_for_a_day_not_begun():
+    # midnight, 35 kW, 60 % SOC: counting on the learnt clear-sky index for tomorrow the
+    # plan shaves deeper tonight (PV refills the battery); with pv_next_milli 300 it keeps
+    # energy for a day that may be dusty: a higher level, less discharge
+    lv = {}
+    for pn in (1000, 300):
+        d = mk(pv_next_milli=pn, **_SUN)
+        d.set_forecast(0, 900, [35000] * 24, 86400)
+        sp = d.step(0, 0, 35000, 0, None, 6000, 10 ** 6, 10 ** 6)
+        lv[pn] = (d.level_w, sp)
+    assert lv[300][0] > lv[1000][0] + 2000, lv
+    assert lv[300][1] < lv[1000][1], lv
+    # the day that has begun counts at the learnt index either way (3 h horizon at noon)
+    lv = []
+    for pn in (1000, 0):
+        d = mk(pv_next_milli=pn, horizon_s=10800, **_SUN)
+        d.set_forecast(43200, 900, [35000] * 24, 43200 + 86400)
+        d.step(43200, 40000, 35000, 0, None, 6000, 10 ** 6, 10 ** 6)
+        lv.append(d.level_w)
+    assert lv[0] == lv[1], lv
+
+
+def test_pv_next_never_precharges_less():
+    # 04:00, a 60 kW job at 06:00 against a 40 kW cap: the plan precharges. A pessimistic
+    # plan would take even more from the grid, more than a sunny day could take on top of
+    # its PV surplus: then the plan on the learnt index decides (the same precharge, never
+    # none: the pessimist's no-grid level was 48 kW, over the cap)
+    out = []
+    for pn in (1000, 300, 0):
+        d = mk(pv_next_milli=pn, grid_cap_w=40000, **_SUN)
+        d.set_forecast(14400, 900, [20000] * 8 + [60000] * 16, 14400 + 86400)
+        sp = d.step(14400, 0, 20000, 0, None, 5000, 10 ** 6, 10 ** 6)
+        out.append((d.level_w, sp, d._gc))
+    assert out[0][2] and out[0][1] < 0, out
+    assert out[1] == out[0] and out[2] == out[0], out
+
+
 def test_constant_input_constant_setpoint():
     d = mk()
     out = []
@@ -352,7 +409,12 @@ def _steady_run(d, n, r, t):
 
 
 def test_step_does_not_allocate():
-    d = mk()
+    _no_alloc(mk())
+    # the PV plan with a pessimistic next day (two profiles) and a hard cap
+    _no_alloc(mk(pv_next_milli=300, grid_cap_hard=True, **_SUN))
+
+
+def _no_alloc(d):
     d.set_schedule([{"t0": 3000, "t1": 6000, "soc_cpct": 9000}, {"t0": 9000, "t1": 9600,
                                                                   "pmax_w": 0}])
     d.set_forecast(0, 300, [20000 + 100 * i for i in range(200)], 10 ** 6)
@@ -468,6 +530,10 @@ if not MICROPYTHON:
         # extreme inputs: 10 MW flows, 10 MWh battery, 24 h horizon
         site = {"battery_wh": 10000000, "pcs_w": 10000000, "grid_cap_w": 10000000,
                 "reserve_s": 86400, "horizon_s": 86400, "ramp_w_s": 10000000}
+        for extra in ({}, {"pv_peak_w": 10000000, "pv_next_milli": 300, "tz_s": 0}):
+            _trace_extreme(dict(site, **extra))
+
+    def _trace_extreme(site):
         d = D.Dispatcher(D.validate_params(site))
         d.set_forecast(0, 300, [10000000] * 288, 10 ** 6)
         d.set_schedule([{"t0": 600, "t1": 1200, "soc_cpct": 10000}])

@@ -153,6 +153,27 @@ def test_bad_arguments_clear_messages(tmp_path):
     assert p.returncode == 2 and "not found" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_set_overrides_a_site_field_hard_cap():
+    # a what-if without editing the site file: on clouds the fallback raises the cap for
+    # the night (the battery cannot hold 60 kW through it); with grid_cap_hard it keeps
+    # the cap: fewer minutes and less energy above it, but the morning surge is unshaved
+    def run(*sets):
+        args = ["dispatch", "eval", scen("clouds"), "--json"]
+        for x in sets:
+            args += ["--set", x]
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 0, r.output
+        return json.loads(r.output)["policies"]["b"]
+    soft, hard = run(), run("grid_cap_hard=true", "pv_next_milli=1000")
+    assert hard["cap_violations"] < soft["cap_violations"], (hard, soft)
+    assert hard["cap_excess_kwh"] < soft["cap_excess_kwh"], (hard, soft)
+    assert hard["peak_import_w"] > soft["peak_import_w"] + 20000, (hard, soft)
+    assert "site.pv_next_milli" in _err([scen("clouds"), "--set", "pv_next_milli=5000"])
+    assert "site.grid_cap_hard" in _err([scen("clouds"), "--set", "grid_cap_hard=1"])
+    assert "FIELD=VALUE" in _err([scen("clouds"), "--set", "grid_cap_hard"])
+    assert "JSON value" in _err([scen("clouds"), "--set", "pv_next_milli=lots"])
+
+
 @pytest.mark.parametrize("name", sorted(os.path.splitext(f)[0] for f in os.listdir(SCEN)
                                         if f.endswith(".csv")))
 def test_no_export_violations_in_any_scenario(name):
