@@ -25,6 +25,7 @@ WHMAX = const(10000000)     # battery up to 10 MWh
 MAX_WINDOWS = const(48)     # as Victron Dynamic ESS
 MAX_FC = const(288)         # forecast points kept (24 h at 5 min)
 _BLOCK = const(900)         # plan block (s)
+KCI_FAST = const(8)           # plans a day that learn the PV index fast (gain 1/4, then 1/32)
 # schedule/forecast times are kept as offsets from the step time at which they arrived,
 # saturated at +-8.5 years: whatever the cloud sends, every time difference in step stays
 # a small int (< 2**30 with now_s within +-2**29 of the epoch)
@@ -331,6 +332,7 @@ class Dispatcher:
         self._pu = self._pf          # the profile _feasible walks
         self._hi = 0                 # highest energy from the first PV surplus on
         self._gc0 = False
+        self._learn = 0          # plans today that learnt the PV index (up to KCI_FAST)
         self._hard = p["grid_cap_hard"]
         # charge -> later discharge efficiency, 0.001 units
         self._keff = div_trunc(p["eta_c_milli"] * p["eta_d_milli"], 1000)
@@ -454,9 +456,17 @@ class Dispatcher:
             if dark and not self._dark:
                 self._ecap = self._cap     # sunset: a new night, the ratchet starts over
             self._dark = dark
-            if x0 > div_trunc(self._pvx, 5):
+            if dark:
+                self._learn = 0
+            if x0 > div_trunc(self._pvx, 10):
+                # yesterday's index is yesterday's weather: the first plans of a day
+                # with the sun up replace it fast, then a ~30 min average follows
+                g = 32
+                if self._learn < KCI_FAST:
+                    self._learn += 1
+                    g = 4
                 r = _frac(_min(pv, x0), x0)
-                self._kci = clamp(self._kci + div_trunc(r - self._kci, 32), 500, 10000)
+                self._kci = clamp(self._kci + div_trunc(r - self._kci, g), 500, 10000)
         # blocks the load forecast covers in full (the cap ratchet trusts only those)
         self._kfc = 0
         if fcok:
@@ -576,10 +586,13 @@ class Dispatcher:
     def _raise_cap(self, n, soc, T):
         # The cap cannot be held through the near part of the horizon even with grid
         # charging: emptying the battery to hold it leaves the next surge unshaved (it
-        # imports in full), so hold the lowest level that is holdable instead. Only at
-        # night with a load forecast (no PV guess in the plan) and only upwards within a
-        # day (a noisy plan must not make it hunt); the cap rule outranks the reserve, so
-        # the energy down to soc_min counts. T: a holdable level (the plan's, >= this).
+        # imports in full), so hold the lowest level that is holdable instead. Only with
+        # a load forecast and when the plan's PV is solid: at night (no PV in it) or once
+        # the clear-sky index is learnt from today's sun (a dusty morning: mixed_3day
+        # day 3 imported 87.5 kW at 09:00 holding 60 kW to an empty battery; 78.7 kW now).
+        # Only upwards within a day (a noisy plan must not make it hunt); the cap rule
+        # outranks the reserve, so the energy down to soc_min counts. T: a holdable level
+        # (the plan's, >= this).
         sm = self._smin
         e0 = 0
         if soc > sm:
@@ -641,7 +654,7 @@ class Dispatcher:
                 self._pu = self._pf
         gc = self._gc0
         lo = self._margin
-        if T > self._ecap and fcok and self._dark and not self._hard:
+        if T > self._ecap and fcok and (self._dark or self._learn >= KCI_FAST) and not self._hard:
             self._raise_cap(n, soc, T)
         self._kclip = 0
         self._gc = gc and self._feasible(T, n, e0, emax, False) < 0

@@ -84,7 +84,8 @@ def run():
             m = pol[k]
             keep = ("peak_import_w", "import_kwh", "pv_used_pct", "renewable_share_pct",
                     "co2_kg", "export_violations", "soc_violations", "limit_violations",
-                    "cap_violations", "ens_kwh", "soc_end_pct", "peak_reduction_share_pct",
+                    "cap_violations", "cap_excess_kwh", "ens_kwh", "soc_end_pct",
+                    "peak_reduction_share_pct",
                     "pv_use_improvement_share_pct", "job_import_wh", "job_import_above_band_wh")
             row[k] = {x: m[x] for x in keep if x in m}
             if k in ("b", "c"):

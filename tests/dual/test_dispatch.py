@@ -274,7 +274,8 @@ def test_cap_raised_to_holdable_level():
 
 
 def test_cap_not_raised_by_day_reset_at_sunset():
-    # with a PV expectation the ratchet only works in the dark (no PV guess in the plan)
+    # with a PV expectation the ratchet works in the dark (no PV guess in the plan) or once
+    # today's PV index is learnt (below), not on the first plans of a day
     site = dict(pv_peak_w=60000, sun_rise_s=21600, sun_set_s=64800, tz_s=0,
                 grid_cap_w=40000, reserve_s=0)
     load = [80000] * 24
@@ -294,6 +295,32 @@ def test_cap_not_raised_by_day_reset_at_sunset():
     assert d._ecap == 40000, d._ecap
 
 
+_SUN = dict(pv_peak_w=60000, sun_rise_s=21600, sun_set_s=64800, tz_s=0, reserve_s=0)
+
+
+def test_cap_raised_by_day_once_the_pv_index_is_learnt():
+    # a dusty day (mixed_3day day 3): 10:00, 75 kW load against a 40 kW cap, the PV gives
+    # 8 kW of the ~48 kW the plan expected. The first plans of the day learn the index
+    # fast (yesterday's weather is stale); once learnt the plan is trusted like one in the
+    # dark and the cap rises to a holdable level, instead of emptying the battery at
+    # 40 kW and importing the next surge in full. With the PV as expected: no raise.
+    site = dict(_SUN, grid_cap_w=40000)
+    for pv, raised in ((8000, True), (50000, False)):
+        d = mk(**site)
+        d.set_forecast(36000, 900, [75000] * 24, 36000 + 86400)
+        for i in range(12):
+            d.step(36000 + 60 * i, pv, 75000, 0, None, 3000, 10 ** 6, 10 ** 6)
+            if i < D.KCI_FAST - 1:
+                assert d._ecap == 40000, (i, d._ecap)      # not before the index is learnt
+        assert (d._ecap > 50000) == raised, (pv, d._ecap, d._kci)
+    # the learnt index forgets yesterday fast: under a third of the expectation in 8 plans
+    assert d._kci > 9000
+    d = mk(**site)
+    for i in range(D.KCI_FAST):
+        d.step(36000 + 60 * i, 8000, 75000, 0, None, 3000, 10 ** 6, 10 ** 6)
+    assert d._kci < 2500, d._kci
+
+
 def test_hard_cap_is_never_raised():
     # the ratchet case above, on a site whose cap is a contract limit (grid_cap_hard): the
     # cap stays, the surge beyond what the battery holds imports in full
@@ -304,9 +331,6 @@ def test_hard_cap_is_never_raised():
         assert 10000 - sp <= 40000
     assert d._ecap == 40000 and d.cap_w() == 40000, d._ecap
     assert sp < 0    # it still precharges up to the cap
-
-
-_SUN = dict(pv_peak_w=60000, sun_rise_s=21600, sun_set_s=64800, tz_s=0, reserve_s=0)
 
 
 def test_pv_next_keeps_energy_for_a_day_not_begun():
