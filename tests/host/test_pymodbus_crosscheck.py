@@ -10,26 +10,19 @@ import pytest
 from protocols import modbus_rtu as m  # noqa: E402
 
 
-class Rand:
-    """Deterministic xorshift32 (as tests/dual/_helpers.py; not imported from there so the
-    host tests' conftest stays the one on sys.path)."""
+def _dual_helpers():
+    # the dual tests' deterministic xorshift32, loaded by path under its own name: the
+    # host tests' conftest (not tests/dual's) must stay the one on sys.path
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dual",
+                        "_helpers.py")
+    spec = importlib.util.spec_from_file_location("edgegw_dual_helpers", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
-    def __init__(self, seed):
-        self.s = seed or 1
 
-    def next(self):
-        s = self.s
-        s ^= (s << 13) & 0xFFFFFFFF
-        s ^= s >> 17
-        s ^= (s << 5) & 0xFFFFFFFF
-        self.s = s
-        return s
-
-    def below(self, n):
-        return self.next() % n
-
-    def bytes(self, n):
-        return bytes(self.next() & 0xFF for _ in range(n))
+Rand = _dual_helpers().Rand
 
 pymodbus = pytest.importorskip("pymodbus")
 from pymodbus.framer import FramerRTU  # noqa: E402
