@@ -9,7 +9,7 @@ export MICROPYPATH := .frozen:$(CURDIR):$(CURDIR)/firmware:$(CURDIR)/tests/dual
 DUAL_TESTS := $(wildcard tests/dual/test_*.py)
 GATEWAY_FILES = $(shell git ls-files 'firmware/*.py' 'protocols/*.py' 2>/dev/null || find firmware protocols -name '*.py')
 
-.PHONY: setup test test-cpython test-micropython mpy-check bench soak clean
+.PHONY: setup test test-cpython test-micropython mpy-check bench bench-holdout soak clean
 
 setup:
 	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
@@ -35,6 +35,10 @@ test-cpython:
 
 bench:
 	$(PY) -m edgegw.bench --out bench.json
+
+# the fallback dispatch on 18 held-out scenarios (other seeds; docs/dispatch.md)
+bench-holdout:
+	$(PY) -m edgegw.bench_dispatch --holdout
 
 soak:
 	$(PY) -m pytest -q -p no:cacheprovider -m soak -o addopts=""

@@ -102,6 +102,45 @@ def run():
     return out
 
 
+def holdout(outdir=None):
+    """(b) on the held-out scenarios (scenarios/generate.py --holdout: other seeds, not
+    shipped): a rule tuned on the shipped eight is checked here before it is adopted."""
+    import importlib.util
+    import tempfile
+    spec = importlib.util.spec_from_file_location(
+        "edgegw_scenario_generate", os.path.join(REPO, "scenarios", "generate.py"))
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    tmp = None
+    if outdir is None:
+        tmp = tempfile.TemporaryDirectory()
+        outdir = tmp.name
+    try:
+        gen.holdout(outdir)
+        rows = {}
+        for csv_path in sorted(glob.glob(os.path.join(outdir, "*.csv"))):
+            b = evalbench.evaluate(csv_path)["policies"]["b"]
+            rows[os.path.basename(csv_path)[:-4]] = {
+                "peak_share_pct": b["peak_reduction_share_pct"],
+                "pv_share_pct": b["pv_use_improvement_share_pct"],
+                "violations": b["export_violations"] + b["soc_violations"]
+                + b["limit_violations"]}
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    pk = [r["peak_share_pct"] for r in rows.values() if r["peak_share_pct"] is not None]
+    pv = [r["pv_share_pct"] for r in rows.values() if r["pv_share_pct"] is not None]
+    return {"scenarios": rows, "summary": {
+        "n": len(rows), "peak_target_met": sum(1 for x in pk if x >= 85.0),
+        "pv_target_met": sum(1 for x in pv if x >= 90.0),
+        "peak_share_mean": round(sum(pk) / len(pk), 1) if pk else None,
+        "violations": sum(r["violations"] for r in rows.values())}}
+
+
 if __name__ == "__main__":
     import json
-    print(json.dumps(run(), indent=2))
+    import sys
+    if sys.argv[1:2] == ["--holdout"]:
+        print(json.dumps(holdout(), indent=2, sort_keys=True))
+    else:
+        print(json.dumps(run(), indent=2))

@@ -174,6 +174,24 @@ def test_set_overrides_a_site_field_hard_cap():
     assert "JSON value" in _err([scen("clouds"), "--set", "pv_next_milli=lots"])
 
 
+@pytest.mark.filterwarnings("ignore:.*dayofyear")   # pvlib on a newer pandas
+def test_holdout_scenarios_generate_and_load(tmp_path):
+    # make bench-holdout: 18 scenarios from other seeds, valid for the evaluation bench,
+    # none of them a copy of a shipped one
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("gen_t", os.path.join(SCEN, "generate.py"))
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    gen.holdout(str(tmp_path))
+    names = sorted(f[:-4] for f in os.listdir(tmp_path) if f.endswith(".csv"))
+    assert len(names) == 18 and "mix_dcl_11" in names, names
+    shipped = {open(scen(n[:-4]), "rb").read() for n in os.listdir(SCEN) if n.endswith(".csv")}
+    for n in names:
+        sc, p = evalbench.load_scenario(str(tmp_path / (n + ".csv")))
+        assert len(sc["t_s"]) in (1440, 4320) and p["grid_cap_w"] == 60000
+        assert (tmp_path / (n + ".csv")).read_bytes() not in shipped
+
+
 @pytest.mark.parametrize("name", sorted(os.path.splitext(f)[0] for f in os.listdir(SCEN)
                                         if f.endswith(".csv")))
 def test_no_export_violations_in_any_scenario(name):
