@@ -332,6 +332,7 @@ class Dispatcher:
         self._pu = self._pf          # the profile _feasible walks
         self._hi = 0                 # highest energy from the first PV surplus on
         self._gc0 = False
+        self._tg = 0             # grid import the precharge fills up to (W)
         self._learn = 0          # plans today that learnt the PV index (up to KCI_FAST)
         self._hard = p["grid_cap_hard"]
         # charge -> later discharge efficiency, 0.001 units
@@ -589,7 +590,7 @@ class Dispatcher:
         # imports in full), so hold the lowest level that is holdable instead. Only with
         # a load forecast and when the plan's PV is solid: at night (no PV in it) or once
         # the clear-sky index is learnt from today's sun (a dusty morning: mixed_3day
-        # day 3 imported 87.5 kW at 09:00 holding 60 kW to an empty battery; 78.7 kW now).
+        # day 3 imported 87.5 kW at 09:00 holding 60 kW to an empty battery).
         # Only upwards within a day (a noisy plan must not make it hunt); the cap rule
         # outranks the reserve, so the energy down to soc_min counts. T: a holdable level
         # (the plan's, >= this).
@@ -627,6 +628,14 @@ class Dispatcher:
                 # just in time: only when the shortfall is near (PV may still come first)
                 self._feasible(Tc, n, e0, emax, False)
                 if self._kfail < self._jit:
+                    # charge up to the plan's level; for the cap (a hard need) with all
+                    # the room under the cap: the same energy (the precharge stops when
+                    # the plan holds without it) arrives sooner, so a plan that was too
+                    # hopeful finds more stored (mixed_3day 83.8 -> 86.4 % of the LP's
+                    # peak cut; held out 87.0 -> 87.6 % mean). The shave level stays Tc.
+                    self._tg = Tc
+                    if T > self._cap - big:
+                        self._tg = _max(Tc, self._ecap)
                     T = Tc
                     self._gc0 = True
         return T
@@ -807,7 +816,10 @@ class Dispatcher:
         if net > T:
             want = net - T
             wr = R_SHAVE
-        elif self._gc or (self._res_low and net < T):
+        elif self._gc:
+            want = net - self._tg
+            wr = R_PRECHARGE
+        elif self._res_low and net < T:
             want = net - T
             wr = R_PRECHARGE
         elif net < self._margin:

@@ -516,7 +516,11 @@ def float_step(d, st, T, gc, free, now, pv, it, aux, grid, soc, ccl, dcl):
     if res_low and hi > lo:
         hi = min(hi, max(lo, 0.0))
     m = d._margin
-    if net > T or gc or (res_low and net < T):
+    if net > T:
+        want = net - T
+    elif gc:
+        want = net - d._tg           # the precharge fills up to its own level
+    elif res_low and net < T:
         want = net - T
     elif net < m or free:
         want = net - m

@@ -245,6 +245,24 @@ def test_precharge_when_the_plan_holds_the_cap_by_a_hair():
     assert sp == -2000 and d._gc, (sp, d.reason, d.level_w)    # the charge limit binds
 
 
+def test_precharge_for_the_cap_fills_up_to_the_cap():
+    # 55 kW for 2 h in 1 h against a 40 kW cap. At 40 % SOC the battery alone cannot hold
+    # the cap: the precharge imports up to the cap (the energy arrives sooner; a plan that
+    # was too hopeful finds more stored), the shave level stays the plan's. At 50 % only
+    # a forecast ramp makes it precharge: up to the plan's level, no further.
+    load = [10000] * 4 + [55000] * 8 + [10000] * 12
+    for soc, cap_need in ((4000, True), (5000, False)):
+        d = mk(grid_cap_w=40000, reserve_s=0)
+        d.set_forecast(0, 900, load, 86400)
+        for t in range(10):
+            sp = d.step(t, 0, 10000, 0, None, soc, 10 ** 6, 10 ** 6)
+        assert d.reason == D.R_PRECHARGE and d._gc, (soc, d.reason)
+        if cap_need:
+            assert sp == 10000 - 40000 and d.level_w < 35000, (sp, d.level_w)
+        else:
+            assert sp == 10000 - d.level_w and d.level_w < 35000, (sp, d.level_w)
+
+
 def test_cap_raised_to_holdable_level():
     # 80 kW ramp: even a full precharge at the cap cannot hold 40 kW through it (the
     # battery would empty and the rest import in full). The effective cap rises to the
