@@ -199,25 +199,30 @@ def holdout(outdir):
     these before it is adopted (docs/dispatch.md)."""
     global HERE
     os.makedirs(outdir, exist_ok=True)
-    HERE = outdir
-    for s in (11, 12, 13):
-        rng = random.Random(s)
-        pv = clear_sky_pv("2024-06-%02d" % (10 + s)) * clouds(rng, 1440, 0.45)
-        it = it_power(jobs(rng, 1440, 0.8))
-        write("clouds_%d" % s, pv, it, aux_power(it, 1440), {}, "holdout", "2024-07-15")
-        rng = random.Random(s)
-        pv = clear_sky_pv("2024-05-%02d" % (10 + s))
-        it = it_power(jobs(rng, 1440, 0.5))
-        write("clear_%d" % s, pv, it, aux_power(it, 1440), {}, "holdout", "2024-05-20")
-        for name, ks in (("mix_cdc", (1, "c", 0.45)), ("mix_dcl", (0.45, 1, 1)),
-                         ("mix_ccd", ("c", 1, 0.4)), ("mix_clr", (1, 1, 1))):
-            rng = random.Random(s + 100)
-            parts = [clouds(rng, 1440, 0.5) if k == "c" else np.full(1440, float(k))
-                     for k in ks]
-            pv = clear_sky_pv("2024-09-%02d" % (1 + s), 3) * np.concatenate(parts)
-            it = it_power(jobs(rng, 4320, 0.6))
-            write("%s_%d" % (name, s), pv, it, aux_power(it, 4320), {}, "holdout",
-                  "2024-09-10")
+    home, HERE = HERE, outdir
+    try:
+        for s in (11, 12, 13):
+            day = "2024-06-%02d" % (10 + s)      # PV and the site's sun times: one date
+            rng = random.Random(s)
+            pv = clear_sky_pv(day) * clouds(rng, 1440, 0.45)
+            it = it_power(jobs(rng, 1440, 0.8))
+            write("clouds_%d" % s, pv, it, aux_power(it, 1440), {}, "holdout", day)
+            day = "2024-05-%02d" % (10 + s)
+            rng = random.Random(s)
+            pv = clear_sky_pv(day)
+            it = it_power(jobs(rng, 1440, 0.5))
+            write("clear_%d" % s, pv, it, aux_power(it, 1440), {}, "holdout", day)
+            day = "2024-09-%02d" % (1 + s)
+            for name, ks in (("mix_cdc", (1, "c", 0.45)), ("mix_dcl", (0.45, 1, 1)),
+                             ("mix_ccd", ("c", 1, 0.4)), ("mix_clr", (1, 1, 1))):
+                rng = random.Random(s + 100)
+                parts = [clouds(rng, 1440, 0.5) if k == "c" else np.full(1440, float(k))
+                         for k in ks]
+                pv = clear_sky_pv(day, 3) * np.concatenate(parts)
+                it = it_power(jobs(rng, 4320, 0.6))
+                write("%s_%d" % (name, s), pv, it, aux_power(it, 4320), {}, "holdout", day)
+    finally:
+        HERE = home    # a later main() in this process writes the shipped ones again
 
 
 if __name__ == "__main__":

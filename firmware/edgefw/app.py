@@ -961,7 +961,7 @@ class App:
             "config_trial": config.trial_status(),
             "mode": self.cfg["control"]["mode"], "sp_w": self.sp_w, "sp_src": self.sp_src,
             "bound_by": self.bound_by,
-            # the import cap the dispatcher holds (raised above site.grid_cap_w for a night
+            # the import cap the dispatcher holds (raised above site.grid_cap_w until sunset
             # when its plan shows the configured one cannot be held)
             "cap_w": None if self.disp is None else self.disp.cap_w(),
             # sent_w / run_cmd: what the PCS acknowledged (None = unknown: never written

@@ -2,7 +2,7 @@
 # integer fixed point, no I/O. Rules, highest priority first (docs/dispatch.md):
 #   1 safety: SOC window (with hysteresis), BMS ccl/dcl, PCS rating, ramp rate
 #   2 zero export (aim export_margin_w into import), PV curtailment when the battery can't
-#   3 grid import cap (peak shaving); raised for the night when the plan says it cannot
+#   3 grid import cap (peak shaving); raised until sunset when the plan says it cannot
 #     be held (the battery would empty and the next surge import in full)
 #   4 critical reserve: SOC kept above what the IT load needs for reserve_s
 #   5 PV self-consumption / peak levelling: a plan level T from the compute forecast
@@ -127,7 +127,7 @@ def validate_params(site):
     if not isinstance(ea, bool):
         raise ValueError("site.export_allowed: %r is not true/false" % (ea,))
     p["export_allowed"] = ea
-    # true: grid_cap_w is a contract limit, never raised for a night (see _raise_cap)
+    # true: grid_cap_w is a contract limit, never raised (see _raise_cap)
     hc = site.get("grid_cap_hard", False)
     if not isinstance(hc, bool):
         raise ValueError("site.grid_cap_hard: %r is not true/false" % (hc,))
@@ -324,13 +324,16 @@ class Dispatcher:
         self._tz = p["tz_s"]
         self._bmax = div_trunc(self._dmax, 10)   # the grid-meter bias is a small correction
         self._pf = [0] * self._nb
-        # pv_next_milli < 1000: the level counts on less PV for a day that has not begun
-        # (_pf), grid charging stops where the day the plan hopes for (_po, the learnt
-        # index) would no longer fit its PV surplus into the battery
+        # pv_next_milli < 1000: the level counts on less PV for a day not seen yet (_pf);
+        # the plan on the learnt index (_po) is made too: never less precharge than it,
+        # no grid charge that would only make that day spill PV (_plan)
         self._pvn = p["pv_next_milli"]
         self._po = [0] * self._nb if self._pvn < 1000 else self._pf
         self._pu = self._pf          # the profile _feasible walks
         self._hi = 0                 # highest energy from the first PV surplus on
+        self._clip = 0               # energy the last _feasible run spilled
+        self._knxt = 0               # plan blocks before the daylight not seen yet
+        self._tod1 = 0               # local time of day at the last plan
         self._gc0 = False
         self._tg = 0             # grid import the precharge fills up to (W)
         self._learn = 0          # plans today that learnt the PV index (up to KCI_FAST)
@@ -416,8 +419,8 @@ class Dispatcher:
         self.sp_w = self._sp
 
     def cap_w(self):
-        """The import cap in force: grid_cap_w, or the level it was raised to for the night
-        when the plan showed it could not be held."""
+        """The import cap in force: grid_cap_w, or the level it was raised to (until
+        sunset or a full battery) when the plan showed it could not be held."""
         return self._ecap
 
     def clear_forecast(self):
@@ -450,15 +453,12 @@ class Dispatcher:
         if self._pvx > 0:
             x0 = self._pv_expect(tod)
             dark = x0 == 0
-            # start of the next daylight period not begun yet (s from today's midnight)
-            nxt = self._rise + 86400
-            if dark and tod < self._rise:
-                nxt = self._rise
             if dark and not self._dark:
                 self._ecap = self._cap     # sunset: a new night, the ratchet starts over
             self._dark = dark
-            if dark:
-                self._learn = 0
+            if dark or tod < self._tod1:
+                self._learn = 0            # a new day (also where the sun never sets)
+            self._tod1 = tod
             if x0 > div_trunc(self._pvx, 10):
                 # yesterday's index is yesterday's weather: the first plans of a day
                 # with the sun up replace it fast, then a ~30 min average follows
@@ -468,6 +468,10 @@ class Dispatcher:
                     g = 4
                 r = _frac(_min(pv, x0), x0)
                 self._kci = clamp(self._kci + div_trunc(r - self._kci, g), 500, 10000)
+            # start of the daylight not seen yet (s from today's midnight): today's until
+            # its index is learnt (before that the index is yesterday's), then tomorrow's
+            nxt = self._rise if self._learn < KCI_FAST else self._rise + 86400
+        self._knxt = 0
         # blocks the load forecast covers in full (the cap ratchet trusts only those)
         self._kfc = 0
         if fcok:
@@ -505,6 +509,8 @@ class Dispatcher:
                 x = xo
                 if tb >= nxt and self._pvn < 1000:
                     x = _mdiv(xo, self._pvn, 1000)
+                if tb < nxt:
+                    self._knxt = k + 1
             if mm < pvp:
                 x = _mdiv(pv, pvp - mm, pvp) + _mdiv(x, mm, pvp)
                 xo = _mdiv(pv, pvp - mm, pvp) + _mdiv(xo, mm, pvp)
@@ -524,9 +530,13 @@ class Dispatcher:
         return _mdiv(self._pvx, div_trunc(u * (10000 - u), 2500), 10000)
 
     def _feasible(self, T, n, e0, emax, grid):
-        # hold the grid at T: discharge above it, store PV surplus (and with grid=True
-        # charge from the grid below T). Returns the W x block discharged, -1 if the
-        # energy above the floor runs out.
+        # hold the grid at T: discharge above it, store PV surplus (and in the first
+        # `grid` blocks charge from the grid below T: 0 none, n all). Returns the W x block
+        # discharged, -1 if the energy above the floor runs out (block in _kfail, n if it
+        # lasts); _hi and _clip as below.
+        self._kfail = n
+        self._hi = -1
+        self._clip = 0
         e = e0
         need = 0
         low = e0                 # lowest energy before the battery first fills up
@@ -548,12 +558,13 @@ class Dispatcher:
                 need += d
                 if e < 0:
                     self._kfail = k
+                    self._clip = clip
                     return -1
                 if clip == 0 and e < low:
                     low = e
             elif e < emax:
                 c = -f if f < 0 else 0
-                if grid and T - f > c:
+                if k < grid and T - f > c:
                     c = T - f
                 if c > cmax:
                     c = cmax
@@ -572,6 +583,7 @@ class Dispatcher:
         if hi >= 0 and e > hi:
             hi = e
         self._hi = hi
+        self._clip = clip
         return need
 
     def _bisect(self, lo, hi, n, e0, emax, grid):
@@ -601,8 +613,8 @@ class Dispatcher:
         emax = _mdiv(energy_wh(self._bat, self._smax - sm), self._etad, 1000) * 4
         c = self._ecap
         n = _min(n, self._kfc)
-        if n > 0 and self._feasible(c, n, e0, emax, True) < 0 and self._kfail < self._jit:
-            c = self._bisect(c, T, n, e0, emax, True)
+        if n > 0 and self._feasible(c, n, e0, emax, n) < 0 and self._kfail < self._jit:
+            c = self._bisect(c, T, n, e0, emax, n)
             if c > self._ecap + self._db:
                 self._ecap = c
 
@@ -614,19 +626,21 @@ class Dispatcher:
         for k in range(n):
             if pf[k] > hi:
                 hi = pf[k]
-        T = self._bisect(lo, hi, n, e0, emax, False) if hi > lo else lo
+        T = self._bisect(lo, hi, n, e0, emax, 0) if hi > lo else lo
         self._gc0 = False
         if T > lo:
             # would charging from the grid below the level allow a lower one? Only for a
             # hard need (the cap) or a forecast ramp: the gateway has no PV forecast, so a
             # pessimistic plan must not pull grid energy on its own
-            Tc = self._bisect(lo, T, n, e0, emax, True)
+            Tc = self._bisect(lo, T, n, e0, emax, n)
             big = _max(self._tol + self._db, div_trunc(self._dmax, 20))
             # the cap counts as a hard need within `big` of it too: a plan that holds the
             # cap by less than that has no room for forecast error
             if T > self._cap - big or (fcok and T - Tc > big):
                 # just in time: only when the shortfall is near (PV may still come first)
-                self._feasible(Tc, n, e0, emax, False)
+                # (when the energy runs short without the grid: at Tc, or just below T
+                # where grid charging does not lower the level but the cap is near)
+                self._feasible(_min(Tc, T - self._tol), n, e0, emax, 0)
                 if self._kfail < self._jit:
                     # charge up to the plan's level; for the cap (a hard need) with all
                     # the room under the cap: the same energy (the precharge stops when
@@ -650,23 +664,44 @@ class Dispatcher:
         emax = _mdiv(energy_wh(self._bat, _max(0, self._smax - fl)), self._etad, 1000) * 4
         if soc >= self._smax - self._hyst:
             self._ecap = self._cap
+        self._pu = self._pf
         T = self._choose(n, e0, emax, fcok)
-        if self._gc0 and self._pvn < 1000:
-            # a grid charge the pessimistic plan wants but the day the plan hopes for
-            # (the learnt index) could not take on top of its PV surplus: that day's plan
-            # decides (pessimism must not buy grid energy that a sunny day would spill)
+        if self._pvn < 1000:
+            # pessimism about a day not seen yet keeps energy, and may want grid charging
+            # the day the plan hopes for (the learnt index, _po) does not. Never less
+            # precharge than that day's plan; and no pessimist's grid charge that would
+            # only make that day spill PV.
+            gcp = self._gc0
+            tgp = self._tg
             self._pu = self._po
-            self._feasible(T, n, e0, emax, False)
-            if self._hi >= 0 and emax - self._hi < self._tol:
-                T = self._choose(n, e0, emax, fcok)
-            else:
-                self._pu = self._pf
+            To = self._choose(n, e0, emax, fcok)
+            use_o = False
+            if self._gc0:
+                if gcp:
+                    T = _max(T, To)
+                    self._tg = _max(tgp, self._tg)
+                else:
+                    T = To
+                    use_o = True
+            elif gcp:
+                # the pessimist's charge, before the day not seen yet: does it only make
+                # the hoped-for day spill (more than that day's own plan spills)?
+                self._feasible(To, n, e0, emax, 0)
+                c0 = self._clip
+                self._feasible(T, n, e0, emax, self._knxt)
+                if self._clip > c0 + self._tol * 4:       # tol W for an hour
+                    T = To
+                    use_o = True
+                else:
+                    self._gc0 = True
+                    self._tg = tgp
+            self._pu = self._po if use_o else self._pf
         gc = self._gc0
         lo = self._margin
         if T > self._ecap and fcok and (self._dark or self._learn >= KCI_FAST) and not self._hard:
             self._raise_cap(n, soc, T)
         self._kclip = 0
-        self._gc = gc and self._feasible(T, n, e0, emax, False) < 0
+        self._gc = gc and self._feasible(T, n, e0, emax, 0) < 0
         if not self._gc and self._free > 0 and self._kclip > 0:
             # energy the battery would spill later is spread evenly over the blocks until
             # then as extra self-consumption: the level drops, smoothly (no on/off)

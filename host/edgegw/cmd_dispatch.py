@@ -69,6 +69,8 @@ def eval_cmd(scenario, site, as_json, plot, no_forecast, sets):
                                  keep_runs=bool(plot), overrides=over)
     except evalbench.ScenarioError as e:
         raise UserError(str(e))
+    if over:
+        res["overrides"] = over     # a what-if says what it changed
     if plot:
         _plot(res, plot)
         res.pop("_runs")

@@ -163,8 +163,11 @@ def test_set_overrides_a_site_field_hard_cap():
             args += ["--set", x]
         r = CliRunner().invoke(cli, args)
         assert r.exit_code == 0, r.output
-        return json.loads(r.output)["policies"]["b"]
+        return json.loads(r.output)
     soft, hard = run(), run("grid_cap_hard=true", "pv_next_milli=1000")
+    assert "overrides" not in soft
+    assert hard["overrides"] == {"grid_cap_hard": True, "pv_next_milli": 1000}
+    soft, hard = soft["policies"]["b"], hard["policies"]["b"]
     assert hard["cap_violations"] < soft["cap_violations"], (hard, soft)
     assert hard["cap_excess_kwh"] < soft["cap_excess_kwh"], (hard, soft)
     assert hard["peak_import_w"] > soft["peak_import_w"] + 20000, (hard, soft)
