@@ -118,7 +118,7 @@ def check_schedule(d):
             errs.append(pre[:-1] + ": must be an object")
             continue
         for k in x:
-            if k not in ("t0", "t1", "soc_cpct", "pmin_w", "pmax_w", "exp"):
+            if k not in ("t0", "t1", "soc_cpct", "pmin_w", "pmax_w", "aim_w", "exp"):
                 errs.append(pre + k + ": unknown field")
         t0 = _need_int(x, "t0", 0, 1 << 40, errs, pre)
         t1 = _need_int(x, "t1", 0, 1 << 40, errs, pre)
@@ -130,6 +130,8 @@ def check_schedule(d):
             prev = t1
         if "soc_cpct" in x:
             _need_int(x, "soc_cpct", 0, 10000, errs, pre)
+        if "aim_w" in x:  # zero-export aim inside the window (never into export)
+            _need_int(x, "aim_w", 0, 1000000, errs, pre)
         if "exp" in x:  # a window may expire before the command does (dispatch honours it)
             _need_int(x, "exp", 0, 1 << 40, errs, pre)
         lo = _need_int(x, "pmin_w", -P_ABS_MAX_W, P_ABS_MAX_W, errs, pre) if "pmin_w" in x \

@@ -137,8 +137,10 @@ def main():
     u = jobs(rng, 1440, 0.3, 0.2)
     u[15 * 60:17 * 60] = np.clip(u[15 * 60:17 * 60] + 0.55, 0, 1)
     it = it_power(u)
+    # the job window asks for the seed's "zero grid intervention": aim_w 0 (the cloud
+    # knows the job's load holds for 2 h; the site's 1 kW export margin elsewhere)
     sched = [{"t0": hm(10), "t1": hm(14, 30), "soc_cpct": 9500, "exp": hm(15)},
-             {"t0": hm(15), "t1": hm(17), "soc_cpct": 2500, "exp": hm(17)}]
+             {"t0": hm(15), "t1": hm(17), "soc_cpct": 2500, "exp": hm(17), "aim_w": 0}]
     write("sandstorm", pv, it, aux_power(it, 1440),
           {"schedule": sched, "link_lost_s": hm(10, 30), "soc_init_cpct": 4000},
           "Seed case: sandstorm cuts PV 70 % within an hour from 14:30, a 2 h 3-D modelling "

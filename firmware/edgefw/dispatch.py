@@ -190,7 +190,7 @@ def _windows(ws, field):
         if not isinstance(w, dict):
             raise ValueError("%s: must be an object" % f)
         for k in w:
-            if k not in ("t0", "t1", "soc_cpct", "pmin_w", "pmax_w", "exp"):
+            if k not in ("t0", "t1", "soc_cpct", "pmin_w", "pmax_w", "aim_w", "exp"):
                 raise ValueError("%s.%s: unknown field" % (f, k))
         for k in ("t0", "t1"):
             if not _isint(w.get(k)):
@@ -207,10 +207,14 @@ def _windows(ws, field):
                 raise ValueError("%s.%s: %r not an integer within +-%d" % (f, k, v, WMAX))
         if pmin > pmax:
             raise ValueError("%s.pmin_w: %d above pmax_w %d" % (f, pmin, pmax))
+        aim = w.get("aim_w")
+        if aim is not None and (not _isint(aim) or aim < 0 or aim > 1000000):
+            raise ValueError("%s.aim_w: %r not an integer 0..1000000" % (f, aim))
         exp = w.get("exp")
         if exp is not None and not _isint(exp):
             raise ValueError("%s.exp: not an integer" % f)
-        out.append((w["t0"], w["t1"], -1 if soc is None else soc, pmin, pmax, exp))
+        out.append((w["t0"], w["t1"], -1 if soc is None else soc, pmin, pmax, exp,
+                    -1 if aim is None else aim))
     return out
 
 
@@ -352,6 +356,7 @@ class Dispatcher:
         self._wsoc = [0] * MAX_WINDOWS
         self._wpmin = [0] * MAX_WINDOWS
         self._wpmax = [0] * MAX_WINDOWS
+        self._waim = [0] * MAX_WINDOWS   # zero-export aim inside the window, -1: the site's
         self._wexp = [0] * MAX_WINDOWS
         self._win = -1           # index of the window in force at the last step
         self._wtb = 0            # time base of the window times (the step time they came at)
@@ -368,7 +373,7 @@ class Dispatcher:
     # ---- inputs from the cloud / tracker (may allocate; not in the control step) ----
 
     def set_schedule(self, windows, exp=None):
-        """windows: [{"t0","t1","soc_cpct"?,"pmin_w"?,"pmax_w"?,"exp"?}], times in site s.
+        """windows: [{"t0","t1","soc_cpct"?,"pmin_w"?,"pmax_w"?,"aim_w"?,"exp"?}], site s.
         A window is followed while t0 <= now < t1 and now < its exp (or `exp`).
         Times more than 2**28 s (8.5 years) from the last step time saturate there."""
         ws = _windows(windows, "schedule")
@@ -382,6 +387,7 @@ class Dispatcher:
             self._wsoc[i] = w[2]
             self._wpmin[i] = w[3]
             self._wpmax[i] = w[4]
+            self._waim[i] = w[6]
             e = w[5] if w[5] is not None else exp
             self._wexp[i] = _trel(w[1] if e is None else e, b)
         self._wtb = b
@@ -795,13 +801,32 @@ class Dispatcher:
             if hi < hi0:
                 hi_r = R_RAMP
 
-        # 2 zero export: sp <= net - margin keeps grid >= margin; else curtail PV.
+        # the cloud schedule window in force (first match; followed in rule 6). Its aim_w
+        # replaces export_margin_w inside it: a cloud that knows the load will hold (the
+        # seed's 2 h job on PV + storage) may ask for no import at all
+        wi = -1
+        rw = clamp(now_s - self._wtb, -_TSAT, _TSAT)
+        for i in range(self._nw):
+            if self._wt0[i] <= rw < self._wt1[i] and rw < self._wexp[i]:
+                wi = i
+                break
+        self._win = wi
+        m = self._margin
+        db = self._db
+        if wi >= 0 and self._waim[wi] >= 0:
+            m = self._waim[wi]
+            # the setpoint deadband keeps the site default's relation to the aim (half
+            # of it): the grid wanders in [aim, aim + deadband], so aim 0 follows the load
+            # every step (m >= 0: plain shift)
+            db = _min(db, m >> 1)
+
+        # 2 zero export: sp <= net - m keeps grid >= m (the aim); else curtail PV.
         # Zero export outranks the ramp: a cut of discharge (or more charge) that stops
         # export is not ramp-limited, only the safety limits lo0 bind (night: no PV to
         # curtail). The ramp still limits moves toward export and any charge beyond need.
         curt = 0
         if not self._xok:
-            x = net - self._margin
+            x = net - m
             if x < lo:
                 if x > lo0:
                     lo = x
@@ -864,18 +889,11 @@ class Dispatcher:
             want = 0
             wr = R_HOLD
 
-        # 6 cloud schedule window in force (first match)
-        wi = -1
-        rw = clamp(now_s - self._wtb, -_TSAT, _TSAT)
-        for i in range(self._nw):
-            if self._wt0[i] <= rw < self._wt1[i] and rw < self._wexp[i]:
-                wi = i
-                break
-        self._win = wi
+        # 6 cloud schedule window in force (found above)
         if wi >= 0:
             tgt = self._wsoc[wi]
             if tgt >= 0:
-                sur = net - self._margin if net < self._margin else 0
+                sur = net - m if net < m else 0
                 if soc < tgt - (h >> 1):
                     e = _mdiv(energy_wh(self._bat, tgt - soc), 1000, self._etac)
                     left = _max(1, div_trunc(self._wt1[wi] - rw, 60))   # 0 < . <= 2**29
@@ -884,7 +902,7 @@ class Dispatcher:
                     need = _min(WMAX, _mdiv(_min(e, 10000000), 60, left))
                     want = _min(sur, -need)
                 elif soc > tgt + (h >> 1):
-                    want = net - self._margin
+                    want = net - m
                 else:
                     want = _min(sur, 0)
             want = clamp(want, self._wpmin[wi], self._wpmax[wi])
@@ -902,7 +920,7 @@ class Dispatcher:
             self.reason = wr
             if lo <= sp0 <= hi and not first:
                 d = want - sp0
-                if -self._db <= d <= self._db:
+                if -db <= d <= db:
                     sp = sp0
                     if d:
                         self.reason = R_DEADBAND

@@ -281,7 +281,8 @@ def setpoint(watts, **o):
 @_cmd_opts
 def schedule(file, **o):
     """Send a signed schedule: FILE holds a JSON list of windows {t0, t1, soc_cpct?,
-    pmin_w?, pmax_w?} (or {"windows": [...]}); the gateway follows it until --exp."""
+    pmin_w?, pmax_w?, aim_w?, exp?} (or {"windows": [...]}); the gateway follows it
+    until --exp."""
     try:
         d = json.load(file)
     except ValueError as e:

@@ -490,9 +490,17 @@ def float_step(d, st, T, gc, free, now, pv, it, aux, grid, soc, ccl, dcl):
         rr = d._ramp * dt
         lo = min(max(sp0 - rr, lo0), hi0)
         hi = min(max(sp0 + rr, lo0), hi0)
+    wi = -1
+    rw = min(max(now - d._wtb, -dispatch._TSAT), dispatch._TSAT)   # window times: offsets
+    for i in range(d._nw):
+        if d._wt0[i] <= rw < d._wt1[i] and rw < d._wexp[i]:
+            wi = i
+            break
+    am = d._waim[wi] if wi >= 0 and d._waim[wi] >= 0 else d._margin   # the window's aim
+    db = min(d._db, am // 2) if wi >= 0 and d._waim[wi] >= 0 else d._db
     curt = 0.0
     if not d._xok:
-        x = net - d._margin
+        x = net - am
         if x < lo:
             lo = max(lo0, x)        # zero export outranks the ramp
             curt = min(pv, lo - x)
@@ -526,13 +534,8 @@ def float_step(d, st, T, gc, free, now, pv, it, aux, grid, soc, ccl, dcl):
         want = net - m
     else:
         want = 0.0
-    wi = -1
-    rw = min(max(now - d._wtb, -dispatch._TSAT), dispatch._TSAT)   # window times: offsets
-    for i in range(d._nw):
-        if d._wt0[i] <= rw < d._wt1[i] and rw < d._wexp[i]:
-            wi = i
-            break
     if wi >= 0:
+        m = am
         tgt = d._wsoc[wi]
         if tgt >= 0:
             sur = net - m if net < m else 0.0
@@ -551,7 +554,7 @@ def float_step(d, st, T, gc, free, now, pv, it, aux, grid, soc, ccl, dcl):
         sp = hi
     else:
         sp = want
-        if lo <= sp0 <= hi and not first and abs(want - sp0) <= d._db:
+        if lo <= sp0 <= hi and not first and abs(want - sp0) <= db:
             sp = sp0
     return sp, curt
 

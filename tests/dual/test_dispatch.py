@@ -204,6 +204,21 @@ def test_schedule_window_then_expiry():
     assert "pmin_w" in str(e)
 
 
+def test_window_aim_replaces_the_export_margin_inside_it():
+    # discharging to cover the load: the grid sits at export_margin_w (200 W) into import;
+    # a window with aim_w 0 (the cloud knows the job's load holds) takes it to 0 W, never
+    # into export; after the window the site's margin again. A negative aim is refused.
+    d = mk(reserve_s=0)
+    d.set_schedule([{"t0": 100, "t1": 200, "soc_cpct": 2000, "aim_w": 0}])
+    grid = {}
+    for t in range(0, 300, 5):
+        sp = d.step(t, 0, 30000, 0, None, 8000, 10 ** 6, 10 ** 6)
+        grid[t] = 30000 - sp
+    assert grid[95] >= 200 and grid[150] == 0 and grid[250] >= 200, grid
+    assert "aim_w" in str(raises(ValueError, d.set_schedule,
+                                 [{"t0": 1, "t1": 2, "aim_w": -5}]))
+
+
 def test_forecast_precharges_before_ramp():
     # 2 h ramp to 70 kW starting in 2 h, cap 40 kW, battery at 30 %: needs grid precharge,
     # which stays within the cap (the cap is holdable with it)

@@ -34,6 +34,10 @@ def test_schedule_validation_names_the_field():
     assert T.check_schedule({"windows": [{"t0": 1, "t1": 2}] * 49})
     # a window may carry its own expiry, as dispatch.set_schedule takes it
     assert T.check_schedule({"windows": [{"t0": 1, "t1": 2, "exp": 2}]}) == []
+    # and its own zero-export aim, never into export
+    assert T.check_schedule({"windows": [{"t0": 1, "t1": 2, "aim_w": 0}]}) == []
+    assert T.check_schedule({"windows": [{"t0": 1, "t1": 2, "aim_w": -1}]})[0].startswith(
+        "windows[0].aim_w")
     assert T.check_schedule({"windows": [{"t0": 1, "t1": 2, "exp": "x"}]})[0].startswith(
         "windows[0].exp")
 
