@@ -75,7 +75,8 @@ def run():
     out["micropython_heap_bytes_per_step_unlocked"] = heap
     out["micropython_heap_lock_ok"] = True
     scen = {}
-    worst = {"b_peak_share_min": None, "b_pv_share_min": None, "violations": 0}
+    worst = {"b_peak_share_min": None, "b_pv_share_min": None, "violations": 0,
+             "c_job_import_wh_max": None}
     for csv_path in sorted(glob.glob(os.path.join(REPO, "scenarios", "*.csv"))):
         r = evalbench.evaluate(csv_path)
         pol = r["policies"]
@@ -91,6 +92,10 @@ def run():
             if k in ("b", "c"):
                 worst["violations"] += (m["export_violations"] + m["soc_violations"]
                                         + m["limit_violations"])
+            if k == "c" and m.get("job_import_wh") is not None:
+                # the seed's job on PV + storage: target 0 Wh
+                worst["c_job_import_wh_max"] = max(worst["c_job_import_wh_max"] or 0.0,
+                                                   m["job_import_wh"])
         for key, name in (("peak_reduction_share_pct", "b_peak_share_min"),
                           ("pv_use_improvement_share_pct", "b_pv_share_min")):
             v = pol["b"].get(key)
