@@ -657,7 +657,9 @@ class Dispatcher:
                     if T > self._cap - big:
                         self._tg = _max(Tc, self._ecap)
                     T = Tc
-                    self._gc0 = True
+                    # a real need only: the plan at Tc does not hold without the grid
+                    # (review 5: a flag set while Tc held made the pessimist's level flip)
+                    self._gc0 = self._feasible(Tc, n, e0, emax, 0) < 0
         return T
 
     def _plan(self, now, pv, it, aux, soc):
@@ -705,9 +707,17 @@ class Dispatcher:
         gc = self._gc0
         lo = self._margin
         if T > self._ecap and fcok and (self._dark or self._learn >= KCI_FAST) and not self._hard:
+            # on the learnt-index day: a cap raised for the pessimist's dull day would
+            # stay raised all day when the day turns out sunny (review 5)
+            pu = self._pu
+            self._pu = self._po
             self._raise_cap(n, soc, T)
+            self._pu = pu
         self._kclip = 0
-        self._gc = gc and self._feasible(T, n, e0, emax, 0) < 0
+        # always run: it also measures the spill the self-consumption rule below spreads
+        # (review 5: short-circuited, that rule read what an earlier run left)
+        r = self._feasible(T, n, e0, emax, 0)
+        self._gc = gc and r < 0
         if not self._gc and self._free > 0 and self._kclip > 0:
             # energy the battery would spill later is spread evenly over the blocks until
             # then as extra self-consumption: the level drops, smoothly (no on/off)

@@ -512,15 +512,10 @@ def float_step(d, st, T, gc, free, now, pv, it, aux, grid, soc, ccl, dcl):
         lo = hi
     elif c > lo:
         lo = c
-    fl = float(st["_fl"])
-    if st["_replan"] or first or abs(it - st["_lastit"]) > d._tol:
-        e = it * P["reserve_s"] / 3600.0 / (P["eta_d_milli"] / 1000.0)
-        fl = min(10000.0, P["soc_min_cpct"] + e * 10000.0 / P["battery_wh"])
-    res_low = st["_res_low"]
-    if soc < fl:
-        res_low = True
-    elif soc >= fl + h:
-        res_low = False
+    # the reserve's hysteresis flag is a discrete decision, taken from the integer step
+    # like T and gc: at the floor a float re-decision flips a branch (review 5: 34.5 kW
+    # apart on clear_summer), which says nothing about the arithmetic compared here
+    res_low = d._res_low
     if res_low and hi > lo:
         hi = min(hi, max(lo, 0.0))
     m = d._margin
