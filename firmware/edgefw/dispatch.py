@@ -334,7 +334,6 @@ class Dispatcher:
         self._pvn = p["pv_next_milli"]
         self._po = [0] * self._nb if self._pvn < 1000 else self._pf
         self._pu = self._pf          # the profile _feasible walks
-        self._hi = 0                 # highest energy from the first PV surplus on
         self._clip = 0               # energy the last _feasible run spilled
         self._knxt = 0               # plan blocks before the daylight not seen yet
         self._tod1 = 0               # local time of day at the last plan
@@ -539,23 +538,19 @@ class Dispatcher:
         # hold the grid at T: discharge above it, store PV surplus (and in the first
         # `grid` blocks charge from the grid below T: 0 none, n all). Returns the W x block
         # discharged, -1 if the energy above the floor runs out (block in _kfail, n if it
-        # lasts); _hi and _clip as below.
+        # lasts); _clip: the energy spilled so far (battery full).
         self._kfail = n
-        self._hi = -1
         self._clip = 0
         e = e0
         need = 0
         low = e0                 # lowest energy before the battery first fills up
         clip = 0                 # energy the plan would have to spill (battery full)
-        hi = -1                  # highest energy from the first PV surplus on
         dmax = self._dmax
         cmax = self._cmax
         k2 = self._keff
         pf = self._pu
         for k in range(n):
             f = pf[k]
-            if (f < 0 or hi >= 0) and e > hi:
-                hi = e
             if f > T:
                 d = f - T
                 if d > dmax:
@@ -586,9 +581,6 @@ class Dispatcher:
         # what can go to self-consumption now: no more than would be spilled later, and
         # never below the lowest point before that (the plan's peaks stay covered)
         self._free = _min(low, clip)
-        if hi >= 0 and e > hi:
-            hi = e
-        self._hi = hi
         self._clip = clip
         return need
 

@@ -67,6 +67,11 @@ def _mpy_rate():
     raise RuntimeError("micropython bench failed: %s" % (p.stderr or p.stdout)[-300:])
 
 
+def _violations(m):
+    # minutes with export, SOC or power-limit violations (a policy's metrics)
+    return m["export_violations"] + m["soc_violations"] + m["limit_violations"]
+
+
 def run():
     out = {}
     out["cpython_steps_per_s"] = _cpython_rate()
@@ -90,8 +95,7 @@ def run():
                     "pv_use_improvement_share_pct", "job_import_wh", "job_import_above_band_wh")
             row[k] = {x: m[x] for x in keep if x in m}
             if k in ("b", "c"):
-                worst["violations"] += (m["export_violations"] + m["soc_violations"]
-                                        + m["limit_violations"])
+                worst["violations"] += _violations(m)
             if k == "c" and m.get("job_import_wh") is not None:
                 # the seed's job on PV + storage: target 0 Wh
                 worst["c_job_import_wh_max"] = max(worst["c_job_import_wh_max"] or 0.0,
@@ -128,8 +132,7 @@ def holdout(outdir=None):
             rows[os.path.basename(csv_path)[:-4]] = {
                 "peak_share_pct": b["peak_reduction_share_pct"],
                 "pv_share_pct": b["pv_use_improvement_share_pct"],
-                "violations": b["export_violations"] + b["soc_violations"]
-                + b["limit_violations"]}
+                "violations": _violations(b)}
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -490,12 +490,9 @@ def float_step(d, st, T, gc, free, now, pv, it, aux, grid, soc, ccl, dcl):
         rr = d._ramp * dt
         lo = min(max(sp0 - rr, lo0), hi0)
         hi = min(max(sp0 + rr, lo0), hi0)
-    wi = -1
+    # the window in force is a discrete decision too: the integer step's (d._win)
+    wi = d._win
     rw = min(max(now - d._wtb, -dispatch._TSAT), dispatch._TSAT)   # window times: offsets
-    for i in range(d._nw):
-        if d._wt0[i] <= rw < d._wt1[i] and rw < d._wexp[i]:
-            wi = i
-            break
     am = d._waim[wi] if wi >= 0 and d._waim[wi] >= 0 else d._margin   # the window's aim
     db = min(d._db, am // 2) if wi >= 0 and d._waim[wi] >= 0 else d._db
     curt = 0.0

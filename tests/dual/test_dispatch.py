@@ -438,7 +438,7 @@ def test_pv_index_relearnt_fast_every_day():
     t = 9 * 3600
     for i in range(300):
         x = d._pv_expect(t)
-        d.step(t, _mdiv_f(x, 8, 10), 10000, 0, None, 5000, 10 ** 6, 10 ** 6)
+        d.step(t, x * 8 // 10, 10000, 0, None, 5000, 10 ** 6, 10 ** 6)
         t += 60
     assert d._kci > 7500, d._kci
     d.step(86400 + 3600, 0, 10000, 0, None, 5000, 10 ** 6, 10 ** 6)       # night
@@ -448,10 +448,6 @@ def test_pv_index_relearnt_fast_every_day():
         d.step(t, x // 5, 10000, 0, None, 5000, 10 ** 6, 10 ** 6)
         t += 60
     assert d._kci < 3500, d._kci
-
-
-def _mdiv_f(a, m, dv):
-    return a * m // dv
 
 
 def test_constant_input_constant_setpoint():
