@@ -45,7 +45,10 @@ def test_app_stop_leaves_pcs_at_zero(tmp_path):
         while time.monotonic() < end and not (gw.sim.p_set_w == 0 and gw.sim.run == 0):
             time.sleep(0.05)
         assert gw.sim.p_set_w == 0 and gw.sim.run == 0
-        s = gw.status(points=False)
+        # the loop marks itself stopped after the PCS acknowledged both writes, which can
+        # be a moment after the simulator applied them (a fresh-clone CI run read
+        # running=True in between)
+        s = gw.wait(lambda s: not s["running"], 10, interval=0.05, points=False)
         assert not s["running"] and s["sent_w"] == 0 and s["run_cmd"] == 0
         assert s["sp_src"] == "stopped"
 
