@@ -10,6 +10,28 @@ except ImportError:
     gc = None
 
 
+# Modules a runtime may lack (the 32-bit WebAssembly port has no socket, no _thread, no
+# ssl). A test that needs one is skipped there with the reason printed, never silently.
+_OPTIONAL = ("socket", "_thread", "ssl", "select", "termios")
+_LACKS = []
+for _m in _OPTIONAL:
+    try:
+        __import__(_m)
+    except ImportError:
+        _LACKS.append(_m)
+
+
+def _lacked(e):
+    # the runtime's own missing module behind an ImportError, or None (a real failure)
+    if not isinstance(e, ImportError):
+        return None
+    msg = str(e)
+    for m in _LACKS:
+        if "'%s'" % m in msg:
+            return m
+    return None
+
+
 def _cpython_only():
     h = sys.modules.get("_helpers")
     return getattr(h, "CPYTHON_ONLY", ()) if h else ()
@@ -23,6 +45,11 @@ def run_file(path, counts):
     try:
         mod = __import__(name)
     except Exception as e:  # a module that fails to import fails all its tests
+        m = _lacked(e)
+        if m:
+            print("SKIP %s: needs %s, which this runtime (%s) lacks" % (path, m, _RUNTIME))
+            counts[2] += 1
+            return
         print("ERROR %s: import failed: %r" % (path, e))
         sys.print_exception(e)
         counts[1] += 1
@@ -39,6 +66,12 @@ def run_file(path, counts):
             print("PASS %s::%s" % (path, n))
             counts[0] += 1
         except Exception as e:
+            m = _lacked(e)
+            if m:
+                print("SKIP %s::%s: needs %s, which this runtime (%s) lacks" % (
+                    path, n, m, _RUNTIME))
+                counts[2] += 1
+                continue
             print("FAIL %s::%s: %r" % (path, n, e))
             sys.print_exception(e)
             counts[1] += 1
@@ -46,7 +79,15 @@ def run_file(path, counts):
             gc.collect()
 
 
+_RUNTIME = "%s %s, %d-bit" % (sys.platform, ".".join(str(v) for v in
+                                                   sys.implementation.version[:3]),
+                               32 if sys.maxsize < (1 << 32) else 64)
+
+
 def main(argv):
+    print("runtime:", _RUNTIME)
+    if _LACKS:
+        print("runtime lacks:", ", ".join(_LACKS))
     counts = [0, 0, 0]
     for p in argv:
         run_file(p, counts)
