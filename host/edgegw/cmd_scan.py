@@ -123,7 +123,7 @@ def by_map(master, slave):
         except DeviceError:
             continue
         if ok(vals):
-            return name, role, why, vals
+            return name, role, why, dict((k, vals[k]) for k in pts if k in vals)
     return None
 
 
@@ -156,7 +156,7 @@ def probe(master, slave):
         return {"slave": slave, "map": None, "role": None, "why": "answers, matches no shipped map"}
     name, role, why, vals = hit
     from edgegw import units
-    shown = ", ".join("%s %s" % (k, units.human(k, v)) for k, v in sorted(vals.items()))
+    shown = ", ".join("%s %s" % (k, units.human(k, v)) for k, v in vals.items())
     return {"slave": slave, "map": name, "role": role, "why": "%s (%s)" % (why, shown)}
 
 
