@@ -145,16 +145,20 @@ def emit(m, slave, names, vals, as_json, raw, t):
     if names is not None:  # and the scale factors they were read with
         want = list(names) + [m.points[n]["sf"] for n in names if "sf" in m.points[n]]
     order = [n for n in m.points if n in vals and (want is None or n in want)]
+    # read but without a valid value: NaN, an unknown code, a scale factor unknown
+    missing = [n for n in (names or m.points) if n not in vals and m.points[n]["access"] != "w"]
     if as_json:
-        missing = [n for n in (names or m.points) if n not in vals
-                   and m.points[n]["access"] != "w"]
         click.echo(json.dumps({"t": _stamp(t), "slave": slave, "map": m.name,
                                "values": {n: vals[n] for n in order}, "missing": missing}))
         return
     click.echo("# %s slave %d %s" % (_stamp(t), slave, m.name))
-    w = max([len(n) for n in order] or [1])
+    w = max([len(n) for n in order + missing] or [1])
     for n in order:
         click.echo("%-*s  %s" % (w, n, _show(m, n, vals[n], raw)))
+    for n in missing:
+        sf = m.points[n].get("sf")
+        click.echo("%-*s  -  (%s)" % (w, n, "scale factor %s not valid" % sf if sf
+                                      else "no valid value"))
 
 
 class _Stop(Exception):

@@ -79,3 +79,24 @@ def test_bad_sf_fields_are_refused():
     d = doc()
     d["points"]["s"]["type"] = "u16"
     assert "s16" in str(raises(r.RegMapError, r.build, d))
+
+
+def test_gateway_device_takes_the_scale_factor_of_each_poll():
+    from edgefw import devices
+    m = r.load("sunspec_pcs")
+    d = devices.Device({"name": "pcs", "role": "pcs", "slave": 1, "bus": "bus0",
+                        "period_ms": 1000, "points": ["p_w", "state"]}, m)
+    assert d.reads == [(3, 40000, 10)]   # p_w's W_SF (40009) is in the same read
+    regs = [0] * 10
+    regs[4] = 4                          # state running
+    regs[9] = (-1) & 0xFFFF              # W_SF -1
+    t, a, w = r.encode_point(m, "p_w", -2500, {40009: regs[9]})
+    regs[0], regs[1] = w
+    d.on_read(3, 40000, regs, 1000)
+    assert d.values["p_w"] == -2500 and d.t["p_w"] == 1000 and d.values["w_sf"] == -1
+    regs[9] = 1                          # the inverter changed W_SF, same raw (-25000)
+    d.on_read(3, 40000, regs, 2000)
+    assert d.values["p_w"] == -250000 and d.t["p_w"] == 2000
+    regs[9] = 0x8000                     # not implemented: p_w is not refreshed
+    d.on_read(3, 40000, regs, 3000)
+    assert d.values["p_w"] == -250000 and d.t["p_w"] == 2000 and d.t["state"] == 3000

@@ -174,6 +174,12 @@ def test_sunspec_scale_factor_change_at_run_time(line):
     assert v["p_w"] == 120000 and pv.tables["holding"][40001] == 12000
     r = edgegw("read", "-p", port, "-s", "3", "--map", "sunspec_pv")
     assert _lines(r.stdout)["p_w"] == "120000 W"
+    pv.values["w_sf"] = -32768                          # 0x8000: not implemented
+    v = read()
+    assert "p_w" not in v and v["w_sf"] == -32768 and v["wmax_w"] == 10000, v
+    r = edgegw("read", "-p", port, "-s", "3", "--map", "sunspec_pv", "--point", "p_w")
+    assert r.returncode == 0 and _lines(r.stdout) == {"w_sf": "-32768",
+                                                      "p_w": "-  (scale factor w_sf not valid)"}
 
 
 def test_scan_finds_sunspec_and_sdm630_and_config_validates(line, tmp_path):
