@@ -7,6 +7,7 @@ import os
 import pty
 import signal
 import subprocess
+import time
 import tty
 
 import pytest
@@ -216,3 +217,61 @@ def test_scan_bad_arguments_and_empty_line(line, tmp_path):
     r = edgegw("scan", "-p", port, "--slaves", "1-3", "--timeout", "50")
     assert r.returncode == 1 and "0 of 3 addresses answered" in r.stdout
     assert "A/B" in r.stderr and "Traceback" not in r.stderr
+
+
+# An independent peer: pymodbus's server (RTU framing over TCP), its SDM630 image written
+# with struct's IEEE float32 (not our regmap), read through a socket:// URL.
+PYMODBUS_SERVER = r"""
+import asyncio, json, sys
+from pymodbus import FramerType
+from pymodbus.server import StartAsyncTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+img = {int(a): v for a, v in json.loads(sys.argv[2]).items()}
+blocks = [[SimData(65534, values=[False], datatype=DataType.BITS)],
+          [SimData(65534, values=[False], datatype=DataType.BITS)],
+          [SimData(65534, values=[0], datatype=DataType.REGISTERS)],
+          [SimData(0, values=[img.get(a, 0) for a in range(0x158)], datatype=DataType.REGISTERS)]]
+dev = SimDevice(int(sys.argv[3]), simdata=tuple(blocks))
+asyncio.run(StartAsyncTcpServer(context=[dev], address=("127.0.0.1", int(sys.argv[1])),
+                                framer=FramerType.RTU))
+"""
+
+
+def test_read_from_pymodbus_over_socket_url(tmp_path):
+    import socket
+    import struct
+    import sys
+    vals = {0x00: 230.5, 0x02: 229.25, 0x04: 231.0, 0x06: 5.125, 0x34: -1500.0, 0x3E: -0.95,
+            0x46: 50.01, 0x48: 1234.567}
+    img = {}
+    for a, f in vals.items():
+        hi, lo = struct.unpack(">HH", struct.pack(">f", f))
+        img[a], img[a + 1] = hi, lo
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    proc = subprocess.Popen([sys.executable, "-c", PYMODBUS_SERVER, str(port), json.dumps(img),
+                             "4"], stderr=subprocess.PIPE)
+    try:
+        url = "socket://127.0.0.1:%d" % port
+        for _ in range(100):   # the server needs a moment to listen
+            if proc.poll() is not None:
+                pytest.fail("pymodbus server exited: %s" % proc.stderr.read().decode()[-2000:])
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        r = edgegw("read", "-p", url, "-s", "4", "--map", "sdm630")
+        assert r.returncode == 0, r.stderr
+        v = _lines(r.stdout)
+        assert v["u1_dv"] == "230.5 V" and v["u2_dv"] == "229.3 V" and v["i1_ma"] == "5.125 A"
+        assert v["p_w"] == "-1500 W" and v["pf_milli"] == "-0.950" and v["f_chz"] == "50.01 Hz"
+        assert v["e_imp_wh"] == "1234567 Wh"
+        r = edgegw("scan", "-p", url, "--slaves", "3-4", "--timeout", "200", "--json")
+        assert r.returncode == 0, r.stderr
+        assert [(d["slave"], d["map"]) for d in json.loads(r.stdout)["devices"]] == [(4, "sdm630")]
+    finally:
+        proc.terminate()
+        proc.wait(5)
