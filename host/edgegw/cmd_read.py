@@ -35,6 +35,7 @@ class Master:
         self.timeout_s = timeout_ms / 1000.0
         self.retries = retries
         self.ser = _open_port(url, baud, parity)
+        self.ser.timeout = 0.05  # one read call waits at most this long past the deadline
         self.char_s = rtu.char_us(baud) / 1e6
 
     def close(self):
@@ -69,8 +70,7 @@ class Master:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None, "garbled" if buf else "timeout"
-            self.ser.timeout = min(left, 0.05)
-            d = self.ser.read(256)
+            d = self.ser.read(max(1, self.ser.in_waiting))
             if d:
                 buf.extend(d)
                 try:
@@ -85,9 +85,11 @@ class Master:
 
     def _drain(self):
         # bytes left over from an earlier late answer would be taken for this one
-        self.ser.timeout = 0
-        while self.ser.read(256):
-            pass
+        for _ in range(64):  # bounded: a line full of noise must not hold us here
+            n = self.ser.in_waiting
+            if not n:
+                return
+            self.ser.read(n)
 
 
 def parse_map(name):
