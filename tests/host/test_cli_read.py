@@ -279,3 +279,13 @@ def test_read_from_pymodbus_over_socket_url(tmp_path):
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_garbled_answers_say_what_to_check(line):
+    port, devs = line
+    devs[1].mode = "crc"
+    r = edgegw("read", "-p", port, "-s", "1", "--map", "sdm630", "--retries", "1")
+    assert r.returncode == 1 and devs[1].requests == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "garbled frames (CRC/framing)" in err[0], err
+    assert "termination" in err[0] and "one master" in err[0]
