@@ -141,6 +141,7 @@ def build(mdoc, variant=None, params=None, doc=None):
         idx[t].sort()
     m._idx = idx
     m._plan = None
+    _check_sf(m)
     return m
 
 
@@ -235,7 +236,7 @@ def _point(mname, pn, src, wo, prm, doc):
             q[key] = p[key]
     if p["lo"]:
         q["lo"] = True
-    for key in ("pick", "values", "default", "min", "max", "pos", "neg", "zero", "pre"):
+    for key in ("pick", "values", "default", "min", "max", "pos", "neg", "zero", "pre", "sf"):
         if key in p:
             q[key] = p[key]
     if doc:
@@ -356,7 +357,7 @@ def plan(m, names=None, max_regs=125):
         sel = None
     else:
         sel = {}
-        for n in names:
+        for n in _with_sf(m, names):
             if n not in m.points:
                 raise RegMapError("%s: unknown point %r" % (m.name, n), 2)
             sel[n] = 1
@@ -480,7 +481,11 @@ def decode(m, fc, addr, data):
             if a >= end:
                 break
             continue
-        v = _value(pts[pn], data, a - addr)
+        p = pts[pn]
+        if "sf" in p:
+            v = _sf_value(m, p, data, addr, a - addr)
+        else:
+            v = _value(p, data, a - addr)
         if v is not None:
             out[pn] = v
     return out
@@ -497,6 +502,66 @@ def bit_names(m, name, value):
         value >>= 1
         i += 1
     return out
+
+
+# ---- live scale factors (SunSpec *_SF registers) -----------------------------------------
+# A point with "sf": NAME is scaled by 10**(the s16 register NAME) on top of mul/div, read
+# in the same request; a value whose scale factor is not in that read, or out of -10..10
+# (0x8000 = not implemented), or that shows SunSpec's "not implemented" raw, is left out.
+
+SF_MAX = 10
+_NOT_IMPL = {"u16": 0xFFFF, "s16": 0x8000, "u32": 0xFFFFFFFF, "s32": 0x80000000}
+
+
+def _check_sf(m):
+    # sf names a read-only s16 point of the same table; only integer, unenumerated,
+    # read-only points take one (a write would need the device's scale factor first)
+    pts = m.points
+    for pn in pts:
+        p = pts[pn]
+        s = p.get("sf")
+        if s is None:
+            continue
+        what = "%s: point %s sf" % (m.name, pn)
+        sp = pts.get(s) if isinstance(s, str) else None
+        if sp is None or sp["type"] != "s16" or sp["table"] != p["table"] or "sf" in sp:
+            raise RegMapError("%s: %r is not an s16 point of the %s table" % (what, s, p["table"]))
+        if p["type"] not in _NOT_IMPL or "values" in p or "pick" in p or p["access"] != "r":
+            raise RegMapError(what + ": only read-only u16/s16/u32/s32 points without values/pick")
+
+
+def _with_sf(m, names):
+    # the named points plus the scale factors they need (same planned read)
+    out = list(names)
+    for n in names:
+        p = m.points.get(n)
+        s = p.get("sf") if p is not None else None
+        if s is not None and s not in out:
+            out.append(s)
+    return out
+
+
+def _sf_point(p, sf):
+    # p with 10**sf folded into mul (sf >= 0) or div (sf < 0); None when out of range
+    if sf < -SF_MAX or sf > SF_MAX:
+        return None
+    q = dict(p)
+    if sf >= 0:
+        q["mul"] = p.get("mul", 1) * 10 ** sf
+    else:
+        q["div"] = p.get("div", 1) * 10 ** -sf
+    return q
+
+
+def _sf_value(m, p, data, addr, o):
+    so = m.points[p["sf"]]["addr"] - addr
+    if so < 0 or so >= len(data):
+        return None  # its scale factor is not in this read: never guess it
+    if _raw(p, data, o) == _NOT_IMPL[p["type"]]:
+        return None
+    sf = data[so] & 0xFFFF
+    q = _sf_point(p, sf - 0x10000 if sf & 0x8000 else sf)
+    return None if q is None else _value(q, data, o)
 
 
 # ---- encode (writes from the gateway; register images for simulators) --------------------
@@ -569,6 +634,12 @@ def encode_point(m, name, value, image=None):
     p = m.points.get(name)
     if p is None:
         raise RegMapError("%s: unknown point %r" % (m.name, name), 2)
+    if "sf" in p:  # the scale factor the device shows now (0 until it is set)
+        sp = m.points[p["sf"]]
+        sf = (image or {}).get(sp["addr"], 0)
+        p = _sf_point(p, sf - 0x10000 if sf & 0x8000 else sf)
+        if p is None:
+            raise RegMapError("%s: %s scale factor %d outside -10..10" % (m.name, name, sf))
     w = _words(p, value, m.name, name)
     pk = p.get("pick")
     if pk:

@@ -5,7 +5,8 @@ import importlib
 import click
 
 # order is the order `edgegw --help` lists them
-COMMANDS = ("flash", "deploy", "config", "status", "console", "trace", "replay", "sim", "sil",
+COMMANDS = ("flash", "deploy", "config", "status", "console", "read", "scan", "trace", "replay",
+            "sim", "sil",
             "dispatch", "link", "report", "tracker")
 
 

@@ -49,11 +49,13 @@ class SimDevice:
             vals.update(self.site.points(self.role))
         vals.update(self.values)
         pts = self.map.points
-        for name in pts:
+        # scale factors first: a point with a live "sf" is encoded with the one shown now
+        for name in sorted(pts, key=lambda n: "sf" in pts[n]):
             if name not in vals:
                 continue
             try:
-                table, addr, words = regmap.encode_point(self.map, name, vals[name])
+                img = self.tables[pts[name]["table"]] if "sf" in pts[name] else None
+                table, addr, words = regmap.encode_point(self.map, name, vals[name], img)
             except regmap.RegMapError:
                 continue  # value out of what the register can show: keep the old one
             t = self.tables[table]

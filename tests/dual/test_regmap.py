@@ -158,6 +158,8 @@ def test_encode_point_decode_roundtrip_all_maps():
                 if p["type"] in ("u16", "u32", "bits") or p["table"] in ("coil", "discrete"):
                     if v > p.get("max", v):
                         continue
+                if "sf" in p:
+                    continue  # scaled by another register of the read: test_sunspec_sf
                 if p["type"] != "f32" and ((v - p.get("offset", 0)) * p.get("div", 1)) % abs(p.get("mul", 1)):
                     continue  # not a multiple of the register's resolution
                 try:
