@@ -202,6 +202,9 @@ class App:
                 self.link.on_schedule = self._on_schedule
                 self.link.on_forecast = self._on_forecast
                 self.link.on_config = self._on_config
+                w = self.link.tls_warning()
+                if w:
+                    self._err("link: %s" % w)  # loud: console, status errors (docs/mqtt.md)
             except Exception as e:
                 self._err("link: %s" % e)
         self.energy = None
