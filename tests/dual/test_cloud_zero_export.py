@@ -64,7 +64,7 @@ class Site:
         return bus
 
 
-def _app(site, tmp):
+def _app(site, tmp, link_cfg=None):
     dev = lambda name, role, m, slave, bus: {"name": name, "role": role, "map": m,
                                               "slave": slave, "bus": bus, "period_ms": 100}
     cfg = {"device_id": DEV,
@@ -80,10 +80,14 @@ def _app(site, tmp):
            "site": {"battery_wh": 20000, "pcs_w": 5000, "export_allowed": False},
            "limits": {"pcs_charge_max_w": CHARGE_MAX_W, "pcs_discharge_max_w": 5000},
            "console": True, "wdt_ms": 0, "status_s": 0}
+    if link_cfg is not None:
+        cfg["link"] = link_cfg
     errs = config.validate(cfg) + appmod.check_config(cfg)
     assert not errs, errs
     a = appmod.App(cfg, open_bus=site.open)
     a.energy = None  # no energy.json in the test's directory
+    if link_cfg is not None:
+        return a, a.link
     assert a.params["export_margin_w"] == MARGIN_W
     from edgefw import link
     lk = link.Link({"key": KEY_HEX}, DEV, tmp, cfg["limits"])
