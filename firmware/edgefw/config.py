@@ -267,6 +267,10 @@ def _validate(cfg):
 
     for k in ("site", "link", "net"):
         cfg[k] = v.dict_(cfg, k, "")
+    net = cfg["net"]
+    for k in ("ssid", "psk"):  # ESP32 WLAN station (hal_esp32.net_connect)
+        if net.get(k) is not None:
+            v.str_(net, k, "net.", maxlen=64)
     return v.errs
 
 

@@ -229,6 +229,7 @@ def test_wrong_types_name_the_field():
             (("limits", "soc_max_cpct"), True, "limits.soc_max_cpct: True is not an integer"),
             (("limits", "soc_max_cpct"), 0, "limits.soc_min_cpct: 1000 above soc_max_cpct 0"),
             (("buses",), [None], "buses[0]: must be an object"),
+            (("net", "ssid"), 5, "net.ssid: 5 is not text"),
             (("control", "hold_w"), 10 ** 20, "control.hold_w: 100000000000000000000 out of "
              "range -10000000..10000000")):
         c = _copy(_FULL)
