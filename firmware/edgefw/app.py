@@ -202,6 +202,9 @@ class App:
                 self.link.on_schedule = self._on_schedule
                 self.link.on_forecast = self._on_forecast
                 self.link.on_config = self._on_config
+                w = self.link.tls_warning()
+                if w:
+                    self._err("link: %s" % w)  # loud: console, status errors (docs/mqtt.md)
             except Exception as e:
                 self._err("link: %s" % e)
         self.energy = None
@@ -529,14 +532,39 @@ class App:
         t = d.t.get("p_w") if d is not None else None
         return t is not None and clock.ticks_diff(t, self.chg_t) > 0
 
-    def bound(self, sp, v):
+    def _pcs_range(self, v):
+        """(lo, hi) W the PCS may be set to now: PCS limits, BMS charge/discharge limits,
+        no discharge at/below SOC min, no charge at/above SOC max; no SOC: (0, 0)."""
+        lim = self.cfg["limits"]
+        lo = -lim["pcs_charge_max_w"]
+        hi = lim["pcs_discharge_max_w"]
+        if v["ccl_w"] is not None and -v["ccl_w"] > lo:
+            lo = -v["ccl_w"]
+        if v["dcl_w"] is not None and v["dcl_w"] < hi:
+            hi = v["dcl_w"]
+        soc = v["soc_cpct"]
+        if soc is None:
+            return 0, 0
+        if soc <= lim["soc_min_cpct"] and hi > 0:
+            hi = 0
+        if soc >= lim["soc_max_cpct"] and lo < 0:
+            lo = 0
+        if lo > hi:
+            return 0, 0
+        return lo, hi
+
+    def bound(self, sp, v, chase=False):
         """Local limits no setpoint source (cloud, hold, dispatch) may pass; returns
         (sp, what bound it). Export: grid after = grid now + (PCS now - sp) must stay at
         or above _export_floor(); PCS now = the lowest of the acknowledged setpoint, the
         measured p_w and, while the grid reading is older than the last acknowledged
         step up, the setpoint before that step (meter and PCS are read at different
-        times). The bound never asks for more charging than the PCS does now. With the grid value stale or unknown: no discharge, and no less
-        charging than now (sp <= min(PCS now, 0))."""
+        times). Without chase (dispatch, hold) the bound never asks for more charging
+        than the PCS does now: the dispatcher charges the surplus itself. With chase (a
+        cloud setpoint in force: nothing else would) it does, from a grid reading newer
+        than the last setpoint change and the measured p_w, up to the PCS/BMS limits and
+        SOC max; PV beyond that is curtailed (_cloud_curtail). With the grid value stale
+        or unknown: no discharge, and no less charging than now (sp <= min(PCS now, 0))."""
         lim = self.cfg["limits"]
         s = self.site
         why = ""
@@ -556,22 +584,7 @@ class App:
         if gok and lim["import_max_w"] is not None and sp < g + b - lim["import_max_w"]:
             sp = g + b - lim["import_max_w"]
             why = "import_max"
-        lo = -lim["pcs_charge_max_w"]
-        hi = lim["pcs_discharge_max_w"]
-        if v["ccl_w"] is not None and -v["ccl_w"] > lo:
-            lo = -v["ccl_w"]
-        if v["dcl_w"] is not None and v["dcl_w"] < hi:
-            hi = v["dcl_w"]
-        soc = v["soc_cpct"]
-        if soc is None:
-            lo = hi = 0
-        else:
-            if soc <= lim["soc_min_cpct"] and hi > 0:
-                hi = 0
-            if soc >= lim["soc_max_cpct"] and lo < 0:
-                lo = 0
-        if lo > hi:
-            lo = hi = 0
+        lo, hi = self._pcs_range(v)
         floor = self._export_floor()
         if floor is not None:
             if gok:
@@ -579,6 +592,12 @@ class App:
                 keep = b if b < 0 else 0
                 if x < keep:
                     x = keep
+                    if chase and s.ok("bat_w") and self._grid_after_change():
+                        # the meter's grid and the PCS's measured power (both after the
+                        # last change): the charge that brings the grid to the floor
+                        xc = g + v["bat_w"] - floor
+                        if xc < keep:
+                            x = xc
             else:
                 x = a if a is not None and a < 0 else 0
             if sp > x:
@@ -588,6 +607,21 @@ class App:
         if c != sp:
             why = "limits"
         return c, why
+
+    def _cloud_curtail(self, v, pv):
+        """PV to shed (W) under a cloud setpoint on a site with an export floor: what the
+        load, the battery at its charge limit (the bound charges up to it) and the floor
+        cannot take. pv = the PV available (behind the limit: pvlimit's estimate). The
+        limit this gives (estimate - curtail) does not depend on the estimate: a fixed
+        point, as with the dispatcher's curtail_w (docs/firmware.md)."""
+        floor = self._export_floor()
+        if floor is None:
+            return 0
+        lo = self._pcs_range(v)[0]
+        if pv is None:
+            pv = self.pvl.est_w or 0
+        x = pv - (v["it_w"] or 0) - (v["aux_w"] or 0) + lo + floor
+        return x if x > 0 else 0
 
     def control(self, now):
         s = self.site
@@ -657,18 +691,23 @@ class App:
             if sp is None:
                 sp = local if local is not None else 0
             if self.pvl is not None:
-                # cloud: the cloud owns the site, no local limit; a trip: the PCS stops,
-                # so on a zero-export site the PV is held to the load (what the battery
-                # took would go out); else the dispatcher's curtail_w
-                if src == "cloud":
-                    self.pvl.release()
-                elif pvm is not None and (local is not None or self.safety.tripped):
-                    c = self.curtail_w
-                    if self.safety.tripped:
-                        c = self._trip_curtail(v)
-                    self.pvl.limit(c, rat)
+                # a trip: the PCS stops, so on a zero-export site the PV is held to the
+                # load (what the battery took would go out); a cloud setpoint: the bound
+                # charges up to the limits and the PV beyond that is shed
+                # (_cloud_curtail); else the dispatcher's curtail_w
+                if pvm is not None and self.safety.tripped:
+                    self.pvl.limit(self._trip_curtail(v), rat)
+                elif src == "cloud":
+                    c = self._cloud_curtail(v, pv)
+                    self.curtail_w = c
+                    if self._export_floor() is None:
+                        self.pvl.release()  # export allowed without a cap: nothing to hold
+                    elif pvm is not None:
+                        self.pvl.limit(c, rat)
+                elif pvm is not None and local is not None:
+                    self.pvl.limit(self.curtail_w, rat)
                 self._pv_service(rat)
-        sp, self.bound_by = self.bound(sp, v)
+        sp, self.bound_by = self.bound(sp, v, src == "cloud")
         if self.safety.tripped:
             sp = 0
             src = "safety"

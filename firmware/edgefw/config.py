@@ -112,9 +112,25 @@ def _ident_ok(s):
     return True
 
 
+UNCHECKABLE = "config: cannot be checked"
+
+
+def _failed(what, e):
+    return ["%s (%s %s: %s)" % (UNCHECKABLE, what, type(e).__name__, e)]
+
+
 def validate(cfg):
     """Check a parsed config; returns a list of "field: problem" strings ([] = valid).
-    Fills in defaults in place so the rest of the firmware reads plain values."""
+    Fills in defaults in place so the rest of the firmware reads plain values. Never
+    raises, whatever JSON value cfg is: a fault in a check is an error too (a config
+    nobody could check does not run; the boot falls back to the last good copy)."""
+    try:
+        return _validate(cfg)
+    except Exception as e:
+        return _failed("validate", e)
+
+
+def _validate(cfg):
     v = _V()
     if not isinstance(cfg, dict):
         return ["config: must be a JSON object"]
@@ -155,7 +171,8 @@ def validate(cfg):
         b["name"] = n
         if n in names:
             v.err(f + "name", "%r used twice" % n)
-        names.append(n)
+        if n is not None:
+            names.append(n)  # only text: devices[].bus names one of these
         p = b.get("port")
         if not (isinstance(p, str) and p) and not (isinstance(p, int) and not isinstance(p, bool)):
             v.err(f + "port", "missing (a path, tcp:HOST:PORT, uartN or a UART number)")
@@ -203,7 +220,8 @@ def validate(cfg):
             else:
                 v.err(f + "bus", "index %d out of range 0..%d" % (bus, len(names) - 1))
         elif bus not in names:
-            v.err(f + "bus", "%r is not a bus name (%s)" % (bus, ", ".join(names)))
+            v.err(f + "bus", "%r is not a bus name (%s)"
+                  % (bus, ", ".join(names) if names else "no valid bus"))
         d["bus"] = bus
         for j in range(i):
             o = devs[j]
@@ -223,7 +241,8 @@ def validate(cfg):
                                         dflt=5000)
     lim["soc_min_cpct"] = v.int_(lim, "soc_min_cpct", "limits.", 0, 10000, dflt=1000)
     lim["soc_max_cpct"] = v.int_(lim, "soc_max_cpct", "limits.", 0, 10000, dflt=10000)
-    if (lim["soc_min_cpct"] or 0) > (lim["soc_max_cpct"] or 10000):
+    if lim["soc_min_cpct"] is not None and lim["soc_max_cpct"] is not None \
+            and lim["soc_min_cpct"] > lim["soc_max_cpct"]:
         v.err("limits.soc_min_cpct", "%d above soc_max_cpct %d"
               % (lim["soc_min_cpct"], lim["soc_max_cpct"]))
     lim["export_max_w"] = v.int_(lim, "export_max_w", "limits.", 0, 10000000, null=True)
@@ -248,6 +267,10 @@ def validate(cfg):
 
     for k in ("site", "link", "net"):
         cfg[k] = v.dict_(cfg, k, "")
+    net = cfg["net"]
+    for k in ("ssid", "psk"):  # ESP32 WLAN station (hal_esp32.net_connect)
+        if net.get(k) is not None:
+            v.str_(net, k, "net.", maxlen=64)
     return v.errs
 
 
@@ -274,6 +297,8 @@ def parse(text):
         cfg = json.loads(text)
     except ValueError as e:
         return None, ["json: not valid JSON (%s)" % (e.args[0] if e.args else "syntax error")]
+    except Exception as e:  # nested too deep (RecursionError), too big (MemoryError)
+        return None, ["json: cannot be read (%s)" % type(e).__name__]
     return cfg, []
 
 
@@ -284,9 +309,13 @@ def read(path):
             text = f.read()
     except OSError:
         return None, ["file: %s not found" % path]
+    except ValueError:  # not UTF-8 (UnicodeError)
+        return None, ["file: %s is not UTF-8 text" % path]
+    except MemoryError:
+        return None, ["file: %s too big to read" % path]
     cfg, errs = parse(text)
-    if cfg is not None:
-        errs = validate(cfg)
+    if not errs:
+        errs = validate(cfg)  # also a file holding JSON null
     return (None if errs else cfg), errs
 
 
@@ -388,7 +417,10 @@ def _choose(path, check, report):
     else:
         cfg, errs = read(path)
     if not errs and check is not None:
-        errs = check(cfg)
+        try:
+            errs = check(cfg)
+        except Exception as e:  # a check that failed: this config cannot be trusted
+            errs = _failed("check", e)
     for e in errs:
         report.append("%s: %s" % (path or "factory default", e))
     return None if errs else cfg

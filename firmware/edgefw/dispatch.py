@@ -133,6 +133,8 @@ def validate_params(site):
         raise ValueError("site.grid_cap_hard: %r is not true/false" % (hc,))
     p["grid_cap_hard"] = hc
     reg = site.get("region", "national")
+    if not isinstance(reg, str):
+        raise ValueError("site.region: %r is not text" % (reg,))
     try:
         from edgefw import energy
         p["grid_factor_dg_kwh"] = energy.grid_factor(reg, p["grid_factor_g_kwh"],

@@ -11,7 +11,7 @@ import os
 
 from edgefw import auth, clock
 from edgefw.config import write_atomic
-from edgefw.mqtt import MQTTClient
+from edgefw.mqtt import NO_CA, MQTTClient
 from edgefw.ring import Ring
 from protocols import topics as T
 
@@ -44,6 +44,9 @@ _INTS = (
     ("sp_max_w", 0, T.P_ABS_MAX_W, 1000000),
 )
 _STRS = ("host", "ca", "user", "password", "key")
+# tls: MQTT over TLS, the broker's certificate verified against the CA file `ca`;
+# insecure: TLS without that check (reported at boot and in status, docs/mqtt.md)
+_BOOLS = ("tls", "insecure")
 
 
 def validate_link_cfg(d):
@@ -53,7 +56,7 @@ def validate_link_cfg(d):
         return ["link: must be an object"]
     errs = []
     for k in d:
-        known = k == "tls"
+        known = k in _BOOLS
         for x in _INTS:
             if x[0] == k:
                 known = True
@@ -65,11 +68,16 @@ def validate_link_cfg(d):
             errs.append("link.%s: %r is not text" % (k, v))
             v = None
         d[k] = v
-    tls = d.get("tls", False)
-    if not isinstance(tls, bool):
-        errs.append("link.tls: %r is not true/false" % (tls,))
-        tls = False
-    d["tls"] = tls
+    for k in _BOOLS:
+        x = d.get(k, False)
+        if not isinstance(x, bool):
+            errs.append("link.%s: %r is not true/false" % (k, x))
+            x = False
+        d[k] = x
+    tls = d["tls"]
+    if d["insecure"] and not tls:
+        errs.append("link.insecure: true only with tls true (it turns off the broker's "
+                    "certificate check)")
     for k, lo, hi, dflt in _INTS:
         v = d.get(k, dflt)
         if k == "port" and v is None:
@@ -165,7 +173,8 @@ class Link:
             st_topic = T.topic(device_id, T.STATUS)
             will = json.dumps(T.status(False, clock.time(), self.boot))
             c = MQTTClient(device_id, cfg["host"], cfg["port"], cfg["keepalive_s"],
-                           tls=cfg["tls"], ca=cfg["ca"], user=cfg["user"],
+                           tls=cfg["tls"], ca=cfg["ca"], insecure=cfg["insecure"],
+                           user=cfg["user"],
                            password=cfg["password"], will=(st_topic, will, 1, True),
                            backoff_min_ms=cfg["backoff_min_ms"],
                            backoff_max_ms=cfg["backoff_max_ms"], resend=False)
@@ -176,6 +185,9 @@ class Link:
             c.subscribe(T.topic(device_id, "cmd/+"), 1)
             c.subscribe(T.topic(device_id, T.FORECAST), 1)
             self.client = c
+            w = self.tls_warning()
+            if w:
+                self.event("tls", {"tls": self.tls_mode(), "why": w})  # the cloud hears too
 
     # ---- API for the application ------------------------------------------------------
 
@@ -226,9 +238,34 @@ class Link:
             d["ts"] = clock.time()
             self.client.publish(T.topic(self.device_id, T.HEADROOM), json.dumps(d), 0, True)
 
+    def tls_mode(self):
+        """"off" (plain MQTT), "verified" (the broker checked against link.ca),
+        "INSECURE" (TLS, the broker not verified: link.insecure) or "no CA" (TLS asked
+        for without a CA file: the link does not connect)."""
+        c = self.cfg
+        if not c["tls"]:
+            return "off"
+        if c["insecure"]:
+            return "INSECURE"
+        return "verified" if c["ca"] else "no CA"
+
+    def tls_warning(self):
+        """The text the gateway reports at boot for an unverified or unusable TLS link,
+        else None."""
+        if not self.enabled:
+            return None
+        m = self.tls_mode()
+        if m == "INSECURE":
+            return ("TLS without verifying the broker's certificate (link.insecure true): "
+                    "anyone on the path can pose as the broker; set link.ca")
+        if m == "no CA":
+            return NO_CA
+        return None
+
     def stats(self):
         s = dict(self.n)
         s["state"] = self.state
+        s["tls"] = self.tls_mode()
         s["connected"] = self.connected
         s["seq"] = self.seq
         s["boot"] = self.boot

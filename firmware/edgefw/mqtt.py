@@ -43,6 +43,26 @@ def _der(data):
     return a2b_base64(b64)
 
 
+# TLS verifies the broker's certificate against the CA file (`ca`), always: MicroPython
+# has no system certificate store to fall back on. No CA file: no connection, unless the
+# caller asked for `insecure` (encrypted, the broker not verified).
+NO_CA = ("TLS: no CA file to verify the broker with (link.ca); not connecting. Set "
+         "link.ca, or link.insecure true to connect without verifying")
+_VERIFY_FAILED = -9984  # mbedTLS MBEDTLS_ERR_X509_CERT_VERIFY_FAILED
+
+
+def _tls_error(e, ca):
+    # mbedTLS raises ValueError("...not correctly signed by the trusted CA") or
+    # OSError(-9984); CPython ssl.SSLCertVerificationError
+    code = e.args[0] if e.args else None
+    text = str(code).strip() if isinstance(code, str) else repr(e)
+    if code == _VERIFY_FAILED or type(e).__name__ == "SSLCertVerificationError" \
+            or "certificate" in text.lower():
+        return "TLS: the broker's certificate was refused (not signed by the CA file %s, " \
+               "or not for this host): %s" % (ca, text)
+    return "TLS handshake failed: %s" % text
+
+
 def _str(s):
     if isinstance(s, str):
         s = s.encode()
@@ -65,13 +85,14 @@ class MQTTClient:
     def __init__(self, client_id, host, port=1883, keepalive_s=30, tls=False, ca=None,
                  user=None, password=None, will=None, backoff_min_ms=1000,
                  backoff_max_ms=60000, retry_ms=None, resend=True, max_packet=16384,
-                 conn_timeout_ms=10000, tls_timeout_ms=5000):
+                 conn_timeout_ms=10000, tls_timeout_ms=5000, insecure=False):
         self.client_id = client_id
         self.host = host
         self.port = port
         self.ka_ms = keepalive_s * 1000
         self.tls = tls
         self.ca = ca
+        self.insecure = insecure  # TLS without verifying the broker (reported by Link)
         self.user = user
         self.password = password
         self.will = will  # (topic, payload, qos, retain) or None
@@ -185,6 +206,9 @@ class MQTTClient:
     def _start(self):
         self._rx = b""
         self._tx = b""
+        if self.tls and not self.ca and not self.insecure:
+            self._fail(NO_CA)  # nothing to verify the broker with: no TCP either
+            return
         if self._addr is None:
             # DNS blocks on the ESP32; resolved once and again only after a failure
             self._addr = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0]
@@ -215,10 +239,9 @@ class MQTTClient:
             self._fail("TCP connect refused")
             return
         if self.tls:
-            try:
-                self._wrap_tls()
-            except ValueError as e:  # a CA file that does not parse
-                self._fail("TLS setup: %r" % (e,))
+            err = self._wrap_tls()
+            if err:
+                self._fail(err)
                 return
         self._poller = select.poll()
         self._poller.register(self.sock, select.POLLIN)
@@ -229,19 +252,34 @@ class MQTTClient:
         self._flush()
 
     def _wrap_tls(self):
+        """Wrap the connected socket (blocking handshake); None, or what went wrong."""
         import ssl
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        if self.ca:
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            with open(self.ca, "rb") as f:
-                ctx.load_verify_locations(cadata=_der(f.read()))
-        else:
+        if self.insecure:
             if hasattr(ctx, "check_hostname"):
                 ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
+        else:
+            if not self.ca:
+                return NO_CA
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            try:
+                with open(self.ca, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                return "TLS setup: CA file %s cannot be read (%r)" % (self.ca, e)
+            try:
+                ctx.load_verify_locations(cadata=_der(data))
+            except Exception as e:  # not a certificate (mbedTLS: ValueError, CPython: SSLError)
+                return "TLS setup: CA file %s is not a certificate (%s)" % (
+                    self.ca, str(e).strip() or repr(e))
         self.sock.settimeout(self.tls_timeout_ms / 1000)
-        self.sock = ctx.wrap_socket(self.sock, server_hostname=self.host)
+        try:
+            self.sock = ctx.wrap_socket(self.sock, server_hostname=self.host)
+        except (OSError, ValueError) as e:  # refused certificate, handshake timeout
+            return _tls_error(e, self.ca)
         self.sock.setblocking(False)
+        return None
 
     def _connect_packet(self):
         flags = 0x02  # clean session: the gateway's own ring carries what must survive

@@ -70,7 +70,7 @@ def load_file(path):
     except OSError as e:
         raise UserError("FILE %s: cannot read (%s)" % (path, e.strerror))
     cfg, errs = _fwconfig().parse(text)
-    if cfg is None:
+    if errs:  # not cfg is None: a file holding JSON null parses without errors
         return None, errs
     return cfg, check(cfg)
 

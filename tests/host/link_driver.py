@@ -69,8 +69,13 @@ class Stdin:
 
 
 def run_mqtt(host, port, ka, n, ca=None):
+    # ca: a CA file (TLS, verified), "noca" (TLS without one), "insecure" (TLS unverified)
     from edgefw import mqtt
+    insecure = ca == "insecure"
+    if ca in ("noca", "insecure"):
+        ca = ""
     c = mqtt.MQTTClient("drv", host, port, keepalive_s=ka, tls=ca is not None, ca=ca or None,
+                        insecure=insecure,
                         will=("drv/status", b"offline", 1, True),
                         backoff_min_ms=100, backoff_max_ms=1000)
     acked = []
@@ -98,7 +103,10 @@ def run_mqtt(host, port, ka, n, ca=None):
                 out({"ev": "bye", "mem_peak": mem_peak()})
                 return
         now = clock.ticks_ms()
+        fails = c.fails
         c.poll(now)
+        if c.fails != fails:
+            out({"ev": "fail", "error": c.last_error})
         while c.connected and sent < n and len(c.inflight) < 8:
             c.publish("drv/out", b"%d" % sent, 1)
             sent += 1

@@ -426,13 +426,54 @@ def _tls_check(d):
             assert drv.wait(lambda x: x["ev"] == "done", what="20 QoS 1 over TLS")["acked"] == 20
         finally:
             drv.kill()
-        # a broker certificate from another CA: no connection
+        # a broker certificate from another CA: no connection, and the error says why
         drv = Driver("mqtt", m.host, str(m.port), "5", "1", str(d / "other.pem"))
         try:
-            time.sleep(1.5)
+            f = drv.wait(lambda x: x["ev"] == "fail", what="a refused handshake")
+            assert f["error"].startswith("TLS: the broker's certificate was refused"), f
+            assert "not correctly signed" in f["error"], f
             assert not [x for x in drv.lines if x["ev"] in ("connected", "done")], drv.lines
         finally:
             drv.kill()
+        # TLS without a CA file (issue 14 item 8): not verified = not connected
+        drv = Driver("mqtt", m.host, str(m.port), "5", "1", "noca")
+        try:
+            f = drv.wait(lambda x: x["ev"] == "fail", what="a refusal without a CA file")
+            assert f["error"].startswith("TLS: no CA file to verify the broker"), f
+            time.sleep(0.5)
+            assert not [x for x in drv.lines if x["ev"] in ("connected", "done")], drv.lines
+        finally:
+            drv.kill()
+        # link.insecure: connects without the check (the Link reports it, below)
+        drv = Driver("mqtt", m.host, str(m.port), "5", "3", "insecure")
+        try:
+            assert drv.wait(lambda x: x["ev"] == "done", what="3 QoS 1 over unverified TLS")[
+                "acked"] == 3
+        finally:
+            drv.kill()
+
+
+def test_link_tls_mode_in_status_and_boot_errors(tmp_path):
+    # the Link names its TLS mode in stats() (app.status()["link"]["tls"]) and an
+    # unverified or unusable TLS link gets a warning the app reports at boot
+    from edgefw import link
+    base = {"host": "127.0.0.1", "port": 1}
+    for extra, mode, warn in (({}, "off", None),
+                              ({"tls": True, "ca": "ca.der"}, "verified", None),
+                              ({"tls": True}, "no CA", "TLS: no CA file"),
+                              ({"tls": True, "insecure": True}, "INSECURE",
+                               "TLS without verifying the broker's certificate")):
+        lk = link.Link(dict(base, **extra), DEV, str(tmp_path / mode.replace(" ", "_")))
+        assert lk.stats()["tls"] == mode
+        w = lk.tls_warning()
+        assert (w is None) if warn is None else w.startswith(warn), (mode, w)
+        if warn:  # queued for the cloud as an event, too
+            assert len(lk.ring) == 1
+    assert link.validate_link_cfg({"host": "h", "insecure": True}) == [
+        "link.insecure: true only with tls true (it turns off the broker's certificate "
+        "check)"]
+    assert link.validate_link_cfg({"host": "h", "tls": True, "insecure": 1}) == [
+        "link.insecure: 1 is not true/false"]
 
 
 def test_link_hung_broker_found_by_keepalive(broker, tmp_path):
