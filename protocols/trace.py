@@ -12,6 +12,7 @@ DIRS = ("req", "rsp", "junk")
 # Framer flag bits -> names, in a fixed order so both runtimes write identical lines
 FLAG_NAMES = ((rtu.F_CRC, "crc"), (rtu.F_GAP, "gap"), (rtu.F_LEN, "len"), (rtu.F_SHORT, "short"))
 _KNOWN = ("crc", "gap", "len", "short")
+T_MAX = 1 << 53  # us (285 years): bounds what a reader must represent (floats stay exact)
 
 
 class TraceError(ValueError):
@@ -73,6 +74,8 @@ def check_record(rec, where):
     t = rec.get("t_us")
     if not isinstance(t, int) or isinstance(t, bool):
         raise TraceError("%s: t_us must be an integer" % where)
+    if t < 0 or t > T_MAX:
+        raise TraceError("%s: t_us %s out of range 0..%d" % (where, str(t)[:24], T_MAX))
     if not isinstance(rec.get("bus"), str):
         raise TraceError("%s: bus must be a string" % where)
     if rec.get("dir") not in DIRS:
@@ -87,6 +90,9 @@ def check_record(rec, where):
     fl = rec.get("flags", [])
     if not isinstance(fl, list):
         raise TraceError("%s: flags must be a list" % where)
+    for x in fl:
+        if not isinstance(x, str):
+            raise TraceError("%s: flags must be a list of names, got %r" % (where, x))
     rec["flags"] = fl
     return rec
 
@@ -94,14 +100,20 @@ def check_record(rec, where):
 def _records(f, close, name):
     n = 1
     try:
-        for line in f:
+        while True:
+            try:
+                line = f.readline()
+            except ValueError:  # UnicodeError: the file is not UTF-8 text
+                raise TraceError("%s line %d: not UTF-8 text" % (name, n + 1))
+            if not line:
+                break
             n += 1
             line = line.strip()
             if not line:
                 continue
             try:
                 rec = json.loads(line)
-            except ValueError:
+            except Exception:  # ValueError; RecursionError/RuntimeError on deep nesting
                 raise TraceError("%s line %d: not JSON" % (name, n))
             yield check_record(rec, "%s line %d" % (name, n))
     finally:
@@ -122,10 +134,10 @@ def read(path_or_file):
         f = path_or_file
         close = False
         name = "trace"
-    first = f.readline()
     try:
+        first = f.readline()
         h = json.loads(first)
-    except ValueError:
+    except Exception:  # not JSON, not text (UnicodeError), nested too deep
         h = None
     if not isinstance(h, dict) or h.get("trace") != VERSION:
         if close:

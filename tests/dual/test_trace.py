@@ -84,3 +84,26 @@ def test_import_dotted_errors_and_bad_crc():
     tx = list(trace.transactions(r))
     assert tx[0][4] == "response without request"
     assert tx[1][4] == "request: frame too short: 1 bytes, need 8"
+
+
+def test_reader_bounds_t_us_and_flags():
+    # issue 14.4: a 400-digit t_us or a number in flags went through to a traceback
+    head = '{"trace": 1, "baud": 9600, "source": "x"}\n'
+    rec = '{"t_us": %s, "bus": "b", "dir": "req", "hex": "01041000001134c6", "flags": %s}\n'
+    for t, fl, what in (("9" * 400, "[]", "t_us"), ("-1", "[]", "t_us"), ("1.5", "[]", "t_us"),
+                        ("5", "[1]", "flags"), ("5", '["crc", null]', "flags"),
+                        ("5", '"crc"', "flags")):
+        h, recs = trace.read(io.StringIO(head + rec % ("1", "[]") + rec % (t, fl)))
+        e = raises(trace.TraceError, list, recs)
+        assert "line 3" in str(e) and what in str(e), str(e)
+    h, recs = trace.read(io.StringIO(head + rec % (str(trace.T_MAX), '["crc", "new"]')))
+    assert list(recs)[0]["flags"] == ["crc", "new"]
+
+
+def test_reader_garbage_lines_name_the_line():
+    head = '{"trace": 1, "baud": 9600, "source": "x"}\n'
+    for bad in ("[" * 5000, "{", "nul", '{"t_us": 1}', "[1, 2]"):
+        h, recs = trace.read(io.StringIO(head + bad + "\n"))
+        e = raises(trace.TraceError, list, recs)
+        assert "line 2" in str(e), str(e)
+    raises(trace.TraceError, trace.read, io.StringIO("[" * 5000 + "\n"))
