@@ -223,3 +223,141 @@ def import_dotted(path_or_lines, bus="rs485", baud=19200, turnaround_us=5000, id
         out.append({"t_us": t, "bus": bus, "dir": d, "hex": binascii.hexlify(b).decode(),
                     "flags": frame_flags(b)})
     return out
+
+
+# ---- sniffer formats: '0x..' hex and plain hex dumps -----------------------------------------
+
+FORMATS = ("jsonl", "dotted", "0x", "hex")
+
+
+def _lines_of(path_or_lines):
+    if not isinstance(path_or_lines, str):
+        return path_or_lines
+    try:
+        with open(path_or_lines) as f:
+            return f.read().split("\n")
+    except OSError:
+        raise TraceError("%s: cannot open" % path_or_lines)
+    except ValueError:  # UnicodeError
+        raise TraceError("%s: not UTF-8 text" % path_or_lines)
+
+
+def detect(lines):
+    """The format of a capture from its first meaningful line: 'jsonl' ({...}), 'dotted'
+    (>>> / <<<), '0x' (0x01 0x04 ...) or 'hex' (plain hex bytes); None when none fits."""
+    for line in lines:
+        s = line.strip()
+        if not s or s[0] == "#":
+            continue
+        if s[0] == "{":
+            return "jsonl"
+        if s[:3] in (">>>", "<<<"):
+            return "dotted"
+        t = s.replace(",", " ").split()
+        if t[0][:2] in ("0x", "0X"):
+            return "0x"
+        try:
+            _hex_line(s, 1)
+            return "hex"
+        except TraceError:
+            return None
+    return None
+
+
+def _hex_line(s, n):
+    """Bytes of one plain hex dump line: '01 04 22 ...', '010422...', with an optional
+    'offset:' first token (xxd, od) and a trailing |ascii| column (hexdump -C)."""
+    bar = s.find("|")
+    if bar >= 0:
+        s = s[:bar]
+    t = s.split()
+    if t and t[0][-1:] == ":":
+        t = t[1:]
+    h = "".join(t)
+    if len(h) & 1:
+        raise TraceError("line %d: odd number of hex digits" % n)
+    try:
+        return binascii.unhexlify(h)
+    except ValueError:
+        raise TraceError("line %d: not hex %r" % (n, s[:20]))
+
+
+def _stream_bytes(lines, fmt):
+    out = bytearray()
+    n = 0
+    for line in lines:
+        n += 1
+        s = line.strip()
+        if not s or s[0] == "#":
+            continue
+        if fmt == "0x":
+            for tok in s.replace(",", " ").split():
+                if tok[:2] not in ("0x", "0X") or not 3 <= len(tok) <= 4:
+                    raise TraceError("line %d: %r is not a 0x.. byte" % (n, tok[:10]))
+                try:
+                    out.append(int(tok[2:], 16))
+                except ValueError:
+                    raise TraceError("line %d: %r is not a 0x.. byte" % (n, tok[:10]))
+        else:
+            out.extend(_hex_line(s, n))
+    return bytes(out)
+
+
+def shapes(reads):
+    """{(slave, fc, byte count): (addr, qty)} for reads [(slave, fc, addr, qty)]: the read
+    each response shape answers. A shape two reads share is left out (ambiguous)."""
+    out = {}
+    seen = {}
+    for slave, fc, addr, qty in reads:
+        if fc in (1, 2):
+            bc = (qty + 7) >> 3
+        elif fc in (3, 4):
+            bc = 2 * qty
+        else:
+            continue
+        k = (slave, fc, bc)
+        if k in seen and seen[k] != (addr, qty):
+            out.pop(k, None)
+            continue
+        seen[k] = (addr, qty)
+        out[k] = (addr, qty)
+    return out
+
+
+def import_hex(path_or_lines, fmt="hex", bus="rs485", baud=19200, reads=(),
+               turnaround_us=5000, idle_us=50000):
+    """Records from a sniffer dump without timing: fmt '0x' (space- or comma-separated 0x..
+    bytes, any number of frames a line) or 'hex' (plain hex dump). The bytes are split into
+    frames by their predicted lengths and CRC (modbus_rtu.split_stream). A response with no
+    request before it (sniffers that log one direction) is paired by shape: reads
+    [(slave, fc, addr, qty)] name the reads the master makes, and a response whose slave,
+    function and byte count match exactly one of them gets that request synthesised
+    before it (flag 'synth'). t_us is synthesised as in import_dotted."""
+    if fmt not in ("0x", "hex"):
+        raise TraceError("format %r is not 0x or hex" % (fmt,))
+    data = _stream_bytes(_lines_of(path_or_lines), fmt)
+    if not data:
+        raise TraceError("no frames: the file holds no hex bytes")
+    by_shape = shapes(reads)
+    cu = rtu.char_us(baud)
+    t = 0
+    out = []
+    last = None
+    for f, kind in rtu.split_stream(data, True):
+        if kind == "rsp" and last != "req" and len(f) >= 3:
+            got = by_shape.get((f[0], f[1] & 0x7F, f[2])) if not f[1] & 0x80 else None
+            if got is not None:
+                q = rtu.encode_request(f[0], f[1], got[0], got[1])
+                t += (idle_us if out else 0) + len(q) * cu
+                out.append({"t_us": t, "bus": bus, "dir": "req",
+                            "hex": binascii.hexlify(q).decode(), "flags": ["synth"]})
+                last = "req"
+        if kind == "req":
+            t += idle_us if out else 0
+        elif kind == "rsp":
+            t += turnaround_us if last == "req" else idle_us
+        t += len(f) * cu
+        out.append({"t_us": t, "bus": bus, "dir": kind, "hex": binascii.hexlify(f).decode(),
+                    "flags": frame_flags(f)})
+        last = kind
+    return out

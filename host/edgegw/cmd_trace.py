@@ -207,11 +207,13 @@ class _LineWriter:
 
 # ---- reading and decoding ------------------------------------------------------------------
 
-def read_trace(path):
-    """(header, records) from a JSON Lines trace or a dotted-hex capture."""
+def read_trace(path, fmt=None, devices=None):
+    """(header, records) from a JSON Lines trace or a capture without timing (dotted hex,
+    0x.. bytes, a hex dump; fmt None = detect). devices (Devices): the reads their maps
+    plan pair a responses-only dump by shape."""
     from edgegw.replayer import load_records
     try:
-        return load_records(path)
+        return load_records(path, fmt, devices.reads() if devices is not None else ())
     except OSError as e:
         raise UserError("TRACE %s: cannot read (%s)" % (path, e.strerror or e))
     except ValueError as e:
@@ -260,6 +262,15 @@ class Devices:
             return regmap.load(name)
         except regmap.RegMapError as e:
             raise UserError("%s: %s" % (opt, e))
+
+    def reads(self):
+        """[(slave, fc, addr, qty)]: what a master polling these devices asks for."""
+        from protocols import regmap
+        out = []
+        for (bus, slave), (name, m) in sorted(self.by.items(), key=lambda kv: kv[0][1]):
+            if m is not None:
+                out.extend((slave, fc, a, q) for fc, a, q in regmap.plan(m))
+        return out
 
     def get(self, bus, slave):
         return self.by.get((bus, slave)) or self.by.get((None, slave)) \
@@ -417,6 +428,12 @@ config_opt = click.option("--config", type=click.Path(dir_okay=False),
                           help="A gateway config.json: device names and maps per bus/slave.")
 tbaud_opt = click.option("--baud", type=click.IntRange(300, 4000000), default=None,
                          help="Baud rate (default: from the trace header, else 9600).")
+format_opt = click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "dotted", "0x",
+                                                                  "hex"]),
+                          default="auto", show_default=True,
+                          help="TRACE format: jsonl (edgegw trace), dotted (>>> 01.04...), 0x "
+                          "(0x01 0x04 ..., responses paired with --map reads by shape), hex "
+                          "(plain hex dump).")
 trace_arg = click.argument("trace_file", metavar="TRACE", type=click.Path(dir_okay=False))
 
 
@@ -458,8 +475,12 @@ def capture_cmd(port, baud, parity, out, bus, duration, max_frames):
                % (cap.frames, cap.nbytes, cap.crc, time.time() - t0), err=True)
 
 
-def _fmt_values(v):
-    return " ".join("%s=%s" % (k, v[k]) for k in v)
+def _fmt_values(v, raw=False):
+    """'soc_cpct=83.20 %' (units.human) or, raw, the integer the map decodes to."""
+    from edgegw import units
+    if raw:
+        return " ".join("%s=%s" % (k, v[k]) for k in v)
+    return " ".join("%s=%s" % (k, units.human(k, v[k]).replace(" ", "")) for k in v)
 
 
 @cli.command("decode")
@@ -467,11 +488,16 @@ def _fmt_values(v):
 @map_opt
 @config_opt
 @tbaud_opt
-@click.option("--json", "as_json", is_flag=True, help="JSON Lines, one object per frame.")
-def decode_cmd(trace_file, maps, config, baud, as_json):
-    """Each frame with device, function, point names and decoded values."""
-    header, recs = read_trace(trace_file)
+@format_opt
+@click.option("--raw", is_flag=True, help="Values as the integers the map decodes to "
+              "(soc_cpct=8320), not in human units (83.20%).")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON Lines, one object per frame (integer values).")
+def decode_cmd(trace_file, maps, config, baud, fmt, raw, as_json):
+    """Each frame with device, function, point names and decoded values (human units:
+    v_cv=53.25V, t_max_cdc=21.35°C; --raw or --json for the integers)."""
     devs = Devices(maps, config)
+    header, recs = read_trace(trace_file, None if fmt == "auto" else fmt, devs)
     dec = decode_records(recs, devs, _baud_for(header, baud))
     for e in dec:
         if as_json:
@@ -492,7 +518,7 @@ def decode_cmd(trace_file, maps, config, baud, as_json):
         if e.get("exc"):
             tail += " EXCEPTION %d %s" % (e["exc"], e["exc_name"])
         if e.get("values"):
-            tail += " " + _fmt_values(e["values"])
+            tail += " " + _fmt_values(e["values"], raw)
         click.echo("%s %-4s %s%s" % (t, e["dir"], what, tail))
 
 
@@ -501,11 +527,13 @@ def decode_cmd(trace_file, maps, config, baud, as_json):
 @map_opt
 @config_opt
 @tbaud_opt
+@format_opt
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def stats_cmd(trace_file, maps, config, baud, as_json):
+def stats_cmd(trace_file, maps, config, baud, fmt, as_json):
     """Per device: requests, timeouts, CRC errors, exceptions, latency p50/p99."""
-    header, recs = read_trace(trace_file)
-    s = stats(decode_records(recs, Devices(maps, config), _baud_for(header, baud)))
+    devs = Devices(maps, config)
+    header, recs = read_trace(trace_file, None if fmt == "auto" else fmt, devs)
+    s = stats(decode_records(recs, devs, _baud_for(header, baud)))
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
@@ -523,14 +551,16 @@ def stats_cmd(trace_file, maps, config, baud, as_json):
 @map_opt
 @config_opt
 @tbaud_opt
+@format_opt
 @click.option("--csv", "as_csv", is_flag=True, required=True, help="CSV output (the format).")
 @click.option("--frames", "what", flag_value="frames", help="One row per frame, not per value.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Output file (default stdout).")
-def export_cmd(trace_file, maps, config, baud, as_csv, what, out):
+def export_cmd(trace_file, maps, config, baud, fmt, as_csv, what, out):
     """CSV: one row per decoded value (t_s, bus, slave, device, fc, point, value), or with
     --frames one row per frame."""
-    header, recs = read_trace(trace_file)
-    dec = decode_records(recs, Devices(maps, config), _baud_for(header, baud))
+    devs = Devices(maps, config)
+    header, recs = read_trace(trace_file, None if fmt == "auto" else fmt, devs)
+    dec = decode_records(recs, devs, _baud_for(header, baud))
     f = open(out, "w", newline="") if out else sys.stdout
     w = csv.writer(f)
     if what == "frames":

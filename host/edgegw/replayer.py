@@ -510,14 +510,23 @@ def timing_for(url):
     return "wire"
 
 
-def load_records(path):
-    """Records from a JSON Lines trace or a dotted-hex capture (>>> / <<< lines)."""
+def load_records(path, fmt=None, reads=()):
+    """(header, records) from a JSON Lines trace or a capture without timing: dotted hex
+    (>>> / <<< lines), '0x..' bytes or a plain hex dump (fmt: protocols.trace.FORMATS, None =
+    detect). reads [(slave, fc, addr, qty)] pair responses-only dumps by shape."""
     from protocols import trace
-    with open(path) as f:
-        head = f.read(256)
-    if head.lstrip().startswith("{"):
+    if fmt is None:
+        with open(path, errors="replace") as f:
+            head = [f.readline() for _ in range(64)]
+        fmt = trace.detect(head)
+        if fmt is None:
+            raise trace.TraceError("line 1: not a trace, a dotted-hex capture (>>> / <<<), "
+                                   "0x.. bytes or a hex dump (try --format)")
+    if fmt == "jsonl":
         header, recs = trace.read(path)
         return header, list(recs)
-    # dotted captures carry no timing: import_dotted synthesises it at its default baud
-    return ({"trace": 1, "source": os.path.basename(path), "baud": 19200},
-            list(trace.import_dotted(path, baud=19200)))
+    # captures without timing: t_us is synthesised at 19200 baud (the Seplos default)
+    header = {"trace": 1, "source": os.path.basename(path), "baud": 19200, "format": fmt}
+    if fmt == "dotted":
+        return header, list(trace.import_dotted(path, baud=19200))
+    return header, trace.import_hex(path, fmt, baud=19200, reads=reads)

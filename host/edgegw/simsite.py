@@ -244,7 +244,7 @@ class SimSite:
                         "cap_full_cah": int(self.cap_wh / v * 100),
                         "soc_cpct": self.soc_cpct, "soh_cpct": 9990, "cycles": self.cycles,
                         "cell_avg_mv": cell, "cell_max_mv": cell + 5, "cell_min_mv": cell - 5,
-                        "t_avg_dc": 250, "t_max_dc": 260, "t_min_dc": 240,
+                        "t_avg_cdc": 2505, "t_max_cdc": 2605, "t_min_cdc": 2405,
                         "ccl_ca": int(self.ccl_a()) * 100, "dcl_ca": int(self.dcl_a()) * 100,
                         "alarm": self.bms_alarm, "protect": self.bms_protect,
                         "sys_state": 1 if self.bat_w > 0 else (2 if self.bat_w < 0 else 16),
