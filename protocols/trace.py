@@ -54,17 +54,21 @@ class Writer:
         self.n = 0
         f.write(json.dumps(h) + "\n")
 
-    def frame(self, t_us, bus, d, data, flags=0):
+    def frame(self, t_us, bus, d, data, flags=0, t0_us=None):
+        """t0_us: when the frame's first byte arrived, if measured (a tap on a pty or TCP
+        stream, where a frame arrives at once) or known (imports); else left out."""
         if d not in DIRS:
             raise TraceError("dir %r not one of req/rsp/junk" % (d,))
         fl = flag_list(flags)
-        self.f.write('{"t_us": %d, "bus": %s, "dir": "%s", "hex": "%s", "flags": [%s]}\n' % (
-            t_us, _q(bus), d, binascii.hexlify(bytes(data)).decode(),
+        t0 = "" if t0_us is None else '"t0_us": %d, ' % t0_us
+        self.f.write('{"t_us": %d, %s"bus": %s, "dir": "%s", "hex": "%s", "flags": [%s]}\n' % (
+            t_us, t0, _q(bus), d, binascii.hexlify(bytes(data)).decode(),
             ", ".join('"%s"' % x for x in fl)))
         self.n += 1
 
     def write(self, rec):
-        self.frame(rec["t_us"], rec["bus"], rec["dir"], binascii.unhexlify(rec["hex"]), rec.get("flags"))
+        self.frame(rec["t_us"], rec["bus"], rec["dir"], binascii.unhexlify(rec["hex"]),
+                   rec.get("flags"), rec.get("t0_us"))
 
 
 def check_record(rec, where):
@@ -76,6 +80,9 @@ def check_record(rec, where):
         raise TraceError("%s: t_us must be an integer" % where)
     if t < 0 or t > T_MAX:
         raise TraceError("%s: t_us %s out of range 0..%d" % (where, str(t)[:24], T_MAX))
+    t0 = rec.get("t0_us")
+    if t0 is not None and (not isinstance(t0, int) or isinstance(t0, bool) or t0 < 0 or t0 > t):
+        raise TraceError("%s: t0_us must be an integer in 0..t_us" % where)
     if not isinstance(rec.get("bus"), str):
         raise TraceError("%s: bus must be a string" % where)
     if rec.get("dir") not in DIRS:
@@ -151,6 +158,22 @@ def data(rec):
     return binascii.unhexlify(rec["hex"])
 
 
+def start_us(rec, char_us):
+    """When the frame's first byte arrived: t0_us when recorded, else estimated from its
+    length on the wire (t_us - bytes x char_us)."""
+    t0 = rec.get("t0_us")
+    if t0 is not None:
+        return t0
+    return rec["t_us"] - (len(rec["hex"]) >> 1) * char_us
+
+
+def latency_us(req_rec, rsp_rec, char_us):
+    """Response start - request end (us), or None when the records cannot say (a response
+    estimated to start before its request ended: a trace from a stream without t0_us)."""
+    lat = start_us(rsp_rec, char_us) - req_rec["t_us"]
+    return lat if lat >= 0 else None
+
+
 def transactions(records):
     """Pair requests with the responses that follow them. Yields (req, rsp, rec_req, rec_rsp,
     error): req a modbus_rtu.Request or None (did not decode), rsp a Response or None,
@@ -219,9 +242,10 @@ def import_dotted(path_or_lines, bus="rs485", baud=19200, turnaround_us=5000, id
             raise TraceError("line %d: bad dotted hex %r" % (n, s[3:20]))
         if not b:
             raise TraceError("line %d: empty frame" % n)
+        t0 = t
         t += len(b) * cu
-        out.append({"t_us": t, "bus": bus, "dir": d, "hex": binascii.hexlify(b).decode(),
-                    "flags": frame_flags(b)})
+        out.append({"t_us": t, "t0_us": t0, "bus": bus, "dir": d,
+                    "hex": binascii.hexlify(b).decode(), "flags": frame_flags(b)})
     return out
 
 
@@ -348,16 +372,17 @@ def import_hex(path_or_lines, fmt="hex", bus="rs485", baud=19200, reads=(),
             got = by_shape.get((f[0], f[1] & 0x7F, f[2])) if not f[1] & 0x80 else None
             if got is not None:
                 q = rtu.encode_request(f[0], f[1], got[0], got[1])
-                t += (idle_us if out else 0) + len(q) * cu
-                out.append({"t_us": t, "bus": bus, "dir": "req",
+                t += idle_us if out else 0
+                out.append({"t_us": t + len(q) * cu, "t0_us": t, "bus": bus, "dir": "req",
                             "hex": binascii.hexlify(q).decode(), "flags": ["synth"]})
+                t += len(q) * cu
                 last = "req"
-        if kind == "req":
-            t += idle_us if out else 0
-        elif kind == "rsp":
+        if kind == "rsp":
             t += turnaround_us if last == "req" else idle_us
+        elif out:
+            t += idle_us
+        out.append({"t_us": t + len(f) * cu, "t0_us": t, "bus": bus, "dir": kind,
+                    "hex": binascii.hexlify(f).decode(), "flags": frame_flags(f)})
         t += len(f) * cu
-        out.append({"t_us": t, "bus": bus, "dir": kind, "hex": binascii.hexlify(f).decode(),
-                    "flags": frame_flags(f)})
         last = kind
     return out
