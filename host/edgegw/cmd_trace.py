@@ -429,7 +429,7 @@ def stats(decoded):
         key = (e["bus"], e["slave"])
         s = per.setdefault(key, {"device": e["device"], "bus": e["bus"], "slave": e["slave"],
                                  "requests": 0, "responses": 0, "timeouts": 0, "crc_errors": 0,
-                                 "exceptions": 0, "lat": []})
+                                 "bad_frames": 0, "exceptions": 0, "lat": []})
         if e["dir"] == "req":
             if waiting.get(e["bus"]) is not None:
                 per[waiting[e["bus"]]]["timeouts"] += 1
@@ -441,6 +441,8 @@ def stats(decoded):
                 waiting[e["bus"]] = None
             if e.get("error") == "CRC" or "crc" in e["flags"]:
                 s["crc_errors"] += 1
+            elif e.get("error"):
+                s["bad_frames"] += 1   # good CRC, not a valid answer (e.g. exception code 0)
             if e.get("exc"):
                 s["exceptions"] += 1
             if e.get("latency_us") is not None and e.get("error") is None:
@@ -597,12 +599,13 @@ def stats_cmd(trace_file, maps, config, baud, fmt, as_json):
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
-    click.echo("%-16s %-6s %5s %6s %6s %6s %5s %5s %8s %8s" % (
-        "device", "bus", "slave", "req", "rsp", "tmo", "crc", "exc", "p50 ms", "p99 ms"))
+    click.echo("%-16s %-6s %5s %6s %6s %6s %5s %5s %5s %8s %8s" % (
+        "device", "bus", "slave", "req", "rsp", "tmo", "crc", "bad", "exc", "p50 ms", "p99 ms"))
     for d in s["devices"]:
-        click.echo("%-16s %-6s %5d %6d %6d %6d %5d %5d %8s %8s" % (
+        click.echo("%-16s %-6s %5d %6d %6d %6d %5d %5d %5d %8s %8s" % (
             d["device"], d["bus"], d["slave"], d["requests"], d["responses"], d["timeouts"],
-            d["crc_errors"], d["exceptions"], d["latency_ms_p50"], d["latency_ms_p99"]))
+            d["crc_errors"], d["bad_frames"], d["exceptions"], d["latency_ms_p50"],
+            d["latency_ms_p99"]))
     click.echo("%d frames, %d junk" % (s["frames"], s["junk_frames"]))
 
 

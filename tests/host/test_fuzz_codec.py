@@ -241,6 +241,28 @@ def _dotted(rng):
     return lines
 
 
+READS = [(1, 4, 0x1000, 17), (1, 4, 0x1100, 26), (1, 1, 0x1200, 144), (2, 3, 0, 2)]
+
+
+def _sniffer(rng, fmt):
+    """A responses-and-requests dump in 0x.. or plain hex, mutated, a few frames a line."""
+    frames = [mutate(rng, f) if rng.random() < 0.4 else f
+              for f in rng.sample(SEED_FRAMES, rng.randint(1, len(SEED_FRAMES)))]
+    lines = []
+    while frames:
+        k = rng.randint(1, 3)
+        b = b"".join(frames[:k])
+        frames = frames[k:]
+        if fmt == "0x":
+            lines.append(" ".join("0x%02X" % x for x in b))
+        else:
+            lines.append(rng.choice(("", "00000010: ")) + " ".join("%02x" % x for x in b))
+    if rng.random() < 0.2:
+        i = rng.randrange(len(lines))
+        lines[i] = lines[i][:rng.randrange(len(lines[i]) + 1)] + rng.choice(("zz", "0x", "|x|", ""))
+    return lines
+
+
 def test_fuzz_500_garbage_trace_files(tmp_path):
     rng = random.Random(1414)
     good = _good_trace()
@@ -260,6 +282,14 @@ def test_fuzz_500_garbage_trace_files(tmp_path):
             trace.import_dotted(_dotted(rng))
         except trace.TraceError as e:
             assert "line" in str(e)
+        for fmt, lines in (("0x", _sniffer(rng, "0x")), ("hex", _sniffer(rng, "hex"))):
+            trace.detect(lines)
+            try:
+                recs = trace.import_hex(lines, fmt, reads=READS)
+                list(trace.transactions(recs))
+                cmd_trace.decode_records(recs, devs, 19200)
+            except trace.TraceError as e:
+                assert "line" in str(e) or "no frames" in str(e)
         if i % 10 == 0:   # the command itself, on the file as a user would pass it
             p = tmp_path / ("t%d.%s" % (i, "jsonl" if i % 20 else "txt"))
             p.write_bytes(text.encode("utf-8", "surrogatepass") if i % 20 else

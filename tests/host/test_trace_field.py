@@ -102,6 +102,8 @@ def test_exception_code_zero_reply_no_traceback(tmp_path, cmd):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     if cmd == ["trace", "decode"]:
         assert "ERROR exception response with code 0" in r.stdout
+    if cmd == ["trace", "stats"]:
+        assert r.stdout.split("\n")[1].split()[3:9] == ["1", "1", "0", "0", "1", "0"]
 
 
 def test_replay_of_exception_code_zero_no_traceback(tmp_path):
