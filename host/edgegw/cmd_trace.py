@@ -395,6 +395,11 @@ def decode_records(records, devices, baud):
                     e["values"] = regmap.decode(m, fc, q.addr, p.values)
                 except regmap.RegMapError as ex:
                     e["error"] = str(ex)
+                    continue
+                bits = {k: regmap.bit_names(m, k, v) for k, v in e["values"].items()
+                        if m.points[k].get("bits") and v}
+                if bits:
+                    e["bits"] = bits   # names of the set bits of bitfields (alarms, states)
     return out
 
 
@@ -537,12 +542,19 @@ def capture_cmd(port, baud, parity, out, bus, duration, max_frames):
                % (cap.frames, cap.nbytes, cap.crc, time.time() - t0), err=True)
 
 
-def _fmt_values(v, raw=False):
-    """'soc_cpct=83.20 %' (units.human) or, raw, the integer the map decodes to."""
+def _fmt_values(v, raw=False, bits=None):
+    """'soc_cpct=83.20%' (units.human), bitfields with their set bits' names
+    ('fet=3(dsg_fet,chg_fet)'); raw: the integers the map decodes to."""
     from edgegw import units
     if raw:
         return " ".join("%s=%s" % (k, v[k]) for k in v)
-    return " ".join("%s=%s" % (k, units.human(k, v[k]).replace(" ", "")) for k in v)
+    out = []
+    for k in v:
+        t = units.human(k, v[k]).replace(" ", "")
+        if bits and k in bits:
+            t += "(%s)" % ",".join(bits[k])
+        out.append("%s=%s" % (k, t))
+    return " ".join(out)
 
 
 @cli.command("decode")
@@ -580,7 +592,7 @@ def decode_cmd(trace_file, maps, config, baud, fmt, raw, as_json):
         if e.get("exc"):
             tail += " EXCEPTION %d %s" % (e["exc"], e["exc_name"])
         if e.get("values"):
-            tail += " " + _fmt_values(e["values"], raw)
+            tail += " " + _fmt_values(e["values"], raw, e.get("bits"))
         click.echo("%s %-4s %s%s" % (t, e["dir"], what, tail))
 
 

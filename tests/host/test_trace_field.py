@@ -45,7 +45,8 @@ def test_readme_seplos_command_decodes_pack_and_bank():
         assert want in out, want
     # the bank master (address 0): EIA totals and EIC event codes
     assert "seplos_v3_bank@0 FC04 0x2000+26" in out and "packs=1" in out
-    assert "soh_cpct=99.90%" in out and "fet=67" in out
+    assert "soh_cpct=99.90%" in out and "fet=67(dsg_fet,chg_fet,bit6)" in out
+    assert "sys_state=1(discharge)" in out
 
 
 def test_raw_and_json_keep_integers():
