@@ -48,8 +48,8 @@ class Station:
     def stats(self, now):
         return {"requests": self.requests, "ok": self.ok, "timeouts": self.timeouts,
                 "crc": self.crc, "bad": self.bad, "exceptions": self.exceptions,
-                "last_exc": self.last_exc, "polls": self.polls, "missed": self.missed, "stale": self.stale,
-                "late": self.late,
+                "last_exc": self.last_exc, "polls": self.polls, "missed": self.missed,
+                "stale": self.stale, "late": self.late,
                 "age_ms": None if self.last_ok is None else clock.ticks_diff(now, self.last_ok)}
 
 

@@ -5,8 +5,8 @@ from _helpers import raises, Rand, MICROPYTHON
 MAPS = ("sdm630", "sdm120", "dtsu666", "dtsd1352", "seplos_v3", "sunspec_pcs", "sungrow_sh",
         "sunspec_pv", "seplos_v3_bank")
 METER = ("p_w", "e_imp_wh", "e_exp_wh", "u1_dv", "i1_ma", "f_chz", "pf_milli")
-BMS = ("soc_cpct", "soh_cpct", "v_cv", "i_ca", "cell_max_mv", "cell_min_mv", "t_max_cdc", "t_min_cdc",
-       "ccl_ca", "dcl_ca", "cycles", "alarm", "protect")
+BMS = ("soc_cpct", "soh_cpct", "v_cv", "i_ca", "cell_max_mv", "cell_min_mv", "t_max_cdc",
+       "t_min_cdc", "ccl_ca", "dcl_ca", "cycles", "alarm", "protect")
 PCS = ("p_w", "p_set_w", "run", "fault", "state")
 PVINV = ("p_w", "wmax_w", "lim_cpct", "lim_ena")
 ROLE = {"sdm630": METER, "sdm120": METER, "dtsu666": METER, "dtsd1352": METER,

@@ -20,7 +20,8 @@ from protocols import trace
 
 SEED_FRAMES = [
     bytes.fromhex(h) for h in (
-        "01041000001134c6", "010422" + "14cdff776b4080e8012203" "4003e7000a0cff0b7f0d000cff0b810b7e000000b400b4" "d32e",
+        "01041000001134c6",
+        "01042214cdff776b4080e80122034003e7000a0cff0b7f0d000cff0b810b7e000000b400b4d32e",
         "00840293" "01", "fe0400030001d5c5", "1103007c00020743", "110304008d008efbbd",
         "0083029131", "01101000000204000a000b", "010600050007", "01050003ff00",
         "010f000000080101", "0101120009003f22", "0181" "02c191")]
@@ -216,7 +217,8 @@ def mutate_trace(rng, text):
                 pass
         elif k == 1 and lines[i]:   # byte damage
             j = rng.randrange(len(lines[i]))
-            lines[i] = lines[i][:j] + chr(rng.choice((0, 10, 34, 44, 58, 91, 123, 125, 0xE9, 0xFFFD))) + lines[i][j + 1:]
+            c = chr(rng.choice((0, 10, 34, 44, 58, 91, 123, 125, 0xE9, 0xFFFD)))
+            lines[i] = lines[i][:j] + c + lines[i][j + 1:]
         elif k == 2:
             lines[i] = lines[i][:rng.randrange(len(lines[i]) + 1)]
         elif k == 3:
