@@ -146,10 +146,16 @@ def read(path_or_file):
         h = json.loads(first)
     except Exception:  # not JSON, not text (UnicodeError), nested too deep
         h = None
+    err = None
     if not isinstance(h, dict) or h.get("trace") != VERSION:
+        err = "not a trace header ({\"trace\": 1, ...})"
+    elif "baud" in h and (not isinstance(h["baud"], int) or isinstance(h["baud"], bool)
+                          or not 0 < h["baud"] <= 100000000):
+        err = "baud must be a positive integer (bits/s)"
+    if err is not None:
         if close:
             f.close()
-        raise TraceError("%s line 1: not a trace header ({\"trace\": 1, ...})" % name)
+        raise TraceError("%s line 1: %s" % (name, err))
     return h, _records(f, close, name)
 
 

@@ -169,3 +169,12 @@ def test_detect_formats():
     assert trace.detect(["0x01, 0x04"]) == "0x"
     assert trace.detect(["hello world"]) is None
     assert trace.detect([]) is None
+
+
+def test_header_baud_must_be_a_positive_int():
+    for b in ("0", "-9600", "true", '"9600"', "1e999", "9" * 40):
+        e = raises(trace.TraceError, trace.read,
+                   io.StringIO('{"trace": 1, "baud": %s, "source": "x"}\n' % b))
+        assert "line 1" in str(e) and "baud" in str(e), str(e)
+    assert trace.read(io.StringIO('{"trace": 1, "baud": 19200, "source": "x"}\n'))[0]["baud"] \
+        == 19200
