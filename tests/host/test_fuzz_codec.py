@@ -302,4 +302,10 @@ def test_fuzz_500_garbage_trace_files(tmp_path):
                 bad_exit.append((i, r.exit_code, repr(r.exception), r.output[-300:]))
             elif r.exit_code == 2:
                 assert r.output.count("\n") == 1 and r.output.startswith("Error: "), r.output
+            if i % 20 == 0:
+                r = CliRunner().invoke(cli, ["replay", str(p), "--port", "loop://",
+                                             "--duration", "0", "--json"])
+                if r.exception is not None and not isinstance(r.exception, SystemExit) \
+                        or r.exit_code not in (0, 2):
+                    bad_exit.append((i, "replay", r.exit_code, repr(r.exception)))
     assert bad_exit == []
