@@ -193,6 +193,17 @@ class Response:
 
 # ---- requests ---------------------------------------------------------------
 
+def _single(v, fc):
+    # FC5/6 carry one value: a bare int or a one-element list
+    if isinstance(v, (list, tuple)):
+        if len(v) != 1:
+            raise ModbusError("FC%d writes exactly one value, got %d" % (fc, len(v)))
+        v = v[0]
+    if not isinstance(v, int):
+        raise ModbusError("FC%d value %r is not an integer" % (fc, v))
+    return v
+
+
 def encode_request(slave, fc, addr, qty=1, values=None):
     """Build a request ADU (with CRC). For FC5/6, values is the single value (or qty is)."""
     _slave(slave)
@@ -204,28 +215,24 @@ def encode_request(slave, fc, addr, qty=1, values=None):
         body = bytes((slave, fc, addr >> 8, addr & 0xFF, qty >> 8, qty & 0xFF))
     elif fc == 5:
         _u16(addr, "address")
-        v = qty if values is None else values
-        if isinstance(v, (list, tuple)):
-            v = v[0]
+        v = _single(qty if values is None else values, 5)
         word = 0xFF00 if v else 0x0000
         body = bytes((slave, 5, addr >> 8, addr & 0xFF, word >> 8, 0))
     elif fc == 6:
         _u16(addr, "address")
-        v = qty if values is None else values
-        if isinstance(v, (list, tuple)):
-            v = v[0]
+        v = _single(qty if values is None else values, 6)
         _u16(v, "register value")
         body = bytes((slave, 6, addr >> 8, addr & 0xFF, v >> 8, v & 0xFF))
     elif fc == 15:
-        if values is None:
-            raise ModbusError("FC15 needs bit values")
+        if not isinstance(values, (list, tuple)):
+            raise ModbusError("FC15 needs a list of bit values")
         qty = len(values)
         _check_span(addr, qty, 1, MAX_WRITE_BITS, "coil write")
         data = pack_bits(values)
         body = bytes((slave, 15, addr >> 8, addr & 0xFF, qty >> 8, qty & 0xFF, len(data))) + data
     elif fc == 16:
-        if values is None:
-            raise ModbusError("FC16 needs register values")
+        if not isinstance(values, (list, tuple)):
+            raise ModbusError("FC16 needs a list of register values")
         qty = len(values)
         _check_span(addr, qty, 1, MAX_WRITE_REGS, "register write")
         data = _regs_bytes(values)
@@ -364,6 +371,9 @@ def decode_response(frame, req=None):
     if fc & 0x80:
         if n != 5:
             raise ModbusError("exception response must be 5 bytes, got %d" % n)
+        if frame[2] == 0:
+            # code 0 is no exception at all: taken as one it would read as a normal answer
+            raise ModbusError("exception response with code 0 (not a valid exception)")
         r = Response(slave, fc & 0x7F, exc=frame[2])
         _match(r, req)
         return r

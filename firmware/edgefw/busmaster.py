@@ -36,6 +36,7 @@ class Station:
         self.ok = 0
         self.timeouts = 0
         self.crc = 0
+        self.bad = 0           # answers that framed but could not be used (decode raised)
         self.exceptions = 0
         self.last_exc = 0
         self.polls = 0
@@ -46,9 +47,9 @@ class Station:
 
     def stats(self, now):
         return {"requests": self.requests, "ok": self.ok, "timeouts": self.timeouts,
-                "crc": self.crc, "exceptions": self.exceptions, "last_exc": self.last_exc,
-                "polls": self.polls, "missed": self.missed, "stale": self.stale,
-                "late": self.late,
+                "crc": self.crc, "bad": self.bad, "exceptions": self.exceptions,
+                "last_exc": self.last_exc, "polls": self.polls, "missed": self.missed,
+                "stale": self.stale, "late": self.late,
                 "age_ms": None if self.last_ok is None else clock.ticks_diff(now, self.last_ok)}
 
 
@@ -159,7 +160,20 @@ class BusMaster:
             if self.state != _WAIT:
                 self.junk += 1
                 continue
-            self._frame(fb[0], fb[1])
+            try:
+                self._frame(fb[0], fb[1])
+            except Exception:
+                # no answer of any shape may take the bus down (fail() would stale every
+                # device on it): it is this device's bad answer, counted for it alone
+                self._bad_answer()
+
+    def _bad_answer(self):
+        cur = self.cur
+        if cur is None or self.state != _WAIT:
+            self.junk += 1
+            return
+        (cur if isinstance(cur, Station) else cur.st).bad += 1
+        self._attempt_failed(True)
 
     def _frame(self, frame, flags):
         cur = self.cur
@@ -190,11 +204,11 @@ class BusMaster:
             st.last_ok = now  # it answered: alive, but refused this request
             self._done(True, False, now)
             return
-        st.ok += 1
-        st.last_ok = now
         if isinstance(cur, Station):
             q = self.req
-            cur.dev.on_read(q.fc, q.addr, r.values, now)
+            cur.dev.on_read(q.fc, q.addr, r.values, now)  # raises: _bad_answer, not ok
+        st.ok += 1
+        st.last_ok = now
         self._done(True, True, now)
 
     def _send(self, frame, req):

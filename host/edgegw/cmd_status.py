@@ -17,7 +17,8 @@ STATUS_CODE = ("import json\nfrom edgefw import app as _a\n"
 # point-name suffix -> (divisor, unit) for display; values stay integers in --json
 UNITS = (("_w", 1, "W"), ("_wh", 1, "Wh"), ("_dv", 10, "V"), ("_cv", 100, "V"),
          ("_mv", 1000, "V"), ("_ma", 1000, "A"), ("_ca", 100, "A"), ("_chz", 100, "Hz"),
-         ("_milli", 1000, ""), ("_cpct", 100, "%"), ("_dc", 10, "degC"))
+         ("_milli", 1000, ""), ("_cpct", 100, "%"), ("_dc", 10, "degC"),
+         ("_cdc", 100, "degC"))
 
 
 def fmt(name, v):

@@ -63,81 +63,129 @@ def flag_list(flags):
 
 class Capture:
     """Frames a byte stream and writes trace records; usable without a port (feed()).
-    t_us of a record is the time of the frame's last byte (docs/trace-format.md); on a pty
-    or TCP stream, where a frame arrives at once, that is its arrival."""
 
-    def __init__(self, writer, baud, bus="bus0"):
+    Every chunk is stamped with its arrival time on one monotonic clock (feed(chunk, t_us));
+    a frame's t0_us is when its first byte arrived and t_us when its last did, so the
+    latency decode reports (response start - request end) is what the tap saw and never
+    negative, and records come out in arrival order. paced: the port is a UART, whose
+    chunk's last byte arrives (n - 1) character times after its first; on a pty or TCP
+    stream (paced False) a chunk's bytes arrive together. A silence of t3.5 closes a frame;
+    frames glued together without one (a fast responder on a stream) are cut by the length
+    the pending request calls for, or split by predicted lengths and CRC."""
+
+    def __init__(self, writer, baud, bus="bus0", paced=False):
         self.w = writer
         self.bus = bus
-        self.framer = rtu.Framer(baud)
+        self.t35 = rtu.silence_us(baud)
         self.char = rtu.char_us(baud)
+        self.step = self.char if paced else 0
         self.cls = Classifier()
+        self.buf = bytearray()
+        self.marks = []        # [(offset in buf, arrival of that byte)] one per chunk
+        self.last = None       # arrival of the newest byte
         self.frames = 0
         self.crc = 0
         self.nbytes = 0
 
-    def _emit(self, frame, flags, end_us):
-        if flags & rtu.F_CRC and len(frame) > 8 and self._split(frame, end_us):
+    def _t(self, i):
+        """Arrival time of buf[i]."""
+        k = len(self.marks) - 1
+        while self.marks[k][0] > i:
+            k -= 1
+        off, t = self.marks[k]
+        return t + (i - off) * self.step
+
+    def _take(self, n):
+        """(bytes, t0, t1) of the first n buffered bytes, removed from the buffer."""
+        t0, t1 = self._t(0), self._t(n - 1)
+        rest = self._t(n) if len(self.buf) > n else None
+        frame = bytes(self.buf[:n])
+        del self.buf[:n]
+        marks = [(off - n, t) for off, t in self.marks if off > n]
+        if rest is not None:
+            marks.insert(0, (0, rest))
+        self.marks = marks
+        return frame, t0, t1
+
+    def feed(self, chunk, now):
+        if not chunk:
             return
+        self.nbytes += len(chunk)
+        first = now - (len(chunk) - 1) * self.step
+        if self.last is not None and first < self.last:
+            first = self.last          # one clock: arrivals never go back
+        if self.buf and first - self.last >= self.t35:
+            self._close(rtu.F_GAP)
+        self.marks.append((len(self.buf), first))
+        self.buf.extend(chunk)
+        self.last = first + (len(chunk) - 1) * self.step
+        self._arm()
+
+    def poll(self, now):
+        """No bytes arrived by now: a silence of t3.5 closes the pending frame."""
+        if self.buf and now - self.last >= self.t35:
+            self._close(rtu.F_GAP)
+
+    def close(self):
+        if self.buf:
+            self._close(rtu.F_GAP)   # the frame being received when stopped is written too
+
+    def _close(self, flag):
+        frame = bytes(self.buf)
+        if len(frame) > 8 and not rtu.check_crc(frame) and self._split(frame):
+            return
+        frame, t0, t1 = self._take(len(frame))
+        if len(frame) < 4:
+            flag |= rtu.F_SHORT | rtu.F_CRC
+        elif not rtu.check_crc(frame):
+            flag |= rtu.F_CRC
+        self._emit(frame, flag, t0, t1)
+
+    def _split(self, frame):
+        """A bad frame that is really several good ones without silence between them:
+        split by predicted lengths and CRC; each part keeps the arrival times of its bytes."""
+        parts = list(rtu.split_stream(frame, self.cls.pending is None))
+        if len(parts) < 2 or any(k == "junk" for _, k in parts):
+            return False
+        for part, _ in parts:
+            f, t0, t1 = self._take(len(part))
+            self._emit(f, rtu.F_LEN, t0, t1)
+        return True
+
+    def _emit(self, frame, flags, t0, t1):
         d = self.cls(frame, flags)
-        self.w.write({"t_us": max(0, end_us), "bus": self.bus, "dir": d, "hex": frame.hex(),
-                      "flags": flag_list(flags)})
+        self.w.write({"t_us": max(0, t1), "t0_us": max(0, t0), "bus": self.bus, "dir": d,
+                      "hex": frame.hex(), "flags": flag_list(flags)})
         self.frames += 1
         if flags & rtu.F_CRC:
             self.crc += 1
 
-    def _split(self, frame, end_us):
-        """A bad frame that is really several good ones without silence between them (a
-        fast responder on a pty or TCP link): split by predicted lengths and CRC."""
-        parts = list(rtu.split_stream(frame, self.cls.pending is None))
-        if len(parts) < 2 or any(k == "junk" for _, k in parts):
-            return False
-        left = len(frame)
-        for part, _ in parts:
-            left -= len(part)
-            self._emit(part, rtu.F_LEN, end_us - left * self.char)
-        return True
-
-    def feed(self, chunk, now):
-        prev = self.framer.last
-        self.nbytes += len(chunk)
-        for frame, flags in self.framer.feed(chunk, now):
-            # closed by silence before this chunk, or cut at the announced length by it
-            self._emit(frame, flags, now if flags & rtu.F_LEN else prev)
-        self._arm()
-
     def _arm(self):
         """A response glued to the next frame (no silence between them, as on a pty) is cut
         at the length its request calls for, if that much of the buffer is a good frame.
-        (Never announced ahead: a request left unanswered must not be cut short.)"""
+        (Only with bytes beyond it: a frame complete and alone waits for its silence, and
+        a request left unanswered is never cut short.)"""
         while True:
             q = self.cls.pending
-            b = self.framer.buf
+            b = self.buf
             if q is None or len(b) < 5 or b[0] != q.slave:
                 return
             if (b[1] & 0x80) and rtu.check_crc(b[:5]):
                 n = 5
             else:
                 n = q.response_len()
-                if not rtu.check_crc(b[:n]):
+                if len(b) < n or not rtu.check_crc(b[:n]):
                     return
             if len(b) <= n:
-                return      # complete and alone: the silence after it closes it
-            self.framer.expect(n)
-            last = self.framer.last
-            for frame, flags in self.framer.feed(b"", last):
-                self._emit(frame, flags, last)
+                return
+            frame, t0, t1 = self._take(n)
+            self._emit(frame, rtu.F_LEN, t0, t1)
 
-    def poll(self, t_us):
-        last = self.framer.last
-        for frame, flags in self.framer.poll(t_us):
-            self._emit(frame, flags, last)
-        self._arm()
 
-    def close(self):
-        last = self.framer.last
-        for frame, flags in self.framer.flush():
-            self._emit(frame, flags, last)
+def _paced(url):
+    """A UART paces bytes at the baud rate; ptys and network streams deliver them at once."""
+    from edgegw.replayer import timing_for
+    return timing_for(url) == "wire"
 
 
 def _open_port(url, baud, parity):
@@ -153,10 +201,18 @@ class _Stop(Exception):
     pass
 
 
-def capture(ser, writer, baud, bus="bus0", duration=None, max_frames=None, stop=None):
-    """Read until Ctrl-C / SIGTERM / duration / max_frames / stop(); returns the Capture."""
-    cap = Capture(writer, baud, bus)
-    t0 = time.monotonic_ns() // 1000
+def capture(ser, writer, baud, bus="bus0", duration=None, max_frames=None, stop=None,
+            paced=False, clock_us=None, cap=None):
+    """Read until Ctrl-C / SIGTERM / duration / max_frames / stop(); returns the Capture.
+    Bytes are stamped when the read that got them returns, on one monotonic clock
+    (clock_us, default time.monotonic_ns() // 1000). cap: a Capture to feed instead of a
+    new one (a test feeding the port watches cap.nbytes)."""
+    if cap is None:
+        cap = Capture(writer, baud, bus, paced)
+    if clock_us is None:
+        def clock_us():
+            return time.monotonic_ns() // 1000
+    t0 = clock_us()
     try:
         fd = ser.fileno()
     except Exception:
@@ -173,7 +229,7 @@ def capture(ser, writer, baud, bus="bus0", duration=None, max_frames=None, stop=
                 data = ser.read(n) if n else b""
                 if not data:
                     time.sleep(poll_s)
-            now = time.monotonic_ns() // 1000 - t0
+            now = clock_us() - t0
             if data:
                 cap.feed(data, now)
             else:
@@ -207,11 +263,13 @@ class _LineWriter:
 
 # ---- reading and decoding ------------------------------------------------------------------
 
-def read_trace(path):
-    """(header, records) from a JSON Lines trace or a dotted-hex capture."""
+def read_trace(path, fmt=None, devices=None):
+    """(header, records) from a JSON Lines trace or a capture without timing (dotted hex,
+    0x.. bytes, a hex dump; fmt None = detect). devices (Devices): the reads their maps
+    plan pair a responses-only dump by shape."""
     from edgegw.replayer import load_records
     try:
-        return load_records(path)
+        return load_records(path, fmt, devices.reads() if devices is not None else ())
     except OSError as e:
         raise UserError("TRACE %s: cannot read (%s)" % (path, e.strerror or e))
     except ValueError as e:
@@ -261,6 +319,15 @@ class Devices:
         except regmap.RegMapError as e:
             raise UserError("%s: %s" % (opt, e))
 
+    def reads(self):
+        """[(slave, fc, addr, qty)]: what a master polling these devices asks for."""
+        from protocols import regmap
+        out = []
+        for (bus, slave), (name, m) in sorted(self.by.items(), key=lambda kv: kv[0][1]):
+            if m is not None:
+                out.extend((slave, fc, a, q) for fc, a, q in regmap.plan(m))
+        return out
+
     def get(self, bus, slave):
         return self.by.get((bus, slave)) or self.by.get((None, slave)) \
             or ("slave%d" % slave, None)
@@ -269,7 +336,7 @@ class Devices:
 def decode_records(records, devices, baud):
     """One dict per frame: t_us, dir, bus, slave, fc, device, addr, qty, values (point
     name -> int, or raw registers when no map), exc, flags, latency_us (responses)."""
-    from protocols import regmap
+    from protocols import regmap, trace
     char = rtu.char_us(baud)
     pend = {}
     out = []
@@ -293,16 +360,18 @@ def decode_records(records, devices, baud):
                 pend.pop(bus, None)
                 continue
             e.update(addr=q.addr, qty=q.qty)
-            pend[bus] = (q, r.get("t_us", 0))
+            pend[bus] = (q, r)
             if q.values is not None:
                 e["values"] = _write_values(regmap, m, q)
             continue
-        q, t_end = pend.pop(bus, (None, None))
+        q, rq = pend.pop(bus, (None, None))
         if q is not None and (q.slave != slave or q.fc != fc):
             q = None
         if q is not None:
-            # t_us is a frame's last byte: latency = response start - request end
-            e["latency_us"] = r.get("t_us", 0) - len(raw) * char - t_end
+            # response start (t0_us, else estimated from the wire time) - request end
+            lat = trace.latency_us(rq, r, char)
+            if lat is not None:
+                e["latency_us"] = lat
             e.update(addr=q.addr, qty=q.qty)
         try:
             p = rtu.decode_response(raw, q)
@@ -326,6 +395,11 @@ def decode_records(records, devices, baud):
                     e["values"] = regmap.decode(m, fc, q.addr, p.values)
                 except regmap.RegMapError as ex:
                     e["error"] = str(ex)
+                    continue
+                bits = {k: regmap.bit_names(m, k, v) for k, v in e["values"].items()
+                        if m.points[k].get("bits") and v}
+                if bits:
+                    e["bits"] = bits   # names of the set bits of bitfields (alarms, states)
     return out
 
 
@@ -360,7 +434,7 @@ def stats(decoded):
         key = (e["bus"], e["slave"])
         s = per.setdefault(key, {"device": e["device"], "bus": e["bus"], "slave": e["slave"],
                                  "requests": 0, "responses": 0, "timeouts": 0, "crc_errors": 0,
-                                 "exceptions": 0, "lat": []})
+                                 "bad_frames": 0, "exceptions": 0, "lat": []})
         if e["dir"] == "req":
             if waiting.get(e["bus"]) is not None:
                 per[waiting[e["bus"]]]["timeouts"] += 1
@@ -372,6 +446,8 @@ def stats(decoded):
                 waiting[e["bus"]] = None
             if e.get("error") == "CRC" or "crc" in e["flags"]:
                 s["crc_errors"] += 1
+            elif e.get("error"):
+                s["bad_frames"] += 1   # good CRC, not a valid answer (e.g. exception code 0)
             if e.get("exc"):
                 s["exceptions"] += 1
             if e.get("latency_us") is not None and e.get("error") is None:
@@ -417,6 +493,12 @@ config_opt = click.option("--config", type=click.Path(dir_okay=False),
                           help="A gateway config.json: device names and maps per bus/slave.")
 tbaud_opt = click.option("--baud", type=click.IntRange(300, 4000000), default=None,
                          help="Baud rate (default: from the trace header, else 9600).")
+format_opt = click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "dotted", "0x",
+                                                                  "hex"]),
+                          default="auto", show_default=True,
+                          help="TRACE format: jsonl (edgegw trace), dotted (>>> 01.04...), 0x "
+                          "(0x01 0x04 ..., responses paired with --map reads by shape), hex "
+                          "(plain hex dump).")
 trace_arg = click.argument("trace_file", metavar="TRACE", type=click.Path(dir_okay=False))
 
 
@@ -433,7 +515,9 @@ def capture_cmd(port, baud, parity, out, bus, duration, max_frames):
     """Record a bus to a trace until Ctrl-C (every frame is flushed as it closes)."""
     ser = _open_port(port, baud, parity)
     f = open(out, "w") if out else sys.stdout
-    header = {"trace": 1, "baud": baud, "source": port, "bus": bus, "parity": parity, "start": round(time.time(), 3), "tool": "edgegw trace capture"}
+    header = {"trace": 1, "baud": baud, "source": port, "bus": bus, "parity": parity,
+              "start": round(time.time(), 3), "tool": "edgegw trace capture",
+              "timing": "wire" if _paced(port) else "arrival"}
     w = _LineWriter(f, header)
 
     def on_term(signum, frame):
@@ -444,7 +528,7 @@ def capture_cmd(port, baud, parity, out, bus, duration, max_frames):
         if out:
             click.echo("capturing %s at %d baud -> %s (Ctrl-C to stop)" % (port, baud, out),
                        err=True)
-        cap = capture(ser, w, baud, bus, duration, max_frames)
+        cap = capture(ser, w, baud, bus, duration, max_frames, paced=_paced(port))
     finally:
         signal.signal(signal.SIGTERM, old)
         try:
@@ -458,8 +542,19 @@ def capture_cmd(port, baud, parity, out, bus, duration, max_frames):
                % (cap.frames, cap.nbytes, cap.crc, time.time() - t0), err=True)
 
 
-def _fmt_values(v):
-    return " ".join("%s=%s" % (k, v[k]) for k in v)
+def _fmt_values(v, raw=False, bits=None):
+    """'soc_cpct=83.20%' (units.human), bitfields with their set bits' names
+    ('fet=3(dsg_fet,chg_fet)'); raw: the integers the map decodes to."""
+    from edgegw import units
+    if raw:
+        return " ".join("%s=%s" % (k, v[k]) for k in v)
+    out = []
+    for k in v:
+        t = units.human(k, v[k]).replace(" ", "")
+        if bits and k in bits:
+            t += "(%s)" % ",".join(bits[k])
+        out.append("%s=%s" % (k, t))
+    return " ".join(out)
 
 
 @cli.command("decode")
@@ -467,11 +562,16 @@ def _fmt_values(v):
 @map_opt
 @config_opt
 @tbaud_opt
-@click.option("--json", "as_json", is_flag=True, help="JSON Lines, one object per frame.")
-def decode_cmd(trace_file, maps, config, baud, as_json):
-    """Each frame with device, function, point names and decoded values."""
-    header, recs = read_trace(trace_file)
+@format_opt
+@click.option("--raw", is_flag=True, help="Values as the integers the map decodes to "
+              "(soc_cpct=8320), not in human units (83.20%).")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON Lines, one object per frame (integer values).")
+def decode_cmd(trace_file, maps, config, baud, fmt, raw, as_json):
+    """Each frame with device, function, point names and decoded values (human units:
+    v_cv=53.25V, t_max_cdc=21.35°C; --raw or --json for the integers)."""
     devs = Devices(maps, config)
+    header, recs = read_trace(trace_file, None if fmt == "auto" else fmt, devs)
     dec = decode_records(recs, devs, _baud_for(header, baud))
     for e in dec:
         if as_json:
@@ -492,7 +592,7 @@ def decode_cmd(trace_file, maps, config, baud, as_json):
         if e.get("exc"):
             tail += " EXCEPTION %d %s" % (e["exc"], e["exc_name"])
         if e.get("values"):
-            tail += " " + _fmt_values(e["values"])
+            tail += " " + _fmt_values(e["values"], raw, e.get("bits"))
         click.echo("%s %-4s %s%s" % (t, e["dir"], what, tail))
 
 
@@ -501,20 +601,23 @@ def decode_cmd(trace_file, maps, config, baud, as_json):
 @map_opt
 @config_opt
 @tbaud_opt
+@format_opt
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def stats_cmd(trace_file, maps, config, baud, as_json):
+def stats_cmd(trace_file, maps, config, baud, fmt, as_json):
     """Per device: requests, timeouts, CRC errors, exceptions, latency p50/p99."""
-    header, recs = read_trace(trace_file)
-    s = stats(decode_records(recs, Devices(maps, config), _baud_for(header, baud)))
+    devs = Devices(maps, config)
+    header, recs = read_trace(trace_file, None if fmt == "auto" else fmt, devs)
+    s = stats(decode_records(recs, devs, _baud_for(header, baud)))
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
-    click.echo("%-16s %-6s %5s %6s %6s %6s %5s %5s %8s %8s" % (
-        "device", "bus", "slave", "req", "rsp", "tmo", "crc", "exc", "p50 ms", "p99 ms"))
+    click.echo("%-16s %-6s %5s %6s %6s %6s %5s %5s %5s %8s %8s" % (
+        "device", "bus", "slave", "req", "rsp", "tmo", "crc", "bad", "exc", "p50 ms", "p99 ms"))
     for d in s["devices"]:
-        click.echo("%-16s %-6s %5d %6d %6d %6d %5d %5d %8s %8s" % (
+        click.echo("%-16s %-6s %5d %6d %6d %6d %5d %5d %5d %8s %8s" % (
             d["device"], d["bus"], d["slave"], d["requests"], d["responses"], d["timeouts"],
-            d["crc_errors"], d["exceptions"], d["latency_ms_p50"], d["latency_ms_p99"]))
+            d["crc_errors"], d["bad_frames"], d["exceptions"], d["latency_ms_p50"],
+            d["latency_ms_p99"]))
     click.echo("%d frames, %d junk" % (s["frames"], s["junk_frames"]))
 
 
@@ -523,14 +626,16 @@ def stats_cmd(trace_file, maps, config, baud, as_json):
 @map_opt
 @config_opt
 @tbaud_opt
+@format_opt
 @click.option("--csv", "as_csv", is_flag=True, required=True, help="CSV output (the format).")
 @click.option("--frames", "what", flag_value="frames", help="One row per frame, not per value.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False), help="Output file (default stdout).")
-def export_cmd(trace_file, maps, config, baud, as_csv, what, out):
+def export_cmd(trace_file, maps, config, baud, fmt, as_csv, what, out):
     """CSV: one row per decoded value (t_s, bus, slave, device, fc, point, value), or with
     --frames one row per frame."""
-    header, recs = read_trace(trace_file)
-    dec = decode_records(recs, Devices(maps, config), _baud_for(header, baud))
+    devs = Devices(maps, config)
+    header, recs = read_trace(trace_file, None if fmt == "auto" else fmt, devs)
+    dec = decode_records(recs, devs, _baud_for(header, baud))
     f = open(out, "w", newline="") if out else sys.stdout
     w = csv.writer(f)
     if what == "frames":

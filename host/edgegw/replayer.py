@@ -32,6 +32,7 @@ import threading
 import time
 
 from protocols import modbus_rtu as rtu
+from protocols import trace
 
 
 class FaultError(ValueError):
@@ -137,13 +138,12 @@ def pairs(records, baud, timeout_us=None):
             if pend is not None:
                 out.append((pend[0], None, None))
             b = frame_bytes(r)
-            pend = (b, r["t_us"])
+            pend = (b, r)
         elif d == "rsp" and pend is not None:
             b = frame_bytes(r)
             req = pend[0]
             if len(b) >= 2 and b[0] == req[0] and (b[1] & 0x7F) == req[1]:
-                lat = r["t_us"] - len(b) * char - pend[1]
-                out.append((req, b, lat if lat >= 0 else None))
+                out.append((req, b, trace.latency_us(pend[1], r, char)))
                 pend = None
     if pend is not None:
         out.append((pend[0], None, None))
@@ -510,14 +510,22 @@ def timing_for(url):
     return "wire"
 
 
-def load_records(path):
-    """Records from a JSON Lines trace or a dotted-hex capture (>>> / <<< lines)."""
-    from protocols import trace
-    with open(path) as f:
-        head = f.read(256)
-    if head.lstrip().startswith("{"):
+def load_records(path, fmt=None, reads=()):
+    """(header, records) from a JSON Lines trace or a capture without timing: dotted hex
+    (>>> / <<< lines), '0x..' bytes or a plain hex dump (fmt: protocols.trace.FORMATS, None =
+    detect). reads [(slave, fc, addr, qty)] pair responses-only dumps by shape."""
+    if fmt is None:
+        with open(path, errors="replace") as f:
+            head = [f.readline() for _ in range(64)]
+        fmt = trace.detect(head)
+        if fmt is None:
+            raise trace.TraceError("line 1: not a trace, a dotted-hex capture (>>> / <<<), "
+                                   "0x.. bytes or a hex dump (try --format)")
+    if fmt == "jsonl":
         header, recs = trace.read(path)
         return header, list(recs)
-    # dotted captures carry no timing: import_dotted synthesises it at its default baud
-    return ({"trace": 1, "source": os.path.basename(path), "baud": 19200},
-            list(trace.import_dotted(path, baud=19200)))
+    # captures without timing: t_us is synthesised at 19200 baud (the Seplos default)
+    header = {"trace": 1, "source": os.path.basename(path), "baud": 19200, "format": fmt}
+    if fmt == "dotted":
+        return header, list(trace.import_dotted(path, baud=19200))
+    return header, trace.import_hex(path, fmt, baud=19200, reads=reads)

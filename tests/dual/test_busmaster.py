@@ -167,3 +167,72 @@ def test_write_to_silent_device_gives_up():
     _run(bm, lambda: done)
     assert done == [False]
     _run(bm, lambda: da.polls >= 2)
+
+
+class BadSlave(Slave):
+    """Answers every request with one of a list of malformed-but-framed replies in turn."""
+
+    def __init__(self, slave, replies):
+        Slave.__init__(self, slave, {})
+        self.replies = replies
+        self.i = 0
+
+    def answer(self, req):
+        self.got.append(req)
+        f = self.replies[self.i % len(self.replies)](self.slave, req)
+        self.i += 1
+        return f
+
+
+def _bad_replies():
+    c = rtu.add_crc
+    return [
+        lambda s, q: c(bytes((s, q.fc | 0x80, 0))),                 # exception code 0
+        lambda s, q: c(bytes((s, q.fc, 0))),                        # zero byte count
+        lambda s, q: c(bytes((s, q.fc, 3, 1, 2, 3))),               # odd byte count
+        lambda s, q: c(bytes((s, q.fc, 2, 0, 7))),                  # one register for two
+        lambda s, q: c(bytes((s, 0x47, 1, 2))),                     # unknown function
+        lambda s, q: c(bytes((s, 6, 0, 0, 0, 1))),                  # a write echo for a read
+        lambda s, q: c(bytes((s,))) + b"\xff" * 40,                 # overlong noise
+        lambda s, q: b"\x00",
+    ]
+
+
+def test_misbehaving_device_never_costs_its_neighbour():
+    # issue 14.1: "SS 8x 00 CRC" decoded as a normal answer and the bus loop raised
+    # TypeError: the bus was marked down and a healthy meter on it went stale
+    a = BadSlave(1, _bad_replies())
+    b = Slave(2, {0: 21, 1: 22})
+    bus = LoopBus([a, b])
+    bm = BusMaster(bus, "t", baud=115200, timeout_ms=15, retries=1, stale_polls=5)
+    da = Dev("a", 1, [(3, 0, 2)])
+    db = Dev("b", 2, [(3, 0, 2)])
+    bm.add(da)
+    bm.add(db)
+    # 5 polls x 2 attempts: every bad shape is tried before a goes stale
+    _run(bm, lambda: db.polls >= 12 and bm.stats()["a"]["stale"], 8000)
+    assert len(a.got) >= len(a.replies)
+    s = bm.stats()
+    assert bm.errors == 0
+    assert db.data == {0: 21, 1: 22} and not s["b"]["stale"]
+    assert s["b"]["ok"] == s["b"]["requests"]
+    assert da.data == {} and s["a"]["ok"] == 0 and s["a"]["crc"] + s["a"]["timeouts"] >= 8
+
+
+class RaisingDev(Dev):
+    def on_read(self, fc, addr, values, now):
+        raise ValueError("decode failed")
+
+
+def test_device_decode_error_counted_for_that_device():
+    a = Slave(1, {0: 11, 1: 12})
+    b = Slave(2, {0: 21, 1: 22})
+    bm = BusMaster(LoopBus([a, b]), "t", baud=115200, timeout_ms=15, retries=1)
+    da = RaisingDev("a", 1, [(3, 0, 2)])
+    db = Dev("b", 2, [(3, 0, 2)])
+    bm.add(da)
+    bm.add(db)
+    _run(bm, lambda: db.polls >= 6 and bm.stats()["a"]["stale"], 8000)
+    s = bm.stats()
+    assert bm.errors == 0 and s["a"]["bad"] >= 3 and s["a"]["ok"] == 0
+    assert not s["b"]["stale"] and db.data == {0: 21, 1: 22}

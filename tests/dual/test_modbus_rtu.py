@@ -195,3 +195,25 @@ def test_crc_fuzz_against_python_table():
                 c = (c >> 1) ^ 0xA001 if c & 1 else c >> 1
         assert m.crc16_py(data) == c
         assert m.crc16(data) == c
+
+
+def test_exception_code_zero_is_a_protocol_error():
+    # issue 14.1: "01 84 00 CRC" decoded as a normal response with no values
+    f = m.add_crc(bytes((1, 0x84, 0)))
+    e = raises(m.ModbusError, m.decode_response, f)
+    assert "code 0" in str(e)
+    q = m.decode_request(b"\x01\x04\x10\x00\x00\x11\x34\xc6")
+    raises(m.ModbusError, m.decode_response, f, q)
+    assert m.decode_response(m.add_crc(bytes((1, 0x84, 2))), q).exc == 2
+
+
+def test_single_writes_need_exactly_one_value():
+    # issue 14.4: values=[] raised IndexError
+    for fc in (5, 6):
+        raises(m.ModbusError, m.encode_request, 1, fc, 0, values=[])
+        raises(m.ModbusError, m.encode_request, 1, fc, 0, values=[1, 2])
+        raises(m.ModbusError, m.encode_request, 1, fc, 0, values="x")
+    assert m.encode_request(1, 6, 0, values=[7]) == m.encode_request(1, 6, 0, 7)
+    for fc in (15, 16):
+        raises(m.ModbusError, m.encode_request, 1, fc, 0, values=5)
+        raises(m.ModbusError, m.encode_request, 1, fc, 0, values=[])

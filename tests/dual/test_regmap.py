@@ -3,16 +3,18 @@ from protocols import regmap as r
 from _helpers import raises, Rand, MICROPYTHON
 
 MAPS = ("sdm630", "sdm120", "dtsu666", "dtsd1352", "seplos_v3", "sunspec_pcs", "sungrow_sh",
-        "sunspec_pv")
+        "sunspec_pv", "seplos_v3_bank")
 METER = ("p_w", "e_imp_wh", "e_exp_wh", "u1_dv", "i1_ma", "f_chz", "pf_milli")
-BMS = ("soc_cpct", "soh_cpct", "v_cv", "i_ca", "cell_max_mv", "cell_min_mv", "t_max_dc", "t_min_dc",
-       "ccl_ca", "dcl_ca", "cycles", "alarm", "protect")
+BMS = ("soc_cpct", "soh_cpct", "v_cv", "i_ca", "cell_max_mv", "cell_min_mv", "t_max_cdc",
+       "t_min_cdc", "ccl_ca", "dcl_ca", "cycles", "alarm", "protect")
 PCS = ("p_w", "p_set_w", "run", "fault", "state")
 PVINV = ("p_w", "wmax_w", "lim_cpct", "lim_ena")
 ROLE = {"sdm630": METER, "sdm120": METER, "dtsu666": METER, "dtsd1352": METER,
-        "seplos_v3": BMS, "sunspec_pcs": PCS, "sungrow_sh": PCS, "sunspec_pv": PVINV}
+        "seplos_v3": BMS, "sunspec_pcs": PCS, "sungrow_sh": PCS, "sunspec_pv": PVINV,
+        "seplos_v3_bank": ("soc_cpct", "v_cv", "i_ca", "ccl_ca", "dcl_ca", "t_max_cdc")}
 SUFFIX_UNIT = {"w": "W", "wh": "Wh", "dv": "0.1V", "cv": "0.01V", "mv": "mV", "ma": "mA", "ca": "0.01A",
-               "chz": "0.01Hz", "milli": "0.001", "cpct": "0.01%", "dc": "0.1degC", "cah": "0.01Ah",
+               "chz": "0.01Hz", "milli": "0.001", "cpct": "0.01%", "dc": "0.1degC", "cdc": "0.01degC",
+               "cah": "0.01Ah",
                "s": "s", "var": "var"}
 
 
@@ -74,7 +76,37 @@ def test_seplos_capture_block():
     assert v["soh_cpct"] == 9990 and v["cycles"] == 10
     assert v["ccl_ca"] == 18000 and v["dcl_ca"] == 18000
     assert v["cell_max_mv"] == 3328 and v["cell_min_mv"] == 3327
-    assert v["t_max_dc"] == 214 and v["t_min_dc"] == 211
+    # 0.1 K with 0 degC = 2731.5: 2945 -> 21.35 degC, 2942 -> 21.05 degC, exactly
+    assert v["t_max_cdc"] == 2135 and v["t_min_cdc"] == 2105 and v["t_avg_cdc"] == 2115
+
+
+def test_seplos_pib_cells_and_temperatures():
+    # real 0x1100 response (slave 1, 26 registers) from the SG16S200A capture
+    m = r.load("seplos_v3")
+    v = r.decode(m, 4, 0x1100, words(
+        "0CFF0CFF0D000D000D000CFF0D000CFF0D000D000D000D000D000CFF0CFF0D00"
+        "0B820B7F0B810B7E0AAB0AAB0AAB0AAB0B8C0B7F"))
+    assert [v["cell%d_mv" % i] for i in range(1, 17)] == [
+        3327, 3327, 3328, 3328, 3328, 3327, 3328, 3327, 3328, 3328, 3328, 3328, 3328, 3327,
+        3327, 3328]
+    assert [v["t_cell%d_cdc" % i] for i in range(1, 5)] == [2145, 2115, 2135, 2105]
+    assert v["t_env_cdc"] == 2245 and v["t_mos_cdc"] == 2115
+    assert (4, 0x1100, 26) in r.plan(m)
+    # below 0 degC the sign is exact too: raw 2731 is -0.05 degC, 2721 is -1.05 degC
+    assert r.decode(m, 4, 0x1110, [2731, 2721, 2732, 0])["t_cell2_cdc"] == -105
+    assert r.decode(m, 4, 0x1110, [2731, 2721, 2732, 0])["t_cell1_cdc"] == -5
+
+
+def test_seplos_bank_eia_block():
+    # real address-0 response (EIA 0x2000, 26 registers, 32-bit values low word first)
+    m = r.load("seplos_v3_bank")
+    v = r.decode(m, 4, 0x2000, words(
+        "14CD0000FFF3FFFF6B40000080E800000122000080E8000000010000000000000708000007080000"
+        "024001D00001000A034003E7"))
+    assert v["v_cv"] == 5325 and v["i_ca"] == -130 and v["soc_cpct"] == 8320
+    assert v["soh_cpct"] == 9990 and v["ccl_ca"] == 18000 and v["dcl_ca"] == 18000
+    assert v["cap_full_cah"] == 33000 and v["packs"] == 1 and v["cycles"] == 10
+    assert r.plan(m) == [(1, 0x2200, 80), (4, 0x2000, 26), (4, 0x2100, 22)]
 
 
 def test_seplos_alarm_and_protect_bits():

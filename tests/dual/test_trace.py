@@ -84,3 +84,97 @@ def test_import_dotted_errors_and_bad_crc():
     tx = list(trace.transactions(r))
     assert tx[0][4] == "response without request"
     assert tx[1][4] == "request: frame too short: 1 bytes, need 8"
+
+
+def test_reader_bounds_t_us_and_flags():
+    # issue 14.4: a 400-digit t_us or a number in flags went through to a traceback
+    head = '{"trace": 1, "baud": 9600, "source": "x"}\n'
+    rec = '{"t_us": %s, "bus": "b", "dir": "req", "hex": "01041000001134c6", "flags": %s}\n'
+    for t, fl, what in (("9" * 400, "[]", "t_us"), ("-1", "[]", "t_us"), ("1.5", "[]", "t_us"),
+                        ("5", "[1]", "flags"), ("5", '["crc", null]', "flags"),
+                        ("5", '"crc"', "flags")):
+        h, recs = trace.read(io.StringIO(head + rec % ("1", "[]") + rec % (t, fl)))
+        e = raises(trace.TraceError, list, recs)
+        assert "line 3" in str(e) and what in str(e), str(e)
+    h, recs = trace.read(io.StringIO(head + rec % (str(trace.T_MAX), '["crc", "new"]')))
+    assert list(recs)[0]["flags"] == ["crc", "new"]
+
+
+def test_reader_garbage_lines_name_the_line():
+    head = '{"trace": 1, "baud": 9600, "source": "x"}\n'
+    for bad in ("[" * 5000, "{", "nul", '{"t_us": 1}', "[1, 2]"):
+        h, recs = trace.read(io.StringIO(head + bad + "\n"))
+        e = raises(trace.TraceError, list, recs)
+        assert "line 2" in str(e), str(e)
+    raises(trace.TraceError, trace.read, io.StringIO("[" * 5000 + "\n"))
+
+
+PIA_RSP = ("01 04 22 14 CD FF 77 6B 40 80 E8 01 22 03 40 03 E7 00 0A 0C FF 0B 7F 0D 00 0C FF 0B 81"
+           " 0B 7E 00 00 00 B4 00 B4 D3 2E")
+PIB_RSP = ("01 04 34 0C FF 0C FF 0D 00 0D 00 0D 00 0C FF 0D 00 0C FF 0D 00 0D 00 0D 00 0D 00 0D 00"
+           " 0C FF 0C FF 0D 00 0B 82 0B 7F 0B 81 0B 7E 0A AB 0A AB 0A AB 0A AB 0B 8C 0B 7F 01 13")
+SEPLOS_READS = [(1, 4, 0x1000, 17), (1, 4, 0x1100, 26), (1, 1, 0x1200, 144)]
+
+
+def _ox(hexbytes):
+    return " ".join("0x" + b for b in hexbytes.split())
+
+
+def test_import_0x_responses_only_paired_by_shape():
+    # a sniffer that logs responses only, several frames a line (the SP05B captures)
+    lines = ["# responses only", _ox(PIA_RSP) + " " + _ox(PIB_RSP), _ox("01 81 02 C1 91"),
+             _ox(PIA_RSP)]
+    assert trace.detect(lines) == "0x"
+    recs = trace.import_hex(lines, "0x", bus="bms", reads=SEPLOS_READS)
+    assert [r["dir"] for r in recs] == ["req", "rsp", "req", "rsp", "rsp", "req", "rsp"]
+    assert recs[0]["flags"] == ["synth"] and recs[1]["flags"] == []
+    assert recs[0]["hex"] == "01041000001134c6"   # the very request in the real capture
+    assert recs[2]["hex"] == "01041100001a74fd"
+    tx = list(trace.transactions(recs))
+    assert [t[4] for t in tx] == [None, None, "response without request", None]
+    assert tx[1][1].values[:2] == [0x0CFF, 0x0CFF] and tx[1][0].addr == 0x1100
+    ts = [r["t_us"] for r in recs]
+    assert ts == sorted(ts) and ts[0] > 0
+    # without reads nothing is invented
+    recs = trace.import_hex(lines, "0x", reads=())
+    assert [r["dir"] for r in recs] == ["rsp"] * 4
+
+
+def test_import_0x_ambiguous_shape_not_paired():
+    reads = [(1, 4, 0x1000, 17), (1, 3, 0, 4), (1, 4, 0x3000, 17)]
+    recs = trace.import_hex([_ox(PIA_RSP)], "0x", reads=reads)
+    assert [r["dir"] for r in recs] == ["rsp"]
+    assert trace.shapes(reads) == {(1, 3, 8): (0, 4)}
+
+
+def test_import_plain_hex_dump():
+    req = "01 04 10 00 00 11 34 C6"
+    lines = ["00000000: " + req + "  |..4.|", PIA_RSP.replace(" ", ""), "", "0081029051"]
+    assert trace.detect(lines) == "hex"
+    recs = trace.import_hex(lines, "hex")
+    assert [r["dir"] for r in recs] == ["req", "rsp", "rsp"]
+    tx = list(trace.transactions(recs))
+    assert tx[0][1].values[0] == 0x14CD and tx[0][4] is None
+    assert tx[1][1].exc == 2
+    e = raises(trace.TraceError, trace.import_hex, ["01 04 zz"], "hex")
+    assert "line 1" in str(e)
+    e = raises(trace.TraceError, trace.import_hex, ["", "0x01 0x4 0x100"], "0x")
+    assert "line 2" in str(e)
+    raises(trace.TraceError, trace.import_hex, ["# nothing"], "hex")
+
+
+def test_detect_formats():
+    assert trace.detect(['{"trace": 1}']) == "jsonl"
+    assert trace.detect(["", "# c", ">>> 01.04"]) == "dotted"
+    assert trace.detect(["0x01, 0x04"]) == "0x"
+    assert trace.detect(["hello world"]) is None
+    assert trace.detect([]) is None
+
+
+def test_header_baud_must_be_a_positive_int():
+    for b in ("0", "-9600", "true", '"9600"', "1e999", "9" * 40):
+        e = raises(trace.TraceError, trace.read,
+                   io.StringIO('{"trace": 1, "baud": %s, "source": "x"}\n' % b))
+        assert "line 1" in str(e) and "baud" in str(e), str(e)
+    assert trace.read(io.StringIO('{"trace": 1, "baud": 19200, "source": "x"}\n'))[0]["baud"] \
+        == 19200

@@ -230,7 +230,7 @@ VALUES = {
     "sungrow_sh": {"p_w": -3000, "state": 0x40, "soc_cpct": 8320, "soh_cpct": 9990, "run": 1, "ems_mode": 0,
                    "p_set_w": 0, "soc_max_cpct": 9500, "soc_min_cpct": 1000, "export_lim_w": 0},
     "seplos_v3": {"v_cv": 5325, "i_ca": -137, "soc_cpct": 8320, "soh_cpct": 9990, "cycles": 10,
-                  "cell_max_mv": 3328, "cell_min_mv": 3327, "t_max_dc": 214, "t_min_dc": 211,
+                  "cell_max_mv": 3328, "cell_min_mv": 3327, "t_max_cdc": 2135, "t_min_cdc": 2105,
                   "ccl_ca": 18000, "dcl_ca": 18000, "alarm": 0b101, "protect": 1 << 27},
     "sdm630": {"p_w": -1500, "u1_dv": 2305, "i1_ma": 6520, "f_chz": 5001, "pf_milli": -950,
                "e_imp_wh": 1234567, "e_exp_wh": 7654321},

@@ -36,7 +36,7 @@ def test_capture_decodes_with_the_seplos_map():
         assert v["ccl_ca"] == 18000 and v["dcl_ca"] == 18000  # 180 A
         assert v["soh_cpct"] == 9990 and v["cycles"] == 10
         assert 3300 < v["cell_min_mv"] <= v["cell_max_mv"] < 3400
-        assert 200 < v["t_min_dc"] <= v["t_max_dc"] < 230
+        assert 2000 < v["t_min_cdc"] <= v["t_max_cdc"] < 2300  # 0.01 degC, exact
     assert blocks[0]["v_cv"] == 5325
     # 00.84.02.93.01 (FC04 illegal address, twice), 00.81.02.90.51, 01.81.02.C1.91
     assert exceptions.count((0, 4, 2, "0084029301")) == 2
