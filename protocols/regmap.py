@@ -317,7 +317,7 @@ def scaled_to_f32(num, den=1):
         return 0, 0
     s = 0
     if num < 0:
-        s = 0x80000000
+        s = 0x8000  # the sign bit of the high word (2**31 would be a long int on 32-bit)
         num = -num
     k = 24 - (_bitlen(num) - _bitlen(den))  # num * 2^k / den lands near [2^23, 2^24)
     while True:
@@ -340,8 +340,7 @@ def scaled_to_f32(num, den=1):
         raise RegMapError("value %d/%d too large for float32" % (num, den))
     if be <= 0:
         return 0, 0  # below float32 normal range: not a meaningful device value
-    bits = s | (be << 23) | (q & 0x7FFFFF)
-    return bits >> 16, bits & 0xFFFF
+    return s | (be << 7) | ((q >> 16) & 0x7F), q & 0xFFFF
 
 
 # ---- plan -------------------------------------------------------------------------------
@@ -439,11 +438,16 @@ def _value(p, data, o):
         if c == p["neg"]:
             return -_scale_in(p, mag)
         return None
-    raw = _raw(p, data, o)
-    if ty == "s16" and raw & 0x8000:
-        raw -= 0x10000
-    elif ty == "s32" and raw & 0x80000000:
-        raw -= 0x100000000
+    if ty == "s32":
+        # sign-extend the high word, then join: |v| < 2**30 never makes a long int on 32-bit
+        if p.get("lo"):
+            raw = (((data[o + 1] ^ 0x8000) - 0x8000) << 16) | data[o]
+        else:
+            raw = (((data[o] ^ 0x8000) - 0x8000) << 16) | data[o + 1]
+    else:
+        raw = _raw(p, data, o)
+        if ty == "s16" and raw & 0x8000:
+            raw -= 0x10000
     if "pick" in p and ty != "bits":
         pk = p["pick"]
         v = 0
@@ -549,14 +553,13 @@ def _words(p, v, mname, pn):
             raise RegMapError("%s: %s value %d does not fit %d bits" % (mname, pn, v, p["n"]))
         return [(raw >> i) & 1 for i in range(p["n"])]
     n = p["n"]
-    lo_lim = -(1 << (16 * n - 1)) if ty[0] == "s" else 0
-    hi_lim = (1 << (16 * n - (1 if ty[0] == "s" else 0))) - 1
-    if raw < lo_lim or raw > hi_lim:
+    # fits n words: judged by shifting raw, never building 2**31 / 2**32 (long on 32-bit)
+    top = raw >> (16 * n - 1) if ty[0] == "s" else raw >> (16 * n)
+    if top != 0 and (top != -1 or ty[0] != "s"):
         raise RegMapError("%s: %s value %d (raw %d) does not fit %s" % (mname, pn, v, raw, ty))
     if n == 1:
         return [raw & 0xFFFF]
-    raw &= 0xFFFFFFFF
-    hi = raw >> 16
+    hi = (raw >> 16) & 0xFFFF
     lo = raw & 0xFFFF
     return [lo, hi] if p.get("lo") else [hi, lo]
 

@@ -80,7 +80,9 @@ def validate_link_cfg(d):
         elif v < lo or v > hi:
             errs.append("link.%s: %d out of range %d..%d" % (k, v, lo, hi))
             v = dflt
-        d[k] = v
+        # + 0: a default read from the constant tuple _INTS is a ROM long int in a frozen
+        # image (ints beyond -0x2000..0x1FFF); every op on it would allocate. Once, here.
+        d[k] = None if v is None else v + 0
     if d["key"] is not None:
         try:
             auth.parse_key(d["key"])
