@@ -34,6 +34,15 @@ def _maps_dir():
 
 
 MAPS_DIR = _maps_dir()
+# A map asked for by name is found, first hit wins (docs/firmware.md "A frozen image"):
+# 1. frozen into the image: module protocols.maps_frozen, MAPS = {name: JSON text}, made
+#    from protocols/maps/*.json by edgegw.mapgen when firmware/manifest.py builds an image
+#    (the text stays in flash; absent on source runs);
+# 2. MAPS_LOCAL: maps/ next to config.json in the gateway's working directory (what
+#    `edgegw deploy --frozen` copies: never a protocols/ folder, which would shadow the
+#    frozen package);
+# 3. MAPS_DIR: the package's own protocols/maps (source and .mpy deploys, the host).
+MAPS_LOCAL = "maps"
 DOC = sys.implementation.name != "micropython"  # keep unit/bits/desc in loaded points
 
 
@@ -67,17 +76,36 @@ def load(name_or_path, variant=None, params=None, doc=None):
     if "@" in s and variant is None:
         s, variant = s.split("@", 1)
     if "/" in s or s.endswith(".json"):
-        path = s
+        paths = (s,)
     else:
-        path = MAPS_DIR + "/" + s + ".json"
+        text = frozen_map(s)
+        if text is not None:
+            try:
+                mdoc = json.loads(text)
+            except ValueError as e:
+                raise RegMapError("map %r: invalid JSON in the frozen maps (%s)" % (s, e))
+            return build(mdoc, variant, params, doc)
+        paths = (MAPS_LOCAL + "/" + s + ".json", MAPS_DIR + "/" + s + ".json")
+    for path in paths:
+        try:
+            with open(path) as f:
+                mdoc = json.load(f)
+        except OSError:
+            continue
+        except ValueError as e:
+            raise RegMapError("map %r: invalid JSON in %s (%s)" % (s, path, e))
+        return build(mdoc, variant, params, doc)
+    raise RegMapError("map %r: no such file %s (not frozen in either)" % (s, " or ".join(paths)), 2)
+
+
+def frozen_map(name):
+    """The JSON text of map `name` frozen into the image, or None (no such map, or no
+    frozen maps: a source run)."""
     try:
-        with open(path) as f:
-            mdoc = json.load(f)
-    except OSError:
-        raise RegMapError("map %r: no such file %s" % (s, path), 2)
-    except ValueError as e:
-        raise RegMapError("map %r: invalid JSON (%s)" % (s, e))
-    return build(mdoc, variant, params, doc)
+        from protocols import maps_frozen
+    except ImportError:
+        return None
+    return maps_frozen.MAPS.get(name)
 
 
 def build(mdoc, variant=None, params=None, doc=None):
