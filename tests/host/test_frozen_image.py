@@ -96,3 +96,41 @@ def test_manifest_freezes_code_maps_and_entry_points():
     assert m.includes == ["$(PORT_DIR)/boards/manifest.py"]
     gen = os.path.join(edgegw.REPO, "build", "frozen", "protocols", "maps_frozen.py")
     assert "sdm630" in runpy.run_path(gen)["MAPS"]
+
+
+def test_deploy_frozen_copies_only_maps_and_clears_the_code(tmp_path):
+    # a gateway first deployed from source, then flashed with a frozen image: deploy
+    # --frozen leaves config and maps/ only (an empty protocols/ would shadow the frozen
+    # package); the unix MicroPython's REPL on a pty stands in for the board's
+    from click.testing import CliRunner
+    from test_cli_device import PtyRepl
+    from edgegw.cli import cli
+    from edgegw import cmd_deploy
+
+    fs = tmp_path / "gwfs"
+    fs.mkdir()
+    (fs / "config.json").write_text("{}")
+    src = tmp_path / "src"
+    import shutil
+    for top in ("firmware", "protocols"):
+        shutil.copytree(os.path.join(edgegw.REPO, top), str(src / top),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.mpy"))
+    b = ["--build-dir", str(tmp_path / "build"), "--src", str(src)]
+    repl = PtyRepl(str(fs))
+    try:
+        run = CliRunner()
+        r = run.invoke(cli, ["deploy", "--port", repl.path, *b, "--json"])
+        assert r.exit_code == 0, r.output
+        first = json.loads(r.output)["copy"]
+        assert "protocols/regmap.mpy" in first and "manifest.py" not in first
+        assert not any(x.startswith("manifest") for x in first)
+        r = run.invoke(cli, ["deploy", "--port", repl.path, *b, "--frozen", "--json"])
+        assert r.exit_code == 0, r.output
+        res = json.loads(r.output)
+        assert res["copy"] == sorted("maps/" + f for f in os.listdir(edgegw.MAPS_DIR)
+                                     if f.endswith(".json"))
+        assert "protocols/regmap.mpy" in res["delete"] and "boot.py" in res["delete"]
+        left = sorted(os.listdir(str(fs)))
+        assert left == [cmd_deploy.MANIFEST, "config.json", "maps"], left
+    finally:
+        repl.close()
