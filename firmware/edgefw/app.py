@@ -645,8 +645,7 @@ class App:
                 src = "no dispatch"
             if self.link is not None:
                 try:
-                    # unix s (a long on 32-bit; the link only compares it)
-                    c = self.link.setpoint(now_r + DISPATCH_EPOCH, local)
+                    c = self.link.setpoint(now_r, local, True)
                 except Exception as e:
                     c = None
                     self._err("link setpoint: %s" % e)

@@ -195,14 +195,16 @@ class Link:
     def connected(self):
         return self.client is not None and self.client.connected
 
-    def setpoint(self, now_s, local_w=None):
+    def setpoint(self, now_s, local_w=None, rel=False):
         """The cloud setpoint (W, + = discharge) to apply now, or None = use local dispatch.
+        now_s: unix s, or with rel s since clock.EPOCH (clock.rel(): what the control loop
+        passes, a small int on 32-bit where unix time is a long int).
         local_w: what local dispatch would do now (the start of the bumpless ramp).
         The caller still bounds the result by PCS rating, BMS and site limits."""
         if local_w is not None:
             self._local_w = local_w
         sp = self.sp
-        live = sp is not None and sp["exp"] > now_s
+        live = sp is not None and sp["exp_r" if rel else "exp"] > now_s
         if self.state == ONLINE or self.state == GRACE:
             return sp["p_w"] if live else None
         if self.state == RECOVERING and live:
@@ -388,7 +390,9 @@ class Link:
             life = exp - cmd["ts"]
             if now + life < exp:
                 exp = now + life
-            self.sp = {"p_w": cmd["p_w"], "exp": exp, "seq": cmd["seq"]}
+            # exp_r: the expiry in clock.rel() seconds, made once here (not every step)
+            self.sp = {"p_w": cmd["p_w"], "exp": exp, "exp_r": exp - clock.EPOCH,
+                       "seq": cmd["seq"]}
             if self.on_setpoint:
                 self.on_setpoint(cmd["p_w"], exp)
         elif kind == "schedule":
