@@ -95,7 +95,8 @@ def load(name_or_path, variant=None, params=None, doc=None):
         except ValueError as e:
             raise RegMapError("map %r: invalid JSON in %s (%s)" % (s, path, e))
         return build(mdoc, variant, params, doc)
-    raise RegMapError("map %r: no such file %s (not frozen in either)" % (s, " or ".join(paths)), 2)
+    raise RegMapError("map %r: no such file %s (not frozen in either)"
+                      % (s, " or ".join(paths)), 2)
 
 
 def frozen_map(name):
