@@ -306,7 +306,7 @@ def decode_request(frame):
         elif fc in (3, 4):
             _check_span(addr, q, 1, MAX_READ_REGS, "register read")
         elif fc == 5:
-            if q not in (0, 0xFF00):
+            if q != 0 and q != 0xFF00:  # not `in (0, 0xFF00)`: a ROM long int when frozen
                 raise ModbusError("FC5 value 0x%04X is not 0xFF00 or 0x0000" % q)
             return Request(slave, 5, addr, 1, [1 if q else 0])
         else:

@@ -34,6 +34,15 @@ def _maps_dir():
 
 
 MAPS_DIR = _maps_dir()
+# A map asked for by name is found, first hit wins (docs/firmware.md "A frozen image"):
+# 1. frozen into the image: module protocols.maps_frozen, MAPS = {name: JSON text}, made
+#    from protocols/maps/*.json by edgegw.mapgen when firmware/manifest.py builds an image
+#    (the text stays in flash; absent on source runs);
+# 2. MAPS_LOCAL: maps/ next to config.json in the gateway's working directory (what
+#    `edgegw deploy --frozen` copies: never a protocols/ folder, which would shadow the
+#    frozen package);
+# 3. MAPS_DIR: the package's own protocols/maps (source and .mpy deploys, the host).
+MAPS_LOCAL = "maps"
 DOC = sys.implementation.name != "micropython"  # keep unit/bits/desc in loaded points
 
 
@@ -67,17 +76,37 @@ def load(name_or_path, variant=None, params=None, doc=None):
     if "@" in s and variant is None:
         s, variant = s.split("@", 1)
     if "/" in s or s.endswith(".json"):
-        path = s
+        paths = (s,)
     else:
-        path = MAPS_DIR + "/" + s + ".json"
+        text = frozen_map(s)
+        if text is not None:
+            try:
+                mdoc = json.loads(text)
+            except ValueError as e:
+                raise RegMapError("map %r: invalid JSON in the frozen maps (%s)" % (s, e))
+            return build(mdoc, variant, params, doc)
+        paths = (MAPS_LOCAL + "/" + s + ".json", MAPS_DIR + "/" + s + ".json")
+    for path in paths:
+        try:
+            with open(path) as f:
+                mdoc = json.load(f)
+        except OSError:
+            continue
+        except ValueError as e:
+            raise RegMapError("map %r: invalid JSON in %s (%s)" % (s, path, e))
+        return build(mdoc, variant, params, doc)
+    raise RegMapError("map %r: no such file %s (not frozen in either)"
+                      % (s, " or ".join(paths)), 2)
+
+
+def frozen_map(name):
+    """The JSON text of map `name` frozen into the image, or None (no such map, or no
+    frozen maps: a source run)."""
     try:
-        with open(path) as f:
-            mdoc = json.load(f)
-    except OSError:
-        raise RegMapError("map %r: no such file %s" % (s, path), 2)
-    except ValueError as e:
-        raise RegMapError("map %r: invalid JSON (%s)" % (s, e))
-    return build(mdoc, variant, params, doc)
+        from protocols import maps_frozen
+    except ImportError:
+        return None
+    return maps_frozen.MAPS.get(name)
 
 
 def build(mdoc, variant=None, params=None, doc=None):
@@ -318,7 +347,7 @@ def scaled_to_f32(num, den=1):
         return 0, 0
     s = 0
     if num < 0:
-        s = 0x80000000
+        s = 0x8000  # the sign bit of the high word (2**31 would be a long int on 32-bit)
         num = -num
     k = 24 - (_bitlen(num) - _bitlen(den))  # num * 2^k / den lands near [2^23, 2^24)
     while True:
@@ -341,8 +370,7 @@ def scaled_to_f32(num, den=1):
         raise RegMapError("value %d/%d too large for float32" % (num, den))
     if be <= 0:
         return 0, 0  # below float32 normal range: not a meaningful device value
-    bits = s | (be << 23) | (q & 0x7FFFFF)
-    return bits >> 16, bits & 0xFFFF
+    return s | (be << 7) | ((q >> 16) & 0x7F), q & 0xFFFF
 
 
 # ---- plan -------------------------------------------------------------------------------
@@ -440,11 +468,16 @@ def _value(p, data, o):
         if c == p["neg"]:
             return -_scale_in(p, mag)
         return None
-    raw = _raw(p, data, o)
-    if ty == "s16" and raw & 0x8000:
-        raw -= 0x10000
-    elif ty == "s32" and raw & 0x80000000:
-        raw -= 0x100000000
+    if ty == "s32":
+        # sign-extend the high word, then join: |v| < 2**30 never makes a long int on 32-bit
+        if p.get("lo"):
+            raw = (((data[o + 1] ^ 0x8000) - 0x8000) << 16) | data[o]
+        else:
+            raw = (((data[o] ^ 0x8000) - 0x8000) << 16) | data[o + 1]
+    else:
+        raw = _raw(p, data, o)
+        if ty == "s16" and raw & 0x8000:
+            raw -= 0x10000
     if "pick" in p and ty != "bits":
         pk = p["pick"]
         v = 0
@@ -614,14 +647,13 @@ def _words(p, v, mname, pn):
             raise RegMapError("%s: %s value %d does not fit %d bits" % (mname, pn, v, p["n"]))
         return [(raw >> i) & 1 for i in range(p["n"])]
     n = p["n"]
-    lo_lim = -(1 << (16 * n - 1)) if ty[0] == "s" else 0
-    hi_lim = (1 << (16 * n - (1 if ty[0] == "s" else 0))) - 1
-    if raw < lo_lim or raw > hi_lim:
+    # fits n words: judged by shifting raw, never building 2**31 / 2**32 (long on 32-bit)
+    top = raw >> (16 * n - 1) if ty[0] == "s" else raw >> (16 * n)
+    if top != 0 and (top != -1 or ty[0] != "s"):
         raise RegMapError("%s: %s value %d (raw %d) does not fit %s" % (mname, pn, v, raw, ty))
     if n == 1:
         return [raw & 0xFFFF]
-    raw &= 0xFFFFFFFF
-    hi = raw >> 16
+    hi = (raw >> 16) & 0xFFFF
     lo = raw & 0xFFFF
     return [lo, hi] if p.get("lo") else [hi, lo]
 

@@ -58,10 +58,11 @@ def check_config(cfg):
     return errs
 
 
-# The dispatcher works in seconds since 2025-01-01 00:00 UTC (a whole number of days, so
-# the time of day is unchanged): unix time is above 2**30 and would make every time
-# difference a heap-allocated long int on a 32-bit MCU.
-DISPATCH_EPOCH = 1735689600
+# The dispatcher works in seconds since 2025-01-01 00:00 UTC (clock.rel(); a whole number
+# of days, so the time of day is unchanged): unix time is above 2**30 and would make every
+# time difference a heap-allocated long int on a 32-bit MCU. _drel converts the unix times
+# the cloud sends, once per message (off the control loop).
+DISPATCH_EPOCH = clock.EPOCH
 
 
 def _drel(t):
@@ -626,7 +627,7 @@ class App:
     def control(self, now):
         s = self.site
         v = s.update(now)
-        now_s = clock.time()
+        now_r = clock.rel()   # small int on 32-bit: dispatch and energy compute with it
         dt = clock.ticks_diff(now, self.ctl_last)
         self.ctl_last = now
         ctl = self.cfg["control"]
@@ -636,7 +637,7 @@ class App:
             try:
                 self.energy.step(dt, pva, v["pv_w"], v["it_w"],
                                  v["aux_w"] or 0, v["bat_w"], v["grid_w"])
-                self.energy.persist(now_s, ENERGY_FILE)  # bounded flash writes
+                self.energy.persist(now_r, ENERGY_FILE)  # bounded flash writes
             except Exception as e:
                 self._err("energy: %s" % e)
         if self.pcs is None or ctl["mode"] == "off":
@@ -668,7 +669,7 @@ class App:
                         if self.pvl.limited:
                             self.pv_avail_w = pv
             if self.disp is not None and s.ok("grid_w", "pv_w", "it_w", "bat_w", "soc_cpct"):
-                local = self.disp.step(_drel(now_s), pv,
+                local = self.disp.step(now_r, pv,
                                        v["it_w"], v["aux_w"] or 0,
                                        v["grid_w"], v["soc_cpct"], v["ccl_w"] or 0,
                                        v["dcl_w"] or 0)
@@ -678,7 +679,7 @@ class App:
                 src = "no dispatch"
             if self.link is not None:
                 try:
-                    c = self.link.setpoint(now_s, local)
+                    c = self.link.setpoint(now_r, local, True)
                 except Exception as e:
                     c = None
                     self._err("link setpoint: %s" % e)

@@ -128,7 +128,7 @@ SKEW_S = 120           # allowed clock difference sender vs gateway for that flo
 
 def _slot_text(rec):
     body = json.dumps(rec)
-    return "%s\n#crc32 %08x\n" % (body, crc32(body.encode()) & 0xFFFFFFFF)
+    return "%s\n#crc32 %08x\n" % (body, crc32(body.encode()))
 
 
 def _read_slot(name):
@@ -142,7 +142,7 @@ def _read_slot(name):
     if i < 0:
         return True, None
     body = text[:i]
-    if text[i + 8:].strip() != "%08x" % (crc32(body.encode()) & 0xFFFFFFFF):
+    if text[i + 8:].strip() != "%08x" % crc32(body.encode()):
         return True, None
     try:
         r = json.loads(body)

@@ -12,20 +12,20 @@ try:
     _MPY = True
 except AttributeError:  # CPython
     _MPY = False
-    _PERIOD = 1 << 30
-    _HALF = 1 << 29
+    _MASK = 0x3FFFFFFF   # ticks wrap at 2**30 as on MicroPython (the mask is a small int)
+    _HALF = 0x20000000
 
     def _ticks_ms():
-        return int(_t.monotonic() * 1000) & (_PERIOD - 1)
+        return int(_t.monotonic() * 1000) & _MASK
 
     def _ticks_us():
-        return int(_t.monotonic() * 1000000) & (_PERIOD - 1)
+        return int(_t.monotonic() * 1000000) & _MASK
 
     def ticks_add(t, ms):
-        return (t + ms) & (_PERIOD - 1)
+        return (t + ms) & _MASK
 
     def ticks_diff(new, old):
-        return ((new - old + _HALF) & (_PERIOD - 1)) - _HALF
+        return ((new - old + _HALF) & _MASK) - _HALF
 
     def sleep_ms(ms):
         if ms > 0:
@@ -34,11 +34,21 @@ except AttributeError:  # CPython
 ticks_ms = _ticks_ms
 ticks_us = _ticks_us
 
-# MicroPython ports with a 2000 epoch (ESP32) report 946684800 s less than unix time
-_EPOCH_FIX = 946684800 if _t.gmtime(0)[0] == 2000 else 0
+# Site time is kept in seconds since EPOCH = 2025-01-01 00:00 UTC (rel(), a whole number
+# of days, so the time of day is unchanged): a small int on a 32-bit port until 2059, where
+# unix time (> 2**30) would make every time difference a heap-allocated long int. EPOCH and
+# unix time() are long ints on 32-bit: made once here (never a code constant) and used only
+# where the wire wants unix seconds (telemetry ts, events, status, signed commands).
+_EPOCH_DAYS = 20089           # 1970-01-01 .. 2025-01-01
+EPOCH = _EPOCH_DAYS * 86400   # 1735689600
+# MicroPython ports with a 2000 epoch (ESP32) report 946684800 s less than unix time;
+# their time.time() (s since 2000) is a small int, and so is time() - _SYS_REL
+_EPOCH_2000 = _t.gmtime(0)[0] == 2000
+_EPOCH_FIX = 946684800 if _EPOCH_2000 else 0
+_SYS_REL = 789004800 if _EPOCH_2000 else EPOCH   # system clock at EPOCH
 
 _speed = 1
-_epoch = None     # site time (s) at _t0, None = follow the system clock
+_epoch = None     # site time (s since EPOCH) at _t0, None = follow the system clock
 _t0 = 0           # real ticks at the last re-base
 _acc_ms = 0       # site ms accumulated since _epoch (re-based before ticks can wrap)
 _site_t = 0       # site ticks (ms, wraps like ticks) at the last call
@@ -51,8 +61,10 @@ def configure(speed=1, epoch=None):
     if not isinstance(speed, int) or speed < 1:
         raise ValueError("clock speed %r must be an int >= 1" % (speed,))
     _speed = speed
-    if epoch is None and speed != 1:
-        epoch = int(_t.time()) + _EPOCH_FIX
+    if epoch is not None:
+        epoch = epoch - EPOCH    # once per configure: rel() stays in small ints
+    elif speed != 1:
+        epoch = int(_t.time()) - _SYS_REL
     _epoch = epoch
     _t0 = _ticks_ms()
     _last = _t0
@@ -87,18 +99,29 @@ def site_ms():
     return _site_t
 
 
-def time():
-    """Site wall-clock seconds since 1970 (int)."""
+def rel():
+    """Site wall-clock seconds since EPOCH (2025-01-01; int, negative before): what the
+    control loop computes with (dispatch, energy persistence), a small int on 32-bit."""
     if _epoch is None:
-        return int(_t.time()) + _EPOCH_FIX
+        return int(_t.time()) - _SYS_REL
     return _epoch + _advance() // 1000
 
+
+def time():
+    """Site wall-clock seconds since 1970 (int; a long int on 32-bit: for the wire)."""
+    if _epoch is None:
+        return int(_t.time()) + _EPOCH_FIX
+    return rel() + EPOCH
 
 
 # A wall clock below 2024-01-01 has not been set yet (an ESP32 RTC restarts at 2000-01-01
 # after a power cut, before NTP): cloud expiry and replay floors cannot be judged.
-VALID_FROM = 1704067200
+_VALID_REL = -31622400               # 2024-01-01 in rel() seconds (366 days before EPOCH)
+VALID_FROM = EPOCH + _VALID_REL      # 1704067200 (unix s; compared only)
 
 
 def valid(t=None):
-    return (time() if t is None else t) >= VALID_FROM
+    """The wall clock is set (t: unix s; default now, judged in small ints)."""
+    if t is None:
+        return rel() >= _VALID_REL
+    return t >= VALID_FROM

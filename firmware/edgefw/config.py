@@ -279,7 +279,7 @@ def _validate(cfg):
 def _crc(text):
     if isinstance(text, str):
         text = text.encode()
-    return crc32(text) & 0xFFFFFFFF
+    return crc32(text)  # unsigned on CPython 3 and MicroPython: no mask (long op)
 
 
 def parse(text):

@@ -101,7 +101,10 @@ def validate_params(site):
     for name, lo, hi, dflt in _SPEC:
         v = site.get(name)
         if v is None:
-            p[name] = dflt
+            # + 0: a default from the constant tuple _SPEC is a ROM long int in a frozen
+            # image (ints beyond -0x2000..0x1FFF) and every op in step() on it would
+            # allocate; the sum is a small int. lo/hi are only compared (no allocation).
+            p[name] = None if dflt is None else dflt + 0
             continue
         if not _isint(v):
             raise ValueError("site.%s: %r is not an integer" % (name, v))

@@ -200,7 +200,7 @@ class Energy:
         """Write the counters to the older of two slots (path.0 / path.1), atomically."""
         self.seq += 1
         body = json.dumps(self.state())
-        text = "%s\n#crc32 %08x\n" % (body, crc32(body.encode()) & 0xFFFFFFFF)
+        text = "%s\n#crc32 %08x\n" % (body, crc32(body.encode()))
         slot = "%s.%d" % (path, self.seq & 1)
         tmp = slot + ".tmp"
         with open(tmp, "w") as f:
@@ -254,7 +254,7 @@ def _read_slot(name):
     if i < 0:
         return None
     body = text[:i]
-    if text[i + 8:].strip() != "%08x" % (crc32(body.encode()) & 0xFFFFFFFF):
+    if text[i + 8:].strip() != "%08x" % crc32(body.encode()):
         return None
     try:
         st = json.loads(body)

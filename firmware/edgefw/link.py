@@ -88,7 +88,9 @@ def validate_link_cfg(d):
         elif v < lo or v > hi:
             errs.append("link.%s: %d out of range %d..%d" % (k, v, lo, hi))
             v = dflt
-        d[k] = v
+        # + 0: a default read from the constant tuple _INTS is a ROM long int in a frozen
+        # image (ints beyond -0x2000..0x1FFF); every op on it would allocate. Once, here.
+        d[k] = None if v is None else v + 0
     if d["key"] is not None:
         try:
             auth.parse_key(d["key"])
@@ -205,14 +207,16 @@ class Link:
     def connected(self):
         return self.client is not None and self.client.connected
 
-    def setpoint(self, now_s, local_w=None):
+    def setpoint(self, now_s, local_w=None, rel=False):
         """The cloud setpoint (W, + = discharge) to apply now, or None = use local dispatch.
+        now_s: unix s, or with rel s since clock.EPOCH (clock.rel(): what the control loop
+        passes, a small int on 32-bit where unix time is a long int).
         local_w: what local dispatch would do now (the start of the bumpless ramp).
         The caller still bounds the result by PCS rating, BMS and site limits."""
         if local_w is not None:
             self._local_w = local_w
         sp = self.sp
-        live = sp is not None and sp["exp"] > now_s
+        live = sp is not None and sp["exp_r" if rel else "exp"] > now_s
         if self.state == ONLINE or self.state == GRACE:
             return sp["p_w"] if live else None
         if self.state == RECOVERING and live:
@@ -423,7 +427,9 @@ class Link:
             life = exp - cmd["ts"]
             if now + life < exp:
                 exp = now + life
-            self.sp = {"p_w": cmd["p_w"], "exp": exp, "seq": cmd["seq"]}
+            # exp_r: the expiry in clock.rel() seconds, made once here (not every step)
+            self.sp = {"p_w": cmd["p_w"], "exp": exp, "exp_r": exp - clock.EPOCH,
+                       "seq": cmd["seq"]}
             if self.on_setpoint:
                 self.on_setpoint(cmd["p_w"], exp)
         elif kind == "schedule":

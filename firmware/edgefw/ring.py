@@ -16,7 +16,9 @@ HDR_LEN = 12
 
 
 def _crc(hdr7, payload):
-    return crc32(payload, crc32(hdr7)) & 0xFFFFFFFF
+    # binascii.crc32 is unsigned on CPython 3 and MicroPython: no mask (a long-int op on
+    # 32-bit); the value is only packed and compared
+    return crc32(payload, crc32(hdr7))
 
 
 def _pack(kind, seq, payload):

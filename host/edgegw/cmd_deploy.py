@@ -95,6 +95,12 @@ class Device:
     def remove(self, path):
         self.exec("import os\ntry:\n os.remove(%r)\nexcept OSError:\n pass" % path)
 
+    def rmdirs(self, dirs):
+        """Remove the directories that are empty, deepest first (others stay)."""
+        code = "import os\nfor d in %r:\n try:\n  os.rmdir(d)\n except OSError:\n  pass" % (
+            sorted(dirs, key=lambda d: -d.count("/")),)
+        self.exec(code)
+
     def makedirs(self, dirs):
         code = "import os\nfor d in %r:\n try:\n  os.mkdir(d)\n except OSError:\n  pass" % (
             sorted(dirs),)
@@ -144,9 +150,15 @@ def mpy_cross_path():
     return p
 
 
-def sources(repo=None):
-    """[(source path, device path)] of everything a gateway needs."""
+def sources(repo=None, frozen=False):
+    """[(source path, device path)] of everything a gateway needs. frozen: the gateway runs
+    an image with the code frozen in (firmware/manifest.py): only the register maps, to
+    maps/ next to config.json (a protocols/ folder would shadow the frozen package)."""
     repo = repo or edgegw.REPO
+    if frozen:
+        d = os.path.join(repo, "protocols", "maps")
+        return [(os.path.join(d, f), "maps/" + f) for f in sorted(os.listdir(d))
+                if f.endswith(".json")]
     out = []
     for top in ("firmware", "protocols"):
         base = os.path.join(repo, top)
@@ -155,17 +167,19 @@ def sources(repo=None):
             for f in sorted(files):
                 src = os.path.join(d, f)
                 rel = os.path.relpath(src, base if top == "firmware" else repo)
+                if rel == "manifest.py":
+                    continue  # the image build's freeze manifest, not gateway code
                 if f.endswith(".py") or (f.endswith(".json") and os.sep + "maps" in src):
                     out.append((src, rel.replace(os.sep, "/")))
     return out
 
 
-def build(build_dir, compile_=True, repo=None):
+def build(build_dir, compile_=True, repo=None, frozen=False):
     """Compile into build_dir; returns {device path: local built file}. Files whose source
     did not change since the last build are not recompiled (hash in a .src sidecar)."""
     files = {}
-    mpyc = mpy_cross_path() if compile_ else None
-    for src, rel in sources(repo):
+    mpyc = mpy_cross_path() if compile_ and not frozen else None
+    for src, rel in sources(repo, frozen):
         if compile_ and rel.endswith(".py") and rel not in KEEP_PY:
             rel = rel[:-3] + ".mpy"
             dst = os.path.join(build_dir, rel)
@@ -267,6 +281,14 @@ def deploy(dev, files, force=False, dry_run=False, echo=click.echo, progress=Tru
         manifest.pop(rel, None)
     if delete:
         dev.write(MANIFEST, json.dumps({"version": 1, "files": want}).encode())
+        # folders left empty go too: an empty protocols/ still shadows a frozen package
+        gone = set()
+        for rel in delete:
+            parts = rel.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                gone.add("/".join(parts[:i]))
+        if gone:
+            dev.rmdirs(gone)
     return result
 
 
@@ -283,11 +305,14 @@ def default_build_dir():
 @click.option("--src", type=click.Path(file_okay=False, exists=True), default=None,
               help="Checkout holding firmware/ and protocols/ (default: this repo).")
 @click.option("--no-compile", is_flag=True, help="Copy .py sources instead of .mpy.")
+@click.option("--frozen", is_flag=True, help="The gateway runs an image with the code frozen "
+              "in (firmware/manifest.py): copy only the register maps, to maps/ (code files of "
+              "an earlier deploy are deleted: they would shadow the frozen modules).")
 @click.option("--force", is_flag=True, help="Copy everything, ignore the device's manifest.")
 @click.option("--dry-run", is_flag=True, help="List what would be copied and deleted.")
 @click.option("--reset", is_flag=True, help="Soft-reset the gateway afterwards.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def cli(port, baud, build_dir, src, no_compile, force, dry_run, reset, as_json):
+def cli(port, baud, build_dir, src, no_compile, frozen, force, dry_run, reset, as_json):
     """Compile firmware/ and protocols/ and copy what changed to the gateway.
 
     \b
@@ -296,7 +321,7 @@ def cli(port, baud, build_dir, src, no_compile, force, dry_run, reset, as_json):
     """
     if src and not os.path.isdir(os.path.join(src, "firmware")):
         raise UserError("--src %s has no firmware/ directory" % src)
-    files = build(build_dir or default_build_dir(), not no_compile, src)
+    files = build(build_dir or default_build_dir(), not no_compile, src, frozen)
     with Device(port, baud) as dev:
         r = deploy(dev, files, force, dry_run, progress=not as_json)
         if reset and not dry_run:

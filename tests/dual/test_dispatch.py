@@ -598,9 +598,13 @@ def test_extreme_schedule_and_forecast_times_stay_small_ints():
 
 # CPython only (sys.settrace); _helpers.cpython_only cannot tag functions on MicroPython
 if not MICROPYTHON:
+    # the small ints of a 32-bit MicroPython: -2**30 .. 2**30-1 (beyond: a heap long int)
+    SMALL_MIN = -(1 << 30)
+    SMALL_MAX = (1 << 30) - 1
+
     def _trace_ints(fn):
-        # trace every line of the dispatch module while fn runs and check every int local
-        lim = 1 << 30
+        # trace every line (and return) of the dispatch module while fn runs and check every
+        # int local and return value, times (now_s, t) included: they are s since 2025-01-01
         bad = []
 
         def tracer(frame, event, arg):
@@ -609,8 +613,10 @@ if not MICROPYTHON:
 
             def local(frame, event, arg):
                 for k, v in frame.f_locals.items():
-                    if type(v) is int and not -lim < v < lim and k not in ("now_s", "t"):
+                    if type(v) is int and not SMALL_MIN <= v <= SMALL_MAX:
                         bad.append((frame.f_code.co_name, k, v))
+                if event == "return" and type(arg) is int and not SMALL_MIN <= arg <= SMALL_MAX:
+                    bad.append((frame.f_code.co_name, "<return>", arg))
                 return local
             return local
 

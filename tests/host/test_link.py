@@ -572,6 +572,8 @@ def test_setpoint_from_a_clock_ahead_of_the_gateway_lives_exp_minus_ts(tmp_path)
     assert now + 29 <= lk.sp["exp"] <= now + 32
     lk.state = link.ONLINE
     assert lk.setpoint(now + 10) == 100 and lk.setpoint(now + 33) is None
+    r = now - clock.EPOCH       # the control loop's time base (clock.rel(), issue 19)
+    assert lk.setpoint(r + 10, None, True) == 100 and lk.setpoint(r + 33, None, True) is None
     # a normal command: exp as sent
     assert _deliver(lk, T.CMD_SETPOINT, {"p_w": 200}, ts=now - 5, exp_in=30)
     assert lk.sp["exp"] == now + 25
