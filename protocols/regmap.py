@@ -543,7 +543,23 @@ def bit_names(m, name, value):
 # (0x8000 = not implemented), or that shows SunSpec's "not implemented" raw, is left out.
 
 SF_MAX = 10
-_NOT_IMPL = {"u16": 0xFFFF, "s16": 0x8000, "u32": 0xFFFFFFFF, "s32": 0x80000000}
+_SF_TYPES = ("u16", "s16", "u32", "s32")
+
+
+def _unimplemented(p, data, o):
+    # SunSpec's "not implemented" raw (0xFFFF, 0x8000, 0xFFFFFFFF, 0x80000000), judged
+    # word by word so no 32-bit constant (a long int on a 32-bit port) is needed
+    t = p["type"]
+    w0 = data[o] & 0xFFFF
+    if t == "u16":
+        return w0 == 0xFFFF
+    if t == "s16":
+        return w0 == 0x8000
+    w1 = data[o + 1] & 0xFFFF
+    hi, lo = (w1, w0) if p.get("lo") else (w0, w1)
+    if t == "u32":
+        return hi == 0xFFFF and lo == 0xFFFF
+    return hi == 0x8000 and lo == 0
 
 
 def _check_sf(m):
@@ -559,7 +575,7 @@ def _check_sf(m):
         sp = pts.get(s) if isinstance(s, str) else None
         if sp is None or sp["type"] != "s16" or sp["table"] != p["table"] or "sf" in sp:
             raise RegMapError("%s: %r is not an s16 point of the %s table" % (what, s, p["table"]))
-        if p["type"] not in _NOT_IMPL or "values" in p or "pick" in p or p["access"] != "r":
+        if p["type"] not in _SF_TYPES or "values" in p or "pick" in p or p["access"] != "r":
             raise RegMapError(what + ": only read-only u16/s16/u32/s32 points without values/pick")
 
 
@@ -590,7 +606,7 @@ def _sf_value(m, p, data, addr, o):
     so = m.points[p["sf"]]["addr"] - addr
     if so < 0 or so >= len(data):
         return None  # its scale factor is not in this read: never guess it
-    if _raw(p, data, o) == _NOT_IMPL[p["type"]]:
+    if _unimplemented(p, data, o):
         return None
     sf = data[so] & 0xFFFF
     q = _sf_point(p, sf - 0x10000 if sf & 0x8000 else sf)

@@ -24,6 +24,7 @@ FROZEN_TUPLE_INT = (-0x2000, 0x1FFF)
 LONG_OK = {
     ("protocols/topics.py", 1 << 40): "bound for times the cloud sends (compared only)",
     ("protocols/topics.py", 1 << 62): "bound for telemetry ints (compared only)",
+    ("protocols/trace.py", 1 << 53): "bound for trace times in us, host files (compared only)",
 }
 
 # (b) constant tuples with ints beyond the frozen small-int range: module-level name ->
