@@ -13,7 +13,7 @@ import os
 import click
 
 from edgegw.cli import UserError
-from edgegw.cmd_deploy import Device
+from edgegw.console_io import Device
 
 TEMPLATES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 DEVICE_PATH = "config.json"
