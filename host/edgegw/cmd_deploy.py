@@ -19,7 +19,7 @@ import sys
 import click
 
 import edgegw
-from edgegw.cli import UserError
+from edgegw.cli import UserError, out_path
 from edgegw.console_io import CHUNK, Device, Interrupted, deferred_sigint  # noqa: F401
 
 MANIFEST = ".edgegw-manifest.json"
@@ -201,7 +201,13 @@ def cli(port, baud, build_dir, src, no_compile, force, dry_run, reset, as_json, 
     """
     if src and not os.path.isdir(os.path.join(src, "firmware")):
         raise UserError("--src %s has no firmware/ directory" % src)
-    files = build(build_dir or default_build_dir(), not no_compile, src)
+    if build_dir:
+        out_path(build_dir, "--build-dir", folder=True)
+    try:
+        files = build(build_dir or default_build_dir(), not no_compile, src)
+    except OSError as e:
+        raise UserError("--build-dir %s: cannot write the build (%s)"
+                        % (build_dir or default_build_dir(), e.strerror or e))
     with Device(port, baud, timeout) as dev:
         r = deploy(dev, files, force, dry_run, progress=not as_json)
         if reset and not dry_run and "interrupted" not in r:

@@ -226,11 +226,8 @@ class Devices:
         self.by = {}
         if config:
             from edgefw import config as fwc
-            try:
-                text = open(config).read()
-            except OSError as e:
-                raise UserError("--config %s: cannot read (%s)" % (config, e.strerror))
-            cfg, errs = fwc.parse(text)
+            from edgegw.cli import read_text
+            cfg, errs = fwc.parse(read_text(config, "--config"))
             if cfg is None:
                 raise UserError("--config %s: %s" % (config, "; ".join(errs)))
             errs = fwc.validate(cfg)
@@ -531,7 +528,8 @@ def export_cmd(trace_file, maps, config, baud, as_csv, what, out):
     --frames one row per frame."""
     header, recs = read_trace(trace_file)
     dec = decode_records(recs, Devices(maps, config), _baud_for(header, baud))
-    f = open(out, "w", newline="") if out else sys.stdout
+    from edgegw.cli import open_out
+    f = open_out(out, "--out") if out else sys.stdout
     w = csv.writer(f)
     if what == "frames":
         w.writerow(["t_s", "bus", "dir", "slave", "fc", "device", "addr", "qty", "latency_ms",
