@@ -57,6 +57,17 @@ def read_json(path, what=""):
         raise UserError("%s: not JSON we read (nested too deep)" % _name(path, what))
 
 
+def read_config(path, what=""):
+    """(cfg, errors) of a gateway config file through the firmware's own parser (JSON with
+    or without its CRC trailer); errors for what it cannot read at all."""
+    from edgefw import config as fwconfig
+    text = read_text(path, what)
+    try:
+        return fwconfig.parse(text)
+    except RecursionError:
+        raise UserError("%s: not a config we read (nested too deep)" % _name(path, what))
+
+
 def out_path(path, what="", folder=False):
     """Check an output path can be written before the work starts: its folder exists and it
     is not a folder itself (folder=True: the path is a folder, made if its parent exists)."""

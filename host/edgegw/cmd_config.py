@@ -12,7 +12,7 @@ import os
 
 import click
 
-from edgegw.cli import UserError, open_out, out_path, read_text
+from edgegw.cli import UserError, open_out, out_path, read_config
 from edgegw.console_io import Device
 
 TEMPLATES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
@@ -64,7 +64,7 @@ def check(cfg):
 
 def load_file(path):
     """(cfg, errors) from a local file; JSON with or without the CRC trailer."""
-    cfg, errs = _fwconfig().parse(read_text(path, "FILE"))
+    cfg, errs = read_config(path, "FILE")
     if cfg is None:
         return None, errs
     return cfg, check(cfg)

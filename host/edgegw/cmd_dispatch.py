@@ -5,7 +5,7 @@ import os
 
 import click
 
-from edgegw.cli import UserError, out_path, read_text
+from edgegw.cli import UserError, out_path, read_json, read_text
 
 ROWS = (
     ("peak_import_w", "peak import W"),
@@ -60,7 +60,7 @@ def eval_cmd(scenario, site, as_json, plot, no_forecast, sets):
     read_text(scenario, "SCENARIO")
     default_site = os.path.splitext(scenario)[0] + ".json"
     if site is not None or os.path.isfile(default_site):
-        read_text(site or default_site, "--site")
+        read_json(site or default_site, "--site")
     over = {}
     for s in sets:
         k, eq, v = s.partition("=")

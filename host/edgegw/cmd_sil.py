@@ -7,7 +7,8 @@ import time
 
 import click
 
-from edgegw.cli import UserError, read_json, read_text
+from edgegw.cli import UserError, read_json
+from edgegw.cli import read_config as read_cfg
 
 # built-in scenarios: SimSite parameters (+ the start hour, site time UTC)
 SCENARIOS = {
@@ -65,7 +66,7 @@ def make_site(sc):
 def read_config(path):
     """A gateway config file (plain JSON or with the firmware's CRC trailer), validated."""
     from edgefw import config as fwconfig
-    cfg, errs = fwconfig.parse(read_text(path, "--config"))
+    cfg, errs = read_cfg(path, "--config")
     if cfg is not None:
         errs = fwconfig.validate(cfg)
     if errs:
@@ -102,7 +103,7 @@ def existing_config(dirpath):
         return False, None
     from edgefw import config as fwconfig
     try:
-        cfg, errs = fwconfig.parse(read_text(path, "--dir"))
+        cfg, errs = read_cfg(path, "--dir")
     except UserError:
         return True, None
     return True, (cfg if cfg is not None and not fwconfig.validate(cfg) else None)

@@ -226,8 +226,8 @@ class Devices:
         self.by = {}
         if config:
             from edgefw import config as fwc
-            from edgegw.cli import read_text
-            cfg, errs = fwc.parse(read_text(config, "--config"))
+            from edgegw.cli import read_config
+            cfg, errs = read_config(config, "--config")
             if cfg is None:
                 raise UserError("--config %s: %s" % (config, "; ".join(errs)))
             errs = fwc.validate(cfg)

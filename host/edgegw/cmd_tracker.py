@@ -6,7 +6,7 @@ import time
 
 import click
 
-from edgegw.cli import UserError, read_text
+from edgegw.cli import UserError, read_json, read_text
 from edgegw.tracker import Tracker
 from edgegw.tracker import forecast as fc
 from edgegw.tracker import publish as pub
@@ -300,14 +300,13 @@ def headroom(broker, device_id, timeout, site_file, as_json):
     """The gateway's published green headroom (edgegw/<device>/headroom, retained)."""
     site = None
     if site_file:
+        site = read_json(site_file, "--local")
         try:
-            with open(site_file) as f:
-                site = json.load(f)
             if isinstance(site, dict) and isinstance(site.get("site"), dict):
                 site = site["site"]           # a whole gateway config
             from edgefw import dispatch
             dispatch.validate_params(site)
-        except (OSError, ValueError) as e:
+        except (TypeError, ValueError) as e:
             raise UserError("--local %s: %s" % (site_file, e))
     try:
         pub.parse_broker(broker)
