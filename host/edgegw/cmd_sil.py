@@ -7,7 +7,7 @@ import time
 
 import click
 
-from edgegw.cli import UserError, read_json
+from edgegw.cli import UserError, read_json, read_text
 from edgegw.cli import read_config as read_cfg
 
 # built-in scenarios: SimSite parameters (+ the start hour, site time UTC)
@@ -109,6 +109,25 @@ def existing_config(dirpath):
     return True, (cfg if cfg is not None and not fwconfig.validate(cfg) else None)
 
 
+def link_section(broker, key_file):
+    """The config's link section for --broker HOST:PORT [--key-file F]."""
+    from edgegw.tracker.publish import parse_broker
+    try:
+        host, port = parse_broker(broker)
+    except ValueError as e:
+        raise UserError("--%s" % e)
+    link = {"host": host, "port": port}
+    if key_file:
+        from edgefw import auth
+        key = read_text(key_file, "--key-file").strip()
+        try:
+            auth.parse_key(key)
+        except ValueError as e:
+            raise UserError("--key-file %s: %s" % (key_file, e))
+        link["key"] = key
+    return link
+
+
 def live_line(sim, extra=""):
     s = sim.summary()
     t = time.gmtime(s["t"])
@@ -151,9 +170,27 @@ def run_live(sim, duration, every=1.0, stats=None):
               help="MicroPython heap (ESP32 class: 128k-384k).")
 @click.option("--pace/--no-pace", default=False,
               help="Simulated devices answer at the bus baud rate's pace.")
-@click.option("--duration", type=float, help="Stop after this many real seconds.")
-def cli(dirpath, speed, scenario, config_path, heapsize, pace, duration):
-    """Run the virtual gateway against a simulated site (Ctrl-C stops it)."""
+@click.option("--duration", type=click.FloatRange(0), help="Stop after this many real seconds.")
+@click.option("--broker", metavar="HOST:PORT",
+              help="Turn the gateway's MQTT link on to this broker (config link section).")
+@click.option("--key-file", type=click.Path(dir_okay=False),
+              help="With --broker: the device key (hex) commands are signed with "
+                   "(`edgegw link keygen -o key.hex`); without it every command is rejected.")
+@click.option("--status-s", type=click.IntRange(0, 3600), default=None,
+              help="Telemetry period in site seconds (default 10 with --broker, else the "
+                   "config's).")
+@click.option("--device-id", help="The gateway's device_id (default the config's).")
+def cli(dirpath, speed, scenario, config_path, heapsize, pace, duration, broker, key_file,
+        status_s, device_id):
+    """Run the virtual gateway against a simulated site (Ctrl-C stops it).
+
+    \b
+    edgegw sil --speed 10
+    edgegw link keygen -o key.hex
+    edgegw sil --speed 10 --broker 127.0.0.1:1883 --key-file key.hex
+    """
+    if key_file and not broker:
+        raise UserError("--key-file needs --broker (the key signs the link's commands)")
     from edgegw.vgw import VirtualGateway, site_config
     sc, site_params = load_scenario(scenario)
     kept, cfg = (False, None) if config_path else existing_config(dirpath)
@@ -161,6 +198,16 @@ def cli(dirpath, speed, scenario, config_path, heapsize, pace, duration):
         cfg = read_config(config_path) if config_path else site_config()
     if site_params and not kept:
         cfg["site"] = dict(cfg.get("site") or {}, **site_params)
+    if kept and (broker or status_s is not None or device_id):
+        raise UserError("--dir %s holds a config.json, which sil keeps: --broker, --status-s "
+                        "and --device-id would not apply (push a config instead)" % dirpath)
+    if broker:
+        cfg["link"] = link_section(broker, key_file)
+        cfg["status_s"] = 10 if status_s is None else status_s
+    elif status_s is not None:
+        cfg["status_s"] = status_s
+    if device_id:
+        cfg["device_id"] = device_id
     try:
         from edgefw import dispatch
         dispatch.validate_params(dict(cfg["site"]))
@@ -184,6 +231,12 @@ def cli(dirpath, speed, scenario, config_path, heapsize, pace, duration):
         click.echo("virtual gateway: %s (micropython heap %s, clock x%d)" % (gw.dir, heapsize, speed))
         if kept:
             click.echo("config: kept the config.json already in %s" % gw.dir)
+        if cfg.get("link", {}).get("host"):
+            click.echo("link: %s as %s, telemetry every %s site s%s" % (
+                broker, cfg.get("device_id"), cfg.get("status_s"),
+                "" if cfg["link"].get("key") else "; no key: every command is rejected"))
+        click.echo("site clock: %s UTC (x%d): sign commands on it (link ... --ts gateway)"
+                   % (time.strftime("%Y-%m-%d %H:%M", time.gmtime(sim.t)), speed))
         click.echo("REPL: %s" % gw.repl_port)
         click.echo("  mpremote connect %s resume exec \"from edgefw import app; "
                    "print(app.status(False))\"" % gw.repl_port)
