@@ -83,7 +83,7 @@ class ReplConsole:
 
 # ---- talking to a device's REPL from the toolkit, always with a deadline ------------------
 
-READ_S = 2.0       # longest single serial read: mpremote's own timeouts can then fire (on a
+READ_S = 5.0       # longest single serial read: mpremote's own timeouts can then fire (on a
                    # pty it blocks in read(1), which without a port timeout never returns)
 NO_ANSWER = ("check that the gateway is running, that the port is its REPL (not a bus), "
              "the baud rate, and that no other program (a console) holds the port")
@@ -132,10 +132,14 @@ class Device:
     def exec(self, code):
         """Run code on the device; its output as text. A device exception -> UserError."""
         from edgegw.cli import UserError
+        if self.lost:
+            raise UserError("--port %s: the REPL exchange broke off earlier: %s"
+                            % (self.port, NO_ANSWER))
         try:
             with _quiet():
                 out, err = self.t.exec_raw(code, timeout=self.timeout)
         except KeyboardInterrupt:
+            self.lost = True        # cut mid-exchange: nothing more goes through it
             raise
         except Exception as e:
             self.lost = True
