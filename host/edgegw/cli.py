@@ -52,7 +52,7 @@ def read_json(path, what=""):
     try:
         return json.loads(text)
     except ValueError as e:
-        raise UserError("%s: not JSON (%s)" % (_name(path, what), str(e).splitlines()[0]))
+        raise UserError("%s: not valid JSON (%s)" % (_name(path, what), str(e).splitlines()[0]))
     except RecursionError:
         raise UserError("%s: not JSON we read (nested too deep)" % _name(path, what))
 
