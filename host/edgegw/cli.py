@@ -1,5 +1,6 @@
 """`edgegw` command line. Each subcommand lives in its own module `edgegw.cmd_<name>`
 exposing `cli` (a click command or group), so commands can be added independently."""
+import errno
 import importlib
 
 import click
@@ -97,9 +98,32 @@ def open_out(path, what="", mode="w"):
         raise UserError("%s: cannot write it (%s)" % (_name(path, what), e.strerror or e))
 
 
+_FILE_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM,
+                errno.EROFS, errno.ENOSPC, errno.ENAMETOOLONG)
+
+
 class _Commands(click.Group):
     """Loads `edgegw.cmd_<name>` on first use: a command module may import edgegw.cli
-    (for UserError) before the group exists, and `edgegw --help` stays quick."""
+    (for UserError) before the group exists, and `edgegw --help` stays quick.
+
+    Also the safety net under the helpers above: a file a command opened some other way
+    that is missing, a folder, unwritable or not UTF-8, or input nested too deep, still
+    ends as one Error line (exit 2), never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            if e.errno not in _FILE_ERRNOS or not getattr(e, "filename", None):
+                raise
+            hint = " (does its folder exist?)" if e.errno == errno.ENOENT else ""
+            raise UserError("%s: %s%s" % (e.filename, (e.strerror or str(e)).lower(), hint)) \
+                from None
+        except UnicodeDecodeError as e:
+            raise UserError("an input file is not UTF-8 text (byte 0x%02x at offset %d)"
+                            % (e.object[e.start], e.start)) from None
+        except RecursionError:
+            raise UserError("an input file is nested too deep to read") from None
 
     def list_commands(self, ctx):
         return [n for n in COMMANDS if self._module(n) is not None]

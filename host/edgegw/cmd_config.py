@@ -12,7 +12,7 @@ import os
 
 import click
 
-from edgegw.cli import UserError, open_out, out_path, read_config
+from edgegw.cli import UserError, open_out, out_path, read_text
 from edgegw.console_io import Device
 
 TEMPLATES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
@@ -64,7 +64,8 @@ def check(cfg):
 
 def load_file(path):
     """(cfg, errors) from a local file; JSON with or without the CRC trailer."""
-    cfg, errs = read_config(path, "FILE")
+    text = read_text(path, "FILE")
+    cfg, errs = _fwconfig().parse(text)
     if cfg is None:
         return None, errs
     return cfg, check(cfg)

@@ -528,8 +528,7 @@ def export_cmd(trace_file, maps, config, baud, as_csv, what, out):
     --frames one row per frame."""
     header, recs = read_trace(trace_file)
     dec = decode_records(recs, Devices(maps, config), _baud_for(header, baud))
-    from edgegw.cli import open_out
-    f = open_out(out, "--out") if out else sys.stdout
+    f = open(out, "w", newline="") if out else sys.stdout
     w = csv.writer(f)
     if what == "frames":
         w.writerow(["t_s", "bus", "dir", "slave", "fc", "device", "addr", "qty", "latency_ms",
