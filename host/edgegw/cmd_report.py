@@ -198,7 +198,10 @@ def plot_eval(pol, out):
     import matplotlib.pyplot as plt
     from edgegw.cmd_dispatch import NAMES, ROWS
     have = set(k for v in pol.values() for k in v)
-    keys = [k for k, _ in ROWS if k in have][:6]
+    first = ("peak_import_w", "import_kwh", "pv_used_pct", "renewable_share_pct", "co2_kg",
+             "export_kwh")
+    keys = ([k for k in first if k in have] + [k for k, _ in ROWS if k in have
+                                                and k not in first])[:6]
     label = dict(ROWS)
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.8))
     if len(keys) == 1:
@@ -271,11 +274,14 @@ def cli(telemetry, eval_file, out, region, grid_factor, utc_offset, as_json):
         click.echo(json.dumps(rep, indent=2))
         return
     if eval_file:
+        from edgegw.cmd_dispatch import NAMES, ROWS
         pol = rep["policies"]
-        ms = sorted({k for v in pol.values() for k in v})
-        click.echo("%-14s %s" % ("policy", " ".join("%14s" % m[:14] for m in ms)))
-        for n, v in pol.items():
-            click.echo("%-14s %s" % (n[:14], " ".join("%14s" % v.get(m, "") for m in ms)))
+        names = list(pol)
+        click.echo("%-34s" % "" + "".join("%17s" % NAMES.get(n, n)[:16] for n in names))
+        for k, label in ROWS:
+            if any(k in pol[n] for n in names):
+                click.echo("%-34s" % label + "".join(
+                    "%17s" % ("-" if pol[n].get(k) is None else pol[n][k]) for n in names))
     else:
         click.echo("%-11s %9s %9s %9s %9s %9s %7s %7s %8s" % (
             "day", "IT kWh", "PV kWh", "PV>load", "bat>load", "grid imp", "renew%", "PVuse%",
