@@ -24,7 +24,11 @@ def _name(path, what):
 
 
 def read_bytes(path, what=""):
-    """The file's bytes, or UserError naming `what` (e.g. '--config') and the path."""
+    """The file's bytes, or UserError naming `what` (e.g. '--config') and the path.
+    '-' is standard input."""
+    if path == "-":
+        import sys
+        return sys.stdin.buffer.read()
     try:
         with open(path, "rb") as f:
             return f.read()
