@@ -83,7 +83,8 @@ def run(small=False):
     scen = {}
     worst = {"b_peak_share_min": None, "b_pv_share_min": None, "violations": 0,
              "c_job_import_wh_max": None}
-    for csv_path in sorted(glob.glob(os.path.join(REPO, "scenarios", "*.csv")))[:1 if small else None]:
+    csvs = sorted(glob.glob(os.path.join(REPO, "scenarios", "*.csv")))
+    for csv_path in csvs[:1] if small else csvs:
         r = evalbench.evaluate(csv_path)
         pol = r["policies"]
         row = {"lp_peak_w": r["lp_peak_w"]}
