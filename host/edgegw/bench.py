@@ -1,5 +1,7 @@
 """`make bench`: runs every benchmark module `edgegw.bench_<name>` (each exposes
-`run() -> dict`) and writes one JSON document. Targets live here, never in timed tests."""
+`run(small=False) -> dict`) and writes one JSON document. Targets live here, never in timed
+tests. `--small` runs each in a tiny configuration (tests/host/test_bench_smoke.py runs that
+in `make test`, so a bench cannot rot unnoticed; its figures mean nothing)."""
 import argparse
 import importlib
 import json
@@ -22,6 +24,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m edgegw.bench")
     ap.add_argument("--out", default="bench.json")
     ap.add_argument("--only", action="append", help="run only these benches (repeatable)")
+    ap.add_argument("--small", action="store_true", help="tiny configurations (smoke run)")
     a = ap.parse_args(argv)
     results = {}
     failed = False
@@ -32,7 +35,7 @@ def main(argv=None):
         t0 = time.time()
         print("bench %s ..." % name, file=sys.stderr, flush=True)
         try:
-            results[name] = mod.run()
+            results[name] = mod.run(small=True) if a.small else mod.run()
         except Exception as e:  # a broken bench is reported, the others still run
             results[name] = {"error": repr(e)}
             failed = True

@@ -72,7 +72,8 @@ def _violations(m):
     return m["export_violations"] + m["soc_violations"] + m["limit_violations"]
 
 
-def run():
+def run(small=False):
+    """small: the first scenario only (make test's smoke run)."""
     out = {}
     out["cpython_steps_per_s"] = _cpython_rate()
     rate, heap = _mpy_rate()
@@ -82,7 +83,8 @@ def run():
     scen = {}
     worst = {"b_peak_share_min": None, "b_pv_share_min": None, "violations": 0,
              "c_job_import_wh_max": None}
-    for csv_path in sorted(glob.glob(os.path.join(REPO, "scenarios", "*.csv"))):
+    csvs = sorted(glob.glob(os.path.join(REPO, "scenarios", "*.csv")))
+    for csv_path in csvs[:1] if small else csvs:
         r = evalbench.evaluate(csv_path)
         pol = r["policies"]
         row = {"lp_peak_w": r["lp_peak_w"]}

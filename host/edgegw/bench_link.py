@@ -70,7 +70,9 @@ def cycles(n=3, outage_s=0.5, online_s=0.5, keepalive_s=2, telemetry_ms=100):
         cfg = {"device_id": DEV, "fs_dir": os.path.join(tmp, "fs"),
                "link": {"host": m.host, "port": m.port, "keepalive_s": keepalive_s,
                         "grace_s": 1, "recover_s": 1, "telemetry_ms": telemetry_ms,
-                        "backoff_min_ms": 100, "backoff_max_ms": 1000, "ring_kb": 256}}
+                        "backoff_min_ms": 100, "backoff_max_ms": 1000,
+                        # the largest ring the firmware accepts in 8 segments (16 KB each)
+                        "ring_kb": 128, "ring_segs": 8}}
         path = os.path.join(tmp, "link.json")
         with open(path, "w") as f:
             json.dump(cfg, f)
@@ -144,9 +146,10 @@ def publish_rate(n=2000):
             "mqtt_heap_live_max_bytes": d["heap_live_max"]}
 
 
-def run():
-    r = cycles(3)
-    r.update(publish_rate())
+def run(small=False):
+    """small: one cycle and a few messages (make test's smoke run; figures meaningless)."""
+    r = cycles(1 if small else 3)
+    r.update(publish_rate(50 if small else 2000))
     return r
 
 

@@ -140,10 +140,11 @@ CODEC_N = 50000
 REGMAP_N = 20000
 
 
-def _cpython():
+def _cpython(div=1):
     ns = {}
     exec(compile(WORK, "bench_protocols_work", "exec"), ns)
-    return ns["run"](PAIRS, CRC_BYTES, CODEC_N, REGMAP_N), ns["capture"]
+    return (ns["run"](PAIRS // div, CRC_BYTES // div, CODEC_N // div, REGMAP_N // div),
+            ns["capture"])
 
 
 def _pymodbus_framer(frames):
@@ -179,12 +180,12 @@ def _ours_stream(data):
     return k, time.perf_counter() - t0
 
 
-def _micropython():
+def _micropython(div=1):
     if not os.path.exists(MICROPYTHON):
         return {"error": "no micropython at %s" % MICROPYTHON}
     # smaller counts: the unix port is ~10x slower; rates are per second either way
     code = WORK + "\nimport json\nprint(json.dumps(run(%d, %d, %d, %d)))\n" % (
-        PAIRS // 20, CRC_BYTES // 10, CODEC_N // 10, REGMAP_N // 10)
+        PAIRS // 20 // div, CRC_BYTES // 10 // div, CODEC_N // 10 // div, REGMAP_N // 10 // div)
     env = dict(os.environ, MICROPYPATH=".frozen:%s:%s" % (REPO, os.path.join(REPO, "firmware")))
     # a modest heap: a huge one makes every collection sweep it and skews the rates
     p = subprocess.run([MICROPYTHON, "-X", "heapsize=8m", "-c", code], capture_output=True,
@@ -194,13 +195,15 @@ def _micropython():
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def run():
-    cp, capture = _cpython()
+def run(small=False):
+    """small: 1/100 of the work (make test's smoke run; figures meaningless)."""
+    div = 100 if small else 1
+    cp, capture = _cpython(div)
     out = {"cpython": cp}
     # pymodbus's framer vs ours on the same response frames (what a master's framer sees),
     # each decoded to register values by both
     # 1,000,000 response frames (EDGEGW_BENCH_FRAMES to change it)
-    nf = int(os.environ.get("EDGEGW_BENCH_FRAMES", "1000000"))
+    nf = 2000 if small else int(os.environ.get("EDGEGW_BENCH_FRAMES", "1000000"))
     frames = [f for f, t in capture(nf)[1][1::2]]
     k0, s0 = _ours_frames(frames)
     k1, s1 = _ours_stream(b"".join(frames))
@@ -214,7 +217,7 @@ def run():
             "target_ratio": 5}
     except ImportError:
         out["pymodbus_compare"] = {"error": "pymodbus not installed"}
-    out["micropython"] = _micropython()
+    out["micropython"] = _micropython(div)
     # a day of 9600-baud traffic is ~ 9600/11 B/s x 86400 s = 75 MB
     bps = cp["split_stream_bytes_s"]
     out["cpython_day_at_9600_s"] = round(75e6 / bps, 1)

@@ -97,10 +97,11 @@ def measure(baud, n=N):
             "abs_err_us_max": max(ab), "p99_within_one_char": _pct(ab, 99) <= char}
 
 
-def run():
+def run(small=False):
+    """small: 10 pairs a baud rate (make test's smoke run; figures meaningless)."""
     out = {}
     for baud in (9600, 19200):
-        out["b%d" % baud] = measure(baud)
+        out["b%d" % baud] = measure(baud, 10 if small else N)
     out["target"] = "p99 |replayed latency - recorded| <= one character time"
     out["met"] = all(out["b%d" % b]["p99_within_one_char"] for b in (9600, 19200))
     return out

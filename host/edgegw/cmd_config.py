@@ -12,8 +12,8 @@ import os
 
 import click
 
-from edgegw.cli import UserError
-from edgegw.cmd_deploy import Device
+from edgegw.cli import UserError, open_out, out_path, read_text
+from edgegw.console_io import Device
 
 TEMPLATES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 DEVICE_PATH = "config.json"
@@ -64,11 +64,7 @@ def check(cfg):
 
 def load_file(path):
     """(cfg, errors) from a local file; JSON with or without the CRC trailer."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as e:
-        raise UserError("FILE %s: cannot read (%s)" % (path, e.strerror))
+    text = read_text(path, "FILE")
     cfg, errs = _fwconfig().parse(text)
     if errs:  # not cfg is None: a file holding JSON null parses without errors
         return None, errs
@@ -77,6 +73,27 @@ def load_file(path):
 
 def _pretty(cfg):
     return json.dumps(cfg, indent=2, sort_keys=True) + "\n"
+
+
+SECRETS = ("key", "password", "token")     # link fields never printed in clear by default
+
+
+def masked(cfg):
+    """A copy with link secrets replaced by a fingerprint (a diff still shows they differ)."""
+    import hashlib
+    link = cfg.get("link") if isinstance(cfg, dict) else None
+    if not isinstance(link, dict):
+        return cfg
+    link = dict(link)
+    for k in SECRETS:
+        if isinstance(link.get(k), str) and link[k]:
+            fp = hashlib.sha256(link[k].encode()).hexdigest()[:8]
+            link[k] = "<secret sha256:%s, --show-secrets to print>" % fp
+    return dict(cfg, link=link)
+
+
+show_secrets_opt = click.option("--show-secrets", is_flag=True,
+                                help="Print link.key/password in clear (masked by default).")
 
 
 def templates():
@@ -89,7 +106,7 @@ def template(name):
     if not os.path.exists(path):
         raise UserError("NAME %r is not a template; choose one of: %s"
                         % (name, ", ".join(templates())))
-    with open(path) as f:
+    with open(path) as f:   # shipped with the toolkit
         return json.load(f)
 
 
@@ -197,18 +214,21 @@ def push_cmd(file, port, baud, reset):
 @cli.command("pull")
 @port_opt
 @baud_opt
-@click.option("--out", "-o", type=click.Path(dir_okay=False), help="Write to a file.")
-def pull_cmd(port, baud, out):
+@click.option("--out", "-o", type=click.Path(dir_okay=False),
+              help="Write to a file (in full, secrets included: it can be pushed back).")
+@show_secrets_opt
+def pull_cmd(port, baud, out, show_secrets):
     """Print the gateway's config.json (pretty JSON, CRC trailer checked and removed)."""
+    if out:
+        out_path(out, "--out")
     with Device(port, baud) as dev:
         cfg = pull(dev)
-    text = _pretty(cfg)
     if out:
-        with open(out, "w") as f:
-            f.write(text)
+        with open_out(out, "--out") as f:
+            f.write(_pretty(cfg))
         click.echo("wrote %s" % out, err=True)
     else:
-        click.echo(text, nl=False)
+        click.echo(_pretty(cfg if show_secrets else masked(cfg)), nl=False)
 
 
 @cli.command("diff")
@@ -216,7 +236,8 @@ def pull_cmd(port, baud, out):
 @click.argument("other", required=False, type=click.Path(dir_okay=False))
 @click.option("--port", "-p", help="Compare with the gateway's config (instead of OTHER).")
 @baud_opt
-def diff_cmd(file, other, port, baud):
+@show_secrets_opt
+def diff_cmd(file, other, port, baud, show_secrets):
     """Unified diff from FILE to OTHER, or from the gateway's config to FILE (--port: what
     a push would change). Exit code 0 = same, 1 = different (like diff)."""
     if (other is None) == (port is None):
@@ -234,6 +255,8 @@ def diff_cmd(file, other, port, baud):
             raise UserError("%s: %s" % (other, "; ".join(errs)))
         bname = other
     _fwconfig().validate(b)  # both with defaults filled in: only real differences show
+    if not show_secrets:
+        a, b = masked(a), masked(b)
     old, new, oname, nname = (b, a, bname, file) if port else (a, b, file, bname)
     d = list(difflib.unified_diff(_pretty(old).splitlines(True), _pretty(new).splitlines(True),
                                   oname, nname))
@@ -255,7 +278,7 @@ def template_cmd(name, out):
         return
     text = json.dumps(template(name), indent=2) + "\n"
     if out:
-        with open(out, "w") as f:
+        with open_out(out, "--out") as f:
             f.write(text)
         click.echo("wrote %s" % out, err=True)
     else:

@@ -20,6 +20,17 @@ def mpremote_argv(port, baud):
     return argv + ["resume", "repl"]
 
 
+def _check_opens(port, baud):
+    """mpremote's own message on a wrong port is a paragraph and exit 1: say it our way."""
+    import serial
+    try:
+        serial.serial_for_url(port, baudrate=baud, timeout=1).close()
+    except (serial.SerialException, OSError, ValueError) as e:
+        raise UserError("--port %s: cannot open it (%s); check the path (ls /dev/ttyUSB* "
+                        "/dev/ttyACM*) and that no other program holds it"
+                        % (port, str(e).strip().splitlines()[0][:160] if str(e) else e))
+
+
 @click.command()
 @with_source
 @click.option("--live", is_flag=True, help="A refreshing status view instead of the REPL.")
@@ -41,6 +52,7 @@ def cli(port, baud, mqtt_broker, device_id, timeout, live, every, print_argv):
         if print_argv:
             click.echo(" ".join(argv))
             return
+        _check_opens(port, baud)
         click.echo("connected to %s: Ctrl-] to exit, Ctrl-C interrupts the REPL only"
                    % port, err=True)
         os.execv(argv[0], argv) if os.path.isabs(argv[0]) else os.execvp(argv[0], argv)

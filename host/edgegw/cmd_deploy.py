@@ -7,8 +7,8 @@ travel. Files are written to a temp name and renamed: an interrupted deploy leav
 old or new, never half. Paths on the device are relative to its working directory (the
 flash root on an ESP32, the virtual gateway's directory on unix).
 
-Device (the raw-REPL helper over mpremote's transport) is shared with config/status."""
-import binascii
+Device (the raw-REPL helper over mpremote's transport, every exchange bounded) lives in
+console_io and is shared with config/status/console; it is importable from here too."""
 import hashlib
 import json
 import os
@@ -19,123 +19,11 @@ import sys
 import click
 
 import edgegw
-from edgegw.cli import UserError
+from edgegw.cli import UserError, out_path
+from edgegw.console_io import CHUNK, Device, Interrupted, deferred_sigint  # noqa: F401
 
 MANIFEST = ".edgegw-manifest.json"
 KEEP_PY = ("boot.py", "main.py")   # run by name by the MicroPython runtime
-CHUNK = 2048                       # raw bytes per exec (base64 in one raw-paste)
-
-
-# ---- the device side: raw REPL via mpremote ---------------------------------------------
-
-class Device:
-    """A MicroPython REPL reached through any pyserial URL, in raw REPL mode without a soft
-    reset (the firmware is interrupted with Ctrl-C, as `mpremote resume` does)."""
-
-    def __init__(self, port, baud=115200, timeout=10):
-        try:
-            from mpremote.transport_serial import SerialTransport
-            from mpremote.transport import TransportError
-        except ImportError as e:  # pragma: no cover - mpremote is a dependency
-            raise UserError("mpremote is not installed (%s): pip install mpremote" % e)
-        self.port = port
-        try:
-            self.t = SerialTransport(port, baudrate=baud)
-        except TransportError:
-            raise UserError("--port %s: cannot open it (wrong path, or in use by another "
-                            "program such as a console?)" % port)
-        except Exception as e:
-            raise UserError("--port %s: cannot open it (%s)" % (port, e))
-        try:
-            self.t.enter_raw_repl(soft_reset=False, timeout_overall=timeout)
-        except Exception:
-            self.close()
-            raise UserError("--port %s: no MicroPython REPL answered (is the gateway running "
-                            "and is the port its REPL, not a bus?)" % port)
-
-    def exec(self, code):
-        """Run code on the device; its output as text. A device exception -> UserError."""
-        from mpremote.transport import TransportExecError
-        try:
-            out = self.t.exec(code)
-        except TransportExecError as e:
-            last = e.error_output.strip().splitlines()
-            raise UserError("on the device: %s" % (last[-1] if last else "error"))
-        except Exception as e:
-            raise UserError("--port %s: REPL connection lost (%s)" % (self.port, e))
-        return out.decode("utf-8", "replace")
-
-    def eval_json(self, expr):
-        out = self.exec("import json\nprint(json.dumps(%s))" % expr).strip()
-        return json.loads(out.splitlines()[-1]) if out else None
-
-    def read(self, path):
-        """File contents (bytes) or None when it does not exist."""
-        code = ("import binascii\ntry:\n f=open(%r,'rb')\nexcept OSError:\n print('-')\nelse:\n"
-                " while True:\n  b=f.read(%d)\n  if not b: break\n"
-                "  print(binascii.b2a_base64(b).decode().strip())\n f.close()\n"
-                " print('.')\n" % (path, CHUNK))
-        out = self.exec(code).split()
-        if not out or out[0] == "-":
-            return None
-        return b"".join(binascii.a2b_base64(x) for x in out if x != ".")
-
-    def write(self, path, data, progress=None):
-        """Write path atomically: temp file, then rename over the old one."""
-        tmp = path + ".tmp"
-        self.exec("import binascii, os\n_f=open(%r,'wb')" % tmp)
-        for i in range(0, len(data), CHUNK):
-            b = binascii.b2a_base64(data[i:i + CHUNK]).decode().strip()
-            self.exec("_f.write(binascii.a2b_base64(%r))" % b)
-            if progress:
-                progress(min(CHUNK, len(data) - i))
-        self.exec("_f.close()\ntry:\n os.rename(%r,%r)\nexcept OSError:\n os.remove(%r)\n"
-                  " os.rename(%r,%r)\ndel _f" % (tmp, path, path, tmp, path))
-
-    def remove(self, path):
-        self.exec("import os\ntry:\n os.remove(%r)\nexcept OSError:\n pass" % path)
-
-    def rmdirs(self, dirs):
-        """Remove the directories that are empty, deepest first (others stay)."""
-        code = "import os\nfor d in %r:\n try:\n  os.rmdir(d)\n except OSError:\n  pass" % (
-            sorted(dirs, key=lambda d: -d.count("/")),)
-        self.exec(code)
-
-    def makedirs(self, dirs):
-        code = "import os\nfor d in %r:\n try:\n  os.mkdir(d)\n except OSError:\n  pass" % (
-            sorted(dirs),)
-        self.exec(code)
-
-    def sizes(self, paths):
-        """{path: size or -1 when missing} in one round trip."""
-        code = ("import os, json\nr={}\nfor p in %r:\n try:\n  r[p]=os.stat(p)[6]\n"
-                " except OSError:\n  r[p]=-1\nprint(json.dumps(r))" % (sorted(paths),))
-        return json.loads(self.exec(code).strip().splitlines()[-1])
-
-    def soft_reset(self):
-        """Restart the firmware (friendly REPL Ctrl-D). On unix this ends the process."""
-        try:
-            self.t.exit_raw_repl()
-            self.t.serial.write(b"\x04")
-        except Exception:
-            pass
-
-    def close(self):
-        try:
-            if self.t.in_raw_repl:
-                self.t.exit_raw_repl()
-        except Exception:
-            pass
-        try:
-            self.t.close()
-        except Exception:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.close()
 
 
 # ---- the host side: build -----------------------------------------------------------------
@@ -260,22 +148,31 @@ def deploy(dev, files, force=False, dry_run=False, echo=click.echo, progress=Tru
     show = progress and result["bytes"] > 0
     bar = click.progressbar(length=max(result["bytes"], 1), label="copying",
                             file=click.get_text_stream("stderr")) if show else None
+    done = 0
     try:
         if bar:
             bar.__enter__()
-        for rel in copy:
-            data = open(files[rel], "rb").read()
-            dev.write(rel, data, bar.update if bar else None)
-            manifest[rel] = want[rel]
-            other = _other_form(rel)
-            if other and other not in want:
-                dev.remove(other)
+        with deferred_sigint(dev):
+            for rel in copy:
+                dev.check_stop()
+                data = open(files[rel], "rb").read()
+                dev.write(rel, data, bar.update if bar else None)
+                manifest[rel] = want[rel]
+                done += 1
+                other = _other_form(rel)
+                if other and other not in want:
+                    dev.remove(other)
+    except Interrupted:
+        result["interrupted"] = "%d of %d files copied" % (done, len(copy))
     finally:
         if bar:
             bar.__exit__(None, None, None)
-        # the manifest always says what is really there, even after a failure midway
-        if copy:
+        # the manifest always says what is really there, even after a failure midway (a
+        # file copied but not yet listed is merely copied again next time)
+        if done and not dev.lost:
             dev.write(MANIFEST, json.dumps({"version": 1, "files": manifest}).encode())
+    if "interrupted" in result:
+        return result
     for rel in delete:
         dev.remove(rel)
         manifest.pop(rel, None)
@@ -312,7 +209,9 @@ def default_build_dir():
 @click.option("--dry-run", is_flag=True, help="List what would be copied and deleted.")
 @click.option("--reset", is_flag=True, help="Soft-reset the gateway afterwards.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def cli(port, baud, build_dir, src, no_compile, frozen, force, dry_run, reset, as_json):
+@click.option("--timeout", type=click.FloatRange(0.5, 600), default=10.0, show_default=True,
+              help="Seconds to wait for the REPL before giving up.")
+def cli(port, baud, build_dir, src, no_compile, force, dry_run, reset, as_json, timeout):
     """Compile firmware/ and protocols/ and copy what changed to the gateway.
 
     \b
@@ -321,11 +220,21 @@ def cli(port, baud, build_dir, src, no_compile, frozen, force, dry_run, reset, a
     """
     if src and not os.path.isdir(os.path.join(src, "firmware")):
         raise UserError("--src %s has no firmware/ directory" % src)
-    files = build(build_dir or default_build_dir(), not no_compile, src, frozen)
-    with Device(port, baud) as dev:
+    if build_dir:
+        out_path(build_dir, "--build-dir", folder=True)
+    try:
+        files = build(build_dir or default_build_dir(), not no_compile, src)
+    except OSError as e:
+        raise UserError("--build-dir %s: cannot write the build (%s)"
+                        % (build_dir or default_build_dir(), e.strerror or e))
+    with Device(port, baud, timeout) as dev:
         r = deploy(dev, files, force, dry_run, progress=not as_json)
-        if reset and not dry_run:
+        if reset and not dry_run and "interrupted" not in r:
             dev.soft_reset()
+    if "interrupted" in r:
+        click.echo("interrupted: %s; the device's manifest lists what is there, run deploy "
+                   "again to finish" % r["interrupted"], err=True)
+        raise click.exceptions.Exit(130)
     if as_json:
         r["dry_run"] = dry_run
         click.echo(json.dumps(r, indent=2))

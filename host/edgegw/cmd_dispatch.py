@@ -5,7 +5,7 @@ import os
 
 import click
 
-from edgegw.cli import UserError
+from edgegw.cli import UserError, out_path, read_json, read_text
 
 ROWS = (
     ("peak_import_w", "peak import W"),
@@ -54,6 +54,13 @@ def eval_cmd(scenario, site, as_json, plot, no_forecast, sets):
         raise UserError("--site: %s not found" % site)
     if plot and not plot.lower().endswith(".png"):
         raise UserError("--plot: %s must end in .png" % plot)
+    if plot:
+        out_path(plot, "--plot")
+    # unreadable or non-UTF-8 input is named here, before the evaluation opens the files
+    read_text(scenario, "SCENARIO")
+    default_site = os.path.splitext(scenario)[0] + ".json"
+    if site is not None or os.path.isfile(default_site):
+        read_json(site or default_site, "--site")
     over = {}
     for s in sets:
         k, eq, v = s.partition("=")

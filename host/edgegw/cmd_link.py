@@ -5,6 +5,7 @@
     edgegw link schedule FILE --key HEX           a signed schedule (JSON windows)
     edgegw link forecast --load-w 400,900 ...     a signed compute-load forecast
     edgegw link collect --out F                   receiver: dedup by seq, reports lost/dup
+    edgegw link keygen -o key.hex                 a new random device key (config link.key)
 
 Broker, device and key also come from EDGEGW_BROKER, EDGEGW_DEVICE, EDGEGW_KEY.
 Topics and payloads: docs/mqtt.md.
@@ -133,11 +134,8 @@ class Collector:
 
 def _key(key, key_file):
     if key_file:
-        try:
-            with open(key_file) as f:
-                key = f.read().strip()
-        except OSError as e:
-            raise UserError("--key-file: %s" % e) from None
+        from edgegw.cli import read_text
+        key = read_text(key_file, "--key-file").strip()
     if not key:
         raise UserError("--key (or --key-file, EDGEGW_KEY): the device key as hex is needed "
                         "to sign commands")
@@ -182,12 +180,74 @@ def send_command(broker, device, leaf, payload, key, seq=None, ts=None, exp_s=60
     return cmd, (got[0] if got else None)
 
 
+def _one_device(ctx, param, value):
+    """A command goes to one gateway: no MQTT wildcard or topic separator in its id."""
+    if value is not None and (not value or any(c in value for c in "+#/\0")):
+        raise click.BadParameter("%r: one gateway's device_id (no +, #, /)" % value)
+    return value
+
+
+def _device_filter(ctx, param, value):
+    """watch/collect: one device_id or + for all (# and / would change the topic)."""
+    if value != "+" and (not value or any(c in value for c in "+#/\0")):
+        raise click.BadParameter("%r: a device_id, or + for every gateway" % value)
+    return value
+
+
 def _common(f):
     f = click.option("--broker", envvar="EDGEGW_BROKER", default="127.0.0.1:1883",
                      show_default=True, help="MQTT broker HOST:PORT")(f)
-    f = click.option("--device", envvar="EDGEGW_DEVICE", required=True,
+    f = click.option("--device", envvar="EDGEGW_DEVICE", required=True, callback=_one_device,
                      help="gateway device_id")(f)
     return f
+
+
+def _ts(ctx, param, value):
+    if value is None or value == "gateway":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter("%r: epoch seconds, or 'gateway'" % value) from None
+
+
+def gateway_time(broker, device, timeout_s=15.0):
+    """The gateway's own clock: the ts of its next telemetry record (a virtual gateway runs
+    site time, not this host's)."""
+    got = []
+    ev = threading.Event()
+
+    def on_msg(c, u, m):
+        try:
+            d = json.loads(m.payload)
+        except ValueError:
+            return
+        if isinstance(d, dict) and isinstance(d.get("ts"), int):
+            got.append(d["ts"])
+            ev.set()
+    c = connect(broker, on_connect=lambda cl: cl.subscribe(T.topic(device, T.TELEMETRY), 0))
+    c.on_message = on_msg
+    try:
+        ev.wait(timeout_s)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    if not got:
+        raise UserError("--ts gateway: no telemetry from %s within %g s (is its link up with "
+                        "status_s > 0?)" % (device, timeout_s))
+    return got[0]
+
+
+def _stale_hint(cmd, ack):
+    """Why a signed command was stale: the clocks, when the ack says the gateway's."""
+    g = ack.get("ts")
+    if not isinstance(g, int):
+        return ""
+    skew = g - cmd["ts"]
+    return ("; the gateway's clock is %s, %d s %s this command's ts (a virtual gateway keeps "
+            "its own site time): use --ts gateway or --ts %d"
+            % (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(g)), abs(skew),
+               "ahead of" if skew > 0 else "behind", g))
 
 
 def _cmd_opts(f):
@@ -196,8 +256,9 @@ def _cmd_opts(f):
     f = click.option("--key-file", type=click.Path(), help="file holding the key as hex")(f)
     f = click.option("--exp", "exp_s", type=click.IntRange(1, 7 * 86400), default=60,
                      show_default=True, help="valid for S seconds from --ts")(f)
-    f = click.option("--ts", type=int, help="command time, epoch s (default: now; use the "
-                     "gateway's site time for a sped-up virtual gateway)")(f)
+    f = click.option("--ts", callback=_ts, metavar="EPOCH_S|gateway",
+                     help="command time, epoch s (default: now); 'gateway' = the gateway's "
+                     "own clock from its telemetry (a virtual gateway runs site time)")(f)
     f = click.option("--seq", type=click.IntRange(0), help="sequence number (default: "
                      "epoch ms, rising across invocations)")(f)
     f = click.option("--wait", "wait_s", type=click.FloatRange(0), default=5.0,
@@ -207,6 +268,8 @@ def _cmd_opts(f):
 
 def _send(o, leaf, payload):
     key = _key(o["key"], o["key_file"])
+    if o["ts"] == "gateway":
+        o["ts"] = gateway_time(o["broker"], o["device"])
     cmd, a = send_command(o["broker"], o["device"], leaf, payload, key, o["seq"], o["ts"],
                           o["exp_s"], o["wait_s"])
     if not o["wait_s"]:
@@ -217,8 +280,9 @@ def _send(o, leaf, payload):
                         % (o["device"], o["wait_s"]))
     click.echo(json.dumps(a))
     if not a.get("ok"):
-        raise UserError("%s rejected: %s%s" % (T.COMMANDS[leaf], a.get("reason"),
-                                               " (%s)" % a["detail"] if a.get("detail") else ""))
+        raise UserError("%s rejected: %s%s%s" % (
+            T.COMMANDS[leaf], a.get("reason"), " (%s)" % a["detail"] if a.get("detail") else "",
+            _stale_hint(cmd, a) if a.get("reason") == "stale" else ""))
 
 
 @click.group()
@@ -229,7 +293,7 @@ def cli():
 @cli.command()
 @click.option("--broker", envvar="EDGEGW_BROKER", default="127.0.0.1:1883", show_default=True)
 @click.option("--device", envvar="EDGEGW_DEVICE", default="+", show_default=True,
-              help="device_id, + = every gateway")
+              callback=_device_filter, help="device_id, + = every gateway")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
 @click.option("--count", type=click.IntRange(1), help="stop after N messages")
 @click.option("--timeout", type=click.FloatRange(0), help="stop after S seconds")
@@ -277,21 +341,19 @@ def setpoint(watts, **o):
 
 
 @cli.command()
-@click.argument("file", type=click.File())
+@click.argument("file", type=click.Path(dir_okay=False))
 @_cmd_opts
 def schedule(file, **o):
     """Send a signed schedule: FILE holds a JSON list of windows {t0, t1, soc_cpct?,
     pmin_w?, pmax_w?, aim_w?, exp?} (or {"windows": [...]}); the gateway follows it
     until --exp."""
-    try:
-        d = json.load(file)
-    except ValueError as e:
-        raise UserError("%s: not JSON (%s)" % (file.name, e)) from None
+    from edgegw.cli import read_json
+    d = read_json(file, "FILE")
     if isinstance(d, dict):
         d = d.get("windows")
     errs = T.check_schedule({"windows": d})
     if errs:
-        raise UserError("%s: %s" % (file.name, errs[0]))
+        raise UserError("%s: %s" % (file, errs[0]))
     _send(o, T.CMD_SCHEDULE, {"windows": d})
 
 
@@ -308,6 +370,8 @@ def forecast(load_w, step_s, t0, measured_w, source, **o):
         lw = [int(x) for x in load_w.split(",") if x.strip()]
     except ValueError:
         raise UserError("--load-w: %r is not a list of integers" % load_w) from None
+    if o["ts"] == "gateway":
+        o["ts"] = gateway_time(o["broker"], o["device"])
     p = {"t0": t0 if t0 is not None else (o["ts"] or int(time.time())), "step_s": step_s,
          "load_w": lw, "measured_w": measured_w, "source": source}
     errs = T.check_forecast(p)
@@ -318,27 +382,31 @@ def forecast(load_w, step_s, t0, measured_w, source, **o):
 
 
 @cli.command("config")
-@click.argument("file", type=click.File())
+@click.argument("file", type=click.Path(dir_okay=False))
 @_cmd_opts
 def config_(file, **o):
     """Send a signed whole-gateway config (taken at the gateway's next restart)."""
-    try:
-        d = json.load(file)
-    except ValueError as e:
-        raise UserError("%s: not JSON (%s)" % (file.name, e)) from None
+    from edgegw.cli import read_json
+    d = read_json(file, "FILE")
     if not isinstance(d, dict):
-        raise UserError("%s: must hold a JSON object" % file.name)
+        raise UserError("%s: must hold a JSON object" % file)
     _send(o, T.CMD_CONFIG, {"config": d})
 
 
 @cli.command()
 @click.option("--broker", envvar="EDGEGW_BROKER", default="127.0.0.1:1883", show_default=True)
-@click.option("--device", envvar="EDGEGW_DEVICE", default="+", show_default=True)
+@click.option("--device", envvar="EDGEGW_DEVICE", default="+", show_default=True,
+              callback=_device_filter)
 @click.option("--out", type=click.File("a"), required=True, help="JSON Lines of first arrivals")
 @click.option("--duration", type=click.FloatRange(0), help="stop after S seconds (default: Ctrl-C)")
 def collect(broker, device, out, duration):
     """Receive telemetry and events, keep each record once (dedup by seq), report
     received / duplicates / lost / out of order when stopped."""
+    import signal
+
+    def on_term(signum, frame):   # a service manager's stop: report like Ctrl-C does
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, on_term)
     col = Collector(broker, device, out)
     try:
         if duration is None:
@@ -348,9 +416,32 @@ def collect(broker, device, out, duration):
     except KeyboardInterrupt:
         pass
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         col.close()
     click.echo(json.dumps(col.report()), err=False)
     sys.stdout.flush()
+
+
+@cli.command()
+@click.option("--out", "-o", type=click.Path(dir_okay=False), required=True,
+              help="Where to write the key (hex); not overwritten if it exists.")
+def keygen(out):
+    """Make a random 32-byte device key as hex: the gateway's config link.key, and the
+    --key-file of `link` commands and `tracker run`."""
+    from edgegw.cli import out_path
+    out_path(out, "--out")
+    key = os.urandom(32).hex()
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UserError("--out %s: exists already (a key in use is not replaced)" % out) \
+            from None
+    except OSError as e:
+        raise UserError("--out %s: cannot write it (%s)" % (out, e.strerror)) from None
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    click.echo("wrote %s (32-byte key, hex): put it in the gateway's config as link.key"
+               % out, err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

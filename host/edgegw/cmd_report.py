@@ -8,11 +8,12 @@ split the gateway runs), stepped over the time between records, day by day (UTC,
 China national average 2023, 0.5306 t/MWh; --region or --grid-factor G/KWH)."""
 import csv
 import json
+import math
 import os
 
 import click
 
-from edgegw.cli import UserError
+from edgegw.cli import UserError, open_out, out_path, read_json, read_text
 
 FLOWS = ("pv_load", "pv_bat", "pv_grid", "bat_load", "bat_grid", "grid_load", "grid_bat",
          "curtail", "grid_imp", "grid_exp", "it", "aux", "pv")
@@ -31,26 +32,22 @@ def _energy_params(region, grid_factor):
 def read_telemetry(path):
     """Telemetry records sorted by time; collector lines of other topics are skipped."""
     recs = []
-    try:
-        f = open(path)
-    except OSError as e:
-        raise UserError("--telemetry %s: cannot read (%s)" % (path, e.strerror))
-    with f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                d = json.loads(line)
-            except ValueError:
-                raise UserError("--telemetry %s line %d: not JSON" % (path, n))
-            if isinstance(d, dict) and "payload" in d and isinstance(d["payload"], dict):
-                d = d["payload"]
-            if not isinstance(d, dict) or d.get("_topic", "telemetry") != "telemetry":
-                continue
-            if not isinstance(d.get("ts"), (int, float)):
-                raise UserError("--telemetry %s line %d: no ts (site time, s)" % (path, n))
-            recs.append(d)
+    for n, line in enumerate(read_text(path, "--telemetry").splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            d = json.loads(line)
+        except (ValueError, RecursionError):
+            raise UserError("--telemetry %s line %d: not JSON" % (path, n))
+        if isinstance(d, dict) and "payload" in d and isinstance(d["payload"], dict):
+            d = d["payload"]
+        if not isinstance(d, dict) or d.get("_topic", "telemetry") != "telemetry":
+            continue
+        if not isinstance(d.get("ts"), (int, float)) or not math.isfinite(d["ts"]) or \
+                abs(d["ts"]) > 1e11:
+            raise UserError("--telemetry %s line %d: no ts (site time, s)" % (path, n))
+        recs.append(d)
     if len(recs) < 2:
         raise UserError("--telemetry %s: %d telemetry records, need at least 2"
                         % (path, len(recs)))
@@ -94,9 +91,11 @@ def _day(ts):
 
 
 def _summary(e, hours):
+    from edgefw import energy
     c = e.counters()
     d = {k + "_wh": c[k + "_wh"] for k in FLOWS}
-    d["co2_kg"] = c["co2_kg"]
+    # from the 0.1 g counter, not the firmware's whole-kg floor: 0.86 kWh is 0.46 kg, not 0
+    d["co2_kg"] = round(e.get(energy.CO2) / 10000.0, 3)
     d["renewable_pct"] = round(c["renewable_cpct"] / 100.0, 2)
     d["pv_used_pct"] = round(e.pv_used_cpct() / 100.0, 2)
     d["hours"] = round(hours, 3)
@@ -176,38 +175,49 @@ def eval_policies(doc):
         if isinstance(doc.get(key), dict):
             doc = doc[key]
             break
+    from edgegw.cmd_dispatch import ROWS
+    known = dict(ROWS)
     out = {}
     for name, m in doc.items():
         if isinstance(m, dict):
-            nums = {k: v for k, v in m.items() if isinstance(v, (int, float))
-                    and not isinstance(v, bool)}
+            nums = {k: v for k, v in m.items() if k in known and isinstance(v, (int, float))
+                    and not isinstance(v, bool) and math.isfinite(v)}
             if nums:
                 out[name] = nums
     if not out:
-        raise UserError("--eval: no policies with numeric metrics found (expected "
-                        "{policy: {metric: number}})")
+        raise UserError("--eval: not a `edgegw dispatch eval --json` result (no policy with "
+                        "metrics such as peak_import_w, import_kwh)")
     return out
 
 
 def plot_eval(pol, out):
+    """One panel per metric (its name and unit as the title), one coloured bar per policy
+    with a key."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    keys = []
-    for want in ("peak", "import_kwh", "export", "pv_used", "renewable", "co2"):
-        for m in sorted(set(k for v in pol.values() for k in v)):
-            if want in m and m not in keys:
-                keys.append(m)
-    keys = keys[:6] or sorted(set(k for v in pol.values() for k in v))[:6]
+    from edgegw.cmd_dispatch import NAMES, ROWS
+    have = set(k for v in pol.values() for k in v)
+    first = ("peak_import_w", "import_kwh", "pv_used_pct", "renewable_share_pct", "co2_kg",
+             "export_kwh")
+    keys = ([k for k in first if k in have] + [k for k, _ in ROWS if k in have
+                                                and k not in first])[:6]
+    label = dict(ROWS)
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.8))
     if len(keys) == 1:
         axes = [axes]
     names = list(pol)
+    colors = ["#7f7f7f", "#3c9d5d", "#1f77b4", "#f2b701", "#9467bd", "#d62728"]
     for ax, k in zip(axes, keys):
-        ax.bar(names, [pol[n].get(k, 0) for n in names], color="#3c9d5d")
-        ax.set_title(k, fontsize=9)
-        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
-    fig.tight_layout()
+        for i, n in enumerate(names):
+            ax.bar(i, pol[n].get(k, 0), color=colors[i % len(colors)],
+                   label=NAMES.get(n, n))
+        ax.set_title(label[k], fontsize=9)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, fontsize=8)
+    h, lab = axes[0].get_legend_handles_labels()
+    fig.legend(h, lab, loc="lower center", ncol=len(names), fontsize=8)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     p = os.path.join(out, "eval.png")
     fig.savefig(p, dpi=100)
     plt.close(fig)
@@ -237,14 +247,9 @@ def cli(telemetry, eval_file, out, region, grid_factor, utc_offset, as_json):
     if (telemetry is None) == (eval_file is None):
         raise UserError("give one of --telemetry F.jsonl or --eval RUN.json")
     if out:
-        os.makedirs(out, exist_ok=True)
+        out_path(out, "--out", folder=True)
     if eval_file:
-        try:
-            doc = json.load(open(eval_file))
-        except OSError as e:
-            raise UserError("--eval %s: cannot read (%s)" % (eval_file, e.strerror))
-        except ValueError:
-            raise UserError("--eval %s: not JSON" % eval_file)
+        doc = read_json(eval_file, "--eval")
         rep = {"source": eval_file, "policies": eval_policies(doc)}
         if out:
             rep["plots"] = plot_eval(rep["policies"], out)
@@ -255,7 +260,7 @@ def cli(telemetry, eval_file, out, region, grid_factor, utc_offset, as_json):
         rep = {"source": telemetry, "records": len(recs), "grid_factor_g_kwh": dg / 10.0,
                "days": days, "total": totals(days)}
         if out:
-            with open(os.path.join(out, "daily.csv"), "w", newline="") as f:
+            with open_out(os.path.join(out, "daily.csv"), "--out") as f:
                 cols = ["day"] + sorted({k for d in days.values() for k in d})
                 w = csv.writer(f)
                 w.writerow(cols)
@@ -263,24 +268,27 @@ def cli(telemetry, eval_file, out, region, grid_factor, utc_offset, as_json):
                     w.writerow([n] + [days[n].get(c) for c in cols[1:]])
             rep["plots"] = plot_telemetry(recs, days, out)
     if out:
-        with open(os.path.join(out, "report.json"), "w") as f:
+        with open_out(os.path.join(out, "report.json"), "--out") as f:
             json.dump(rep, f, indent=2)
     if as_json:
         click.echo(json.dumps(rep, indent=2))
         return
     if eval_file:
+        from edgegw.cmd_dispatch import NAMES, ROWS
         pol = rep["policies"]
-        ms = sorted({k for v in pol.values() for k in v})
-        click.echo("%-14s %s" % ("policy", " ".join("%14s" % m[:14] for m in ms)))
-        for n, v in pol.items():
-            click.echo("%-14s %s" % (n[:14], " ".join("%14s" % v.get(m, "") for m in ms)))
+        names = list(pol)
+        click.echo("%-34s" % "" + "".join("%17s" % NAMES.get(n, n)[:16] for n in names))
+        for k, label in ROWS:
+            if any(k in pol[n] for n in names):
+                click.echo("%-34s" % label + "".join(
+                    "%17s" % ("-" if pol[n].get(k) is None else pol[n][k]) for n in names))
     else:
         click.echo("%-11s %9s %9s %9s %9s %9s %7s %7s %8s" % (
             "day", "IT kWh", "PV kWh", "PV>load", "bat>load", "grid imp", "renew%", "PVuse%",
             "CO2 kg"))
         for n in sorted(rep["days"]) + ["total"]:
             d = rep["days"].get(n) or rep["total"]
-            click.echo("%-11s %9.1f %9.1f %9.1f %9.1f %9.1f %7.1f %7.1f %8.1f" % (
+            click.echo("%-11s %9.1f %9.1f %9.1f %9.1f %9.1f %7.1f %7.1f %8.2f" % (
                 n, d["it_wh"] / 1e3, d["pv_wh"] / 1e3, d["pv_load_wh"] / 1e3,
                 d["bat_load_wh"] / 1e3, d["grid_imp_wh"] / 1e3, d["renewable_pct"],
                 d["pv_used_pct"], d["co2_kg"]))

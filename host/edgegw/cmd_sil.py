@@ -1,14 +1,14 @@
 """`edgegw sil`: the virtual gateway - the unmodified firmware under micropython against
 a simulated site (BMS, PCS, PV, grid and IT-load meters answering real Modbus RTU on
 ptys). Prints where the REPL and the buses are, then a live line of site values."""
-import json
 import os
 import sys
 import time
 
 import click
 
-from edgegw.cli import UserError
+from edgegw.cli import UserError, read_json, read_text
+from edgegw.cli import read_config as read_cfg
 
 # built-in scenarios: SimSite parameters (+ the start hour, site time UTC)
 SCENARIOS = {
@@ -31,11 +31,7 @@ def load_scenario(spec):
         if not os.path.exists(spec):
             raise UserError("--scenario: %r is neither a built-in (%s) nor a file"
                             % (spec, ", ".join(sorted(SCENARIOS))))
-        try:
-            with open(spec) as f:
-                sc = json.load(f)
-        except ValueError as e:
-            raise UserError("--scenario %s: not valid JSON (%s)" % (spec, e))
+        sc = read_json(spec, "--scenario")
         if not isinstance(sc, dict):
             raise UserError("--scenario %s: must be a JSON object" % spec)
     site = {k: v for k, v in sc.items() if k not in _SIM_KEYS or k in (
@@ -70,17 +66,66 @@ def make_site(sc):
 def read_config(path):
     """A gateway config file (plain JSON or with the firmware's CRC trailer), validated."""
     from edgefw import config as fwconfig
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError as e:
-        raise UserError("--config %s: %s" % (path, e))
-    cfg, errs = fwconfig.parse(text)
+    cfg, errs = read_cfg(path, "--config")
     if cfg is not None:
         errs = fwconfig.validate(cfg)
     if errs:
         raise UserError("--config %s: %s" % (path, "; ".join(errs)))
     return cfg
+
+
+def heapsize_opt(ctx, param, value):
+    """--heapsize: MicroPython's -X heapsize form (digits, optional k or m)."""
+    import re
+    if value is None or re.fullmatch(r"[1-9][0-9]{0,6}[kKmM]?", value):
+        return value
+    raise click.BadParameter("%r: a size like 384k or 2m" % value)
+
+
+def boot_error(gw):
+    """The last line of a traceback the firmware printed before the REPL, or None: the
+    launch failed (a heap too small, a broken file on the gateway's filesystem)."""
+    head = gw.output.split(">>> ", 1)[0]
+    if "Traceback" not in head:
+        return None
+    lines = [ln.strip() for ln in head.splitlines() if ln.strip()]
+    tail = [ln for ln in lines if not ln.startswith(("File ", "Traceback", "MicroPython",
+                                                      "Type "))]
+    return tail[-1] if tail else lines[-1]
+
+
+def existing_config(dirpath):
+    """(kept, cfg): whether --dir already holds a config.json (pushed there, say), which sil
+    keeps rather than writing its default over it (the firmware itself falls back to its
+    last good one if it is bad), and that config when valid (it says what to simulate)."""
+    path = os.path.join(dirpath or "", "config.json")
+    if not dirpath or not os.path.isfile(path):
+        return False, None
+    from edgefw import config as fwconfig
+    try:
+        cfg, errs = read_cfg(path, "--dir")
+    except UserError:
+        return True, None
+    return True, (cfg if cfg is not None and not fwconfig.validate(cfg) else None)
+
+
+def link_section(broker, key_file):
+    """The config's link section for --broker HOST:PORT [--key-file F]."""
+    from edgegw.tracker.publish import parse_broker
+    try:
+        host, port = parse_broker(broker)
+    except ValueError as e:
+        raise UserError("--%s" % e)
+    link = {"host": host, "port": port}
+    if key_file:
+        from edgefw import auth
+        key = read_text(key_file, "--key-file").strip()
+        try:
+            auth.parse_key(key)
+        except ValueError as e:
+            raise UserError("--key-file %s: %s" % (key_file, e))
+        link["key"] = key
+    return link
 
 
 def live_line(sim, extra=""):
@@ -121,18 +166,48 @@ def run_live(sim, duration, every=1.0, stats=None):
                    "plus pv/it/aux profiles, start_h, soc_init_cpct.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Gateway config JSON (default: the typical two-bus site).")
-@click.option("--heapsize", default="384k", show_default=True,
+@click.option("--heapsize", default="384k", show_default=True, callback=heapsize_opt,
               help="MicroPython heap (ESP32 class: 128k-384k).")
 @click.option("--pace/--no-pace", default=False,
               help="Simulated devices answer at the bus baud rate's pace.")
-@click.option("--duration", type=float, help="Stop after this many real seconds.")
-def cli(dirpath, speed, scenario, config_path, heapsize, pace, duration):
-    """Run the virtual gateway against a simulated site (Ctrl-C stops it)."""
+@click.option("--duration", type=click.FloatRange(0), help="Stop after this many real seconds.")
+@click.option("--broker", metavar="HOST:PORT",
+              help="Turn the gateway's MQTT link on to this broker (config link section).")
+@click.option("--key-file", type=click.Path(dir_okay=False),
+              help="With --broker: the device key (hex) commands are signed with "
+                   "(`edgegw link keygen -o key.hex`); without it every command is rejected.")
+@click.option("--status-s", type=click.IntRange(0, 3600), default=None,
+              help="Telemetry period in site seconds (default 10 with --broker, else the "
+                   "config's).")
+@click.option("--device-id", help="The gateway's device_id (default the config's).")
+def cli(dirpath, speed, scenario, config_path, heapsize, pace, duration, broker, key_file,
+        status_s, device_id):
+    """Run the virtual gateway against a simulated site (Ctrl-C stops it).
+
+    \b
+    edgegw sil --speed 10
+    edgegw link keygen -o key.hex
+    edgegw sil --speed 10 --broker 127.0.0.1:1883 --key-file key.hex
+    """
+    if key_file and not broker:
+        raise UserError("--key-file needs --broker (the key signs the link's commands)")
     from edgegw.vgw import VirtualGateway, site_config
     sc, site_params = load_scenario(scenario)
-    cfg = read_config(config_path) if config_path else site_config()
-    if site_params:
+    kept, cfg = (False, None) if config_path else existing_config(dirpath)
+    if cfg is None:
+        cfg = read_config(config_path) if config_path else site_config()
+    if site_params and not kept:
         cfg["site"] = dict(cfg.get("site") or {}, **site_params)
+    if kept and (broker or status_s is not None or device_id):
+        raise UserError("--dir %s holds a config.json, which sil keeps: --broker, --status-s "
+                        "and --device-id would not apply (push a config instead)" % dirpath)
+    if broker:
+        cfg["link"] = link_section(broker, key_file)
+        cfg["status_s"] = 10 if status_s is None else status_s
+    elif status_s is not None:
+        cfg["status_s"] = status_s
+    if device_id:
+        cfg["device_id"] = device_id
     try:
         from edgefw import dispatch
         dispatch.validate_params(dict(cfg["site"]))
@@ -141,13 +216,27 @@ def cli(dirpath, speed, scenario, config_path, heapsize, pace, duration):
     except ValueError as e:
         raise UserError("scenario/config site parameters: %s" % e)
     sim = make_site(sc)
-    gw = VirtualGateway(dirpath, cfg, sim, speed=speed, heapsize=heapsize, pace=pace)
+    gw = VirtualGateway(dirpath, cfg, sim, speed=speed, heapsize=heapsize, pace=pace,
+                        write_config=not kept)
     try:
         gw.start()
     except (RuntimeError, OSError) as e:
-        raise UserError("virtual gateway did not start: %s" % e)
+        raise UserError("virtual gateway did not start: %s" % str(e).splitlines()[0])
+    err = boot_error(gw)
+    if err:
+        gw.close()
+        raise UserError("the firmware did not start (%s)%s" % (
+            err, "; try a bigger --heapsize (384k)" if "MemoryError" in err else ""))
     try:
         click.echo("virtual gateway: %s (micropython heap %s, clock x%d)" % (gw.dir, heapsize, speed))
+        if kept:
+            click.echo("config: kept the config.json already in %s" % gw.dir)
+        if cfg.get("link", {}).get("host"):
+            click.echo("link: %s as %s, telemetry every %s site s%s" % (
+                broker, cfg.get("device_id"), cfg.get("status_s"),
+                "" if cfg["link"].get("key") else "; no key: every command is rejected"))
+        click.echo("site clock: %s UTC (x%d): sign commands on it (link ... --ts gateway)"
+                   % (time.strftime("%Y-%m-%d %H:%M", time.gmtime(sim.t)), speed))
         click.echo("REPL: %s" % gw.repl_port)
         click.echo("  mpremote connect %s resume exec \"from edgefw import app; "
                    "print(app.status(False))\"" % gw.repl_port)

@@ -36,9 +36,9 @@ def fmt(name, v):
     return str(v)
 
 
-def from_repl(port, baud=115200, points=True):
-    from edgegw.cmd_deploy import Device
-    with Device(port, baud) as dev:
+def from_repl(port, baud=115200, points=True, timeout=10.0):
+    from edgegw.console_io import Device
+    with Device(port, baud, timeout) as dev:
         try:
             out = dev.exec(STATUS_CODE % bool(points)).strip()
         except UserError as e:
@@ -170,7 +170,7 @@ def get(port, baud, mqtt_broker, device_id, points=True, timeout=15.0):
         if not device_id:
             raise UserError("--mqtt needs --device-id (the gateway's device_id)")
         return from_mqtt(mqtt_broker, device_id, timeout)
-    return from_repl(port, baud, points)
+    return from_repl(port, baud, points, timeout)
 
 
 source_opts = [
@@ -181,7 +181,7 @@ source_opts = [
                  help="Read telemetry from this broker instead of the REPL."),
     click.option("--device-id", help="With --mqtt: which gateway."),
     click.option("--timeout", type=click.FloatRange(0.1, 600), default=15.0, show_default=True,
-                 help="With --mqtt: how long to wait for telemetry."),
+                 help="How long to wait for the REPL (silence) or for telemetry (--mqtt)."),
 ]
 
 

@@ -284,11 +284,8 @@ class Devices:
         self.by = {}
         if config:
             from edgefw import config as fwc
-            try:
-                text = open(config).read()
-            except OSError as e:
-                raise UserError("--config %s: cannot read (%s)" % (config, e.strerror))
-            cfg, errs = fwc.parse(text)
+            from edgegw.cli import read_config
+            cfg, errs = read_config(config, "--config")
             if cfg is None:
                 raise UserError("--config %s: %s" % (config, "; ".join(errs)))
             errs = fwc.validate(cfg)

@@ -6,7 +6,7 @@ import time
 
 import click
 
-from edgegw.cli import UserError
+from edgegw.cli import UserError, read_json, read_text
 from edgegw.tracker import Tracker
 from edgegw.tracker import forecast as fc
 from edgegw.tracker import publish as pub
@@ -169,8 +169,11 @@ def forecast(queue_file, use_squeue, node_w, step, horizon, base_w, as_json):
               help="Resend an unchanged forecast after this many s (changes go out at once).")
 @click.option("--change-w", type=click.IntRange(0, fc.MAX_W), default=100, show_default=True,
               help="A step moving by more than max(this, 10 %) is a change to send.")
-@click.option("--key-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              envvar="EDGEGW_KEY_FILE", help="Device key (hex) to sign with [env EDGEGW_KEY_FILE].")
+@click.option("--key-file", type=click.Path(dir_okay=False), default=None,
+              envvar="EDGEGW_KEY_FILE", help="Device key (hex) to sign with [env EDGEGW_KEY_FILE] "
+              "(`edgegw link keygen -o key.hex` makes one; the gateway's config link.key).")
+@click.option("--unsigned", is_flag=True,
+              help="Publish without a signature (only a gateway without link.key takes it).")
 @click.option("--clock", type=click.Choice(["local", "gateway"]), default="local",
               show_default=True, help="Time base for t0: this host, or the gateway's telemetry ts.")
 @click.option("--speed", type=click.IntRange(1, 3600), default=1, show_default=True,
@@ -181,18 +184,21 @@ def forecast(queue_file, use_squeue, node_w, step, horizon, base_w, as_json):
 @click.option("--once", is_flag=True, help="Measure, publish one forecast, exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print each message sent as JSON.")
 def run(broker, device_id, queue_file, use_squeue, node_w, step, horizon, p_idle, p_max,
-        interval, valid, refresh, change_w, key_file, clock, speed, measure, once, as_json):
+        interval, valid, refresh, change_w, key_file, unsigned, clock, speed, measure, once,
+        as_json):
     """Measure, forecast and publish on edgegw/<device>/compute/forecast every --interval s."""
     key = None
     if key_file:
+        from edgefw import auth
         try:
-            from edgefw import auth
-            with open(key_file) as f:
-                key = auth.parse_key(f.read().strip())
-        except (OSError, ValueError) as e:
+            key = auth.parse_key(read_text(key_file, "--key-file").strip())
+        except ValueError as e:
             raise UserError("--key-file %s: %s" % (key_file, e))
-    if queue_file and not os.path.exists(queue_file):
-        raise UserError("--queue %s: no such file" % queue_file)
+    elif not unsigned:
+        raise UserError("--key-file: a gateway with link.key rejects an unsigned forecast; "
+                        "give the device key (edgegw link keygen -o key.hex) or --unsigned")
+    if queue_file:
+        read_text(queue_file, "--queue")
     jobs = _Jobs(queue_file, use_squeue, node_w) if (queue_file or use_squeue) else None
     s = _sampler(p_idle, p_max)
     if refresh >= valid:
@@ -203,6 +209,9 @@ def run(broker, device_id, queue_file, use_squeue, node_w, step, horizon, p_idle
         jobs(int(time.time()))       # a broken queue file is a user error at start
         if jobs.error:
             raise UserError(jobs.error)
+        # read again at the first tick: '+N' starts count from that `now`, which with
+        # --clock gateway is the gateway's (this host's time put a '+600' job in its past)
+        jobs._mtime = None
     gwc = None
     try:
         p = pub.Publisher(broker, client_id="edgegw-tracker-%s-%d" % (device_id, os.getpid()))
@@ -291,14 +300,13 @@ def headroom(broker, device_id, timeout, site_file, as_json):
     """The gateway's published green headroom (edgegw/<device>/headroom, retained)."""
     site = None
     if site_file:
+        site = read_json(site_file, "--local")
         try:
-            with open(site_file) as f:
-                site = json.load(f)
             if isinstance(site, dict) and isinstance(site.get("site"), dict):
                 site = site["site"]           # a whole gateway config
             from edgefw import dispatch
             dispatch.validate_params(site)
-        except (OSError, ValueError) as e:
+        except (TypeError, ValueError) as e:
             raise UserError("--local %s: %s" % (site_file, e))
     try:
         pub.parse_broker(broker)

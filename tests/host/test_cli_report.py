@@ -34,7 +34,7 @@ def test_report_from_telemetry(tmp_path):
     rep = json.loads(r.output)
     d1, d2 = (rep["days"][k] for k in sorted(rep["days"]))
     assert d1["it_wh"] == 48000 and d1["grid_imp_wh"] == 48000 and d1["renewable_pct"] == 0
-    assert d1["co2_kg"] == 25                      # 48 kWh x 0.5306 kg/kWh, floor
+    assert d1["co2_kg"] == 25.469                  # 48 kWh x 0.5306 kg/kWh (to the gram)
     assert d2["pv_load_wh"] == 48000 and d2["renewable_pct"] == 100 and d2["co2_kg"] == 0
     assert rep["total"]["renewable_pct"] == 50.0 and rep["grid_factor_g_kwh"] == 530.6
     for f in ("report.json", "daily.csv", "daily_energy.png", "power.png"):

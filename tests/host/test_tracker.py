@@ -498,11 +498,16 @@ def test_cli_run_once_publishes_the_queue_forecast(broker, tmp_path):
     assert sum(lw) == 200 * base + 5000 * 120
     assert auth.Verifier(auth.parse_key(KEY_HEX), "node-a").check(pub.KIND, m, m["ts"]) == auth.OK
     # user mistakes: clear message, exit 2, no traceback
-    p = _edgegw("tracker", "run", "--broker", "127.0.0.1:1", "--device", "x", "--once")
+    p = _edgegw("tracker", "run", "--broker", "127.0.0.1:1", "--device", "x", "--once",
+                "--unsigned")
     assert p.returncode == 2 and "--broker" in p.stderr and "Traceback" not in p.stderr
     p = _edgegw("tracker", "run", "--broker", broker, "--device", "x", "--queue",
-                str(tmp_path / "missing.json"))
+                str(tmp_path / "missing.json"), "--unsigned")
     assert p.returncode == 2 and "no such file" in p.stderr
+    # no key: refused before anything is published (the gateway would reject it)
+    p = _edgegw("tracker", "run", "--broker", broker, "--device", "x", "--once")
+    assert p.returncode == 2 and p.stderr.startswith("Error: --key-file")
+    assert "--unsigned" in p.stderr and "Traceback" not in p.stderr
 
 
 class Feeder:
@@ -541,7 +546,7 @@ def test_cli_run_on_the_gateway_clock_and_meter(broker, tmp_path):
     try:
         p = _edgegw("tracker", "run", "--broker", broker, "--device", "gwc", "--queue", str(qf),
                     "--clock", "gateway", "--measure", "gateway", "--once", "--json",
-                    "--horizon", "20")
+                    "--horizon", "20", "--unsigned")
     finally:
         fd.close()
     assert p.returncode == 0, p.stderr
@@ -550,6 +555,25 @@ def test_cli_run_on_the_gateway_clock_and_meter(broker, tmp_path):
     assert m["measured_w"] == 1234 and m["source"] == "gateway"
     k = (site_ts + 120 - m["t0"]) // 60        # the minute the job starts in
     assert m["load_w"][:k] == [1234] * k and m["load_w"][k + 1:k + 10] == [3234] * 9
+
+
+def test_cli_run_gateway_clock_keeps_a_relative_job(broker, tmp_path):
+    # '+600' counts from the gateway's now, not this host's (the tracker read the file once on
+    # the host clock at start, so on a gateway clock hours ahead the job was in the past)
+    site_ts = int(time.time()) + 5 * 3600
+    qf = tmp_path / "q.json"
+    qf.write_text(json.dumps([{"id": "soon", "start": "+600", "duration_s": 600,
+                               "power_w": 2000}]))
+    fd = Feeder(broker, "gwr", {"seq": 1, "ts": site_ts, "state": "ONLINE", "it_w": 1000})
+    try:
+        p = _edgegw("tracker", "run", "--broker", broker, "--device", "gwr", "--queue", str(qf),
+                    "--clock", "gateway", "--measure", "gateway", "--once", "--json",
+                    "--horizon", "30", "--unsigned")
+    finally:
+        fd.close()
+    assert p.returncode == 0, p.stderr
+    m = json.loads(p.stdout.strip().splitlines()[-1])
+    assert max(m["load_w"]) == 3000 and m["load_w"][:9] == [1000] * 9
 
 
 def test_cli_headroom_published_and_local(broker, tmp_path):

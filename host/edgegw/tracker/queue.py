@@ -89,7 +89,7 @@ def make_job(d, now, where="job", node_w=None):
 def parse_json(text, now, node_w=None, name="queue"):
     try:
         doc = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise QueueError("%s: not JSON: %s" % (name, e)) from None
     if isinstance(doc, dict):
         doc = doc.get("jobs")
@@ -118,10 +118,13 @@ def load(path, now=None, node_w=None):
     '+N' starts are relative to `now`, the time the file is read."""
     now = int(time.time()) if now is None else now
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8-sig")
     except OSError as e:
         raise QueueError("queue file %s: %s" % (path, e.strerror or e)) from None
+    except UnicodeDecodeError as e:
+        raise QueueError("queue file %s: not UTF-8 text (byte offset %d)" % (path, e.start)) \
+            from None
     name = os.path.basename(path)
     ext = os.path.splitext(path)[1].lower()
     if ext == ".csv" or (ext != ".json" and not text.lstrip().startswith(("[", "{"))):
