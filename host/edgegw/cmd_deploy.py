@@ -211,7 +211,8 @@ def default_build_dir():
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--timeout", type=click.FloatRange(0.5, 600), default=10.0, show_default=True,
               help="Seconds to wait for the REPL before giving up.")
-def cli(port, baud, build_dir, src, no_compile, force, dry_run, reset, as_json, timeout):
+def cli(port, baud, build_dir, src, no_compile, frozen, force, dry_run, reset, as_json,
+        timeout):
     """Compile firmware/ and protocols/ and copy what changed to the gateway.
 
     \b
@@ -223,7 +224,7 @@ def cli(port, baud, build_dir, src, no_compile, force, dry_run, reset, as_json, 
     if build_dir:
         out_path(build_dir, "--build-dir", folder=True)
     try:
-        files = build(build_dir or default_build_dir(), not no_compile, src)
+        files = build(build_dir or default_build_dir(), not no_compile, src, frozen)
     except OSError as e:
         raise UserError("--build-dir %s: cannot write the build (%s)"
                         % (build_dir or default_build_dir(), e.strerror or e))
