@@ -18,7 +18,8 @@ Every scenario is one spec (a dict, `specs()`), drawn from random.Random(seed * 
            + a midday term) or heat-pump aux (a thermostat with hysteresis: compressor
            cycling, more on cold mornings); weekends lighter
   site     IT node 10-40 kW idle, 2.5-4x that at full use; PV 0.3-1.2 of the daily load;
-           PCS 40-80 % of the mean load; battery 0.5-4 h of PCS power; an import cap in
+           PCS 40-80 % of the mean load; battery 0.5-4 h of PCS power (reserve_s: a quarter
+           of it at the mean IT load, at most 900 s); an import cap in
            half of them (70-90 % of the no-battery peak); export allowed in about 30 %;
            grid outages (0.5-6 h, on 15 min boundaries) in about 30 %
 Climates and load kinds are dealt round-robin (5 climates x 4 load kinds, twice in 40),
@@ -280,7 +281,11 @@ def build(sp):
     on = np.nonzero(cs[:DAY] > 0.02 * cs[:DAY].max())[0]
     site = {"battery_wh": int(round(sp["battery_h"] * pcs)), "pcs_w": pcs,
             "charge_max_w": pcs, "discharge_max_w": pcs, "soc_init_cpct": 5000,
-            "soc_min_cpct": 1000, "soc_max_cpct": 9500, "reserve_s": 900,
+            "soc_min_cpct": 1000, "soc_max_cpct": 9500,
+            # the ride-through reserve a site would set: a quarter of the battery at the
+            # mean IT load, at most 15 min (900 s on a 0.5 h battery would lock it all)
+            "reserve_s": int(min(900, 0.25 * sp["battery_h"] * pcs * 3600 / float(np.mean(it))))
+            // 60 * 60,
             "eta_c_milli": 950, "eta_d_milli": 950, "export_allowed": sp["export_allowed"],
             "ramp_w_s": max(1, pcs // 10), "region": "national",
             "pv_peak_w": int(round(cs[:DAY].max())), "sun_rise_s": int(on[0]) * 60,

@@ -320,7 +320,8 @@ def run_firmware(sc, p, forecast="tracker", cloud_sp=None, lost_s=None, schedule
     """Closed loop with the firmware dispatcher. forecast: "tracker" (what the gateway
     would get), "none", or "realised" (the perfect-forecast cheat, for comparison only).
     cloud_sp (array) is applied instead of the firmware output while t < lost_s. record:
-    list to append golden rows to; sent: list to append every forecast handed over to."""
+    list to append golden rows to; sent: list to append (t, forecast) to for every forecast
+    handed over (the policy's whole knowledge of the future)."""
     # the site JSON's schedule is what the cloud sent: (b) never got it
     d = dispatch.Dispatcher(p if schedule else dict(p, schedule=[]))
     fc_at = _forecaster(sc, forecast)
@@ -339,7 +340,7 @@ def run_firmware(sc, p, forecast="tracker", cloud_sp=None, lost_s=None, schedule
             if record is not None:
                 record.append(("F", f[0], f[1], f[3], f[2]))
             if sent is not None:
-                sent.append(f)
+                sent.append((t, f))
         up = ok is None or ok[i]
         g_meas = int(round(it + aux - (pv - curt) - bat)) if up else 0
         soc = pl.soc_cpct()
