@@ -146,9 +146,10 @@ def _family_mod():
 
 
 def _family_row(args):
-    csv_path, lp_block_min = args
+    csv_path, lp_block_min, forecast = args
     t0 = time.time()
-    r = evalbench.evaluate(csv_path, reference=False, lp_block_min=lp_block_min)
+    r = evalbench.evaluate(csv_path, reference=False, lp_block_min=lp_block_min,
+                           forecast=forecast)
     pol = r["policies"]
     a, b, d = pol["a"], pol["b"], pol["d"]
     # a share is only meaningful where the LP improves on no battery at all
@@ -177,9 +178,10 @@ def _dist(rows, key):
             "not_meaningful": sum(1 for r in rows.values() if r[key] is None)}
 
 
-def family(n=40, days=7, seed=1, jobs=2, lp_block_min=1, outdir=None):
+def family(n=40, days=7, seed=1, jobs=2, lp_block_min=1, outdir=None, forecast="tracker"):
     """(b) on the generated family: distribution of its shares, violations, ENS against the
-    LP's on outage scenarios, battery throughput against the LP's."""
+    LP's on outage scenarios, battery throughput against the LP's. forecast: what (b) gets
+    ("tracker"; "realised" only to measure what the old perfect forecast was worth)."""
     import tempfile
     fam = _family_mod()
     tmp = None
@@ -190,7 +192,7 @@ def family(n=40, days=7, seed=1, jobs=2, lp_block_min=1, outdir=None):
     try:
         fam.generate(outdir, n, days, seed)
         paths = sorted(glob.glob(os.path.join(outdir, "*.csv")))
-        work = [(p, lp_block_min) for p in paths]
+        work = [(p, lp_block_min, forecast) for p in paths]
         if jobs > 1:
             import multiprocessing
             with multiprocessing.get_context("fork").Pool(jobs) as pool:
@@ -207,6 +209,7 @@ def family(n=40, days=7, seed=1, jobs=2, lp_block_min=1, outdir=None):
                  for k, r in rows.items() if r["throughput_kwh"]["d"] > 0)
     summary = {
         "n": len(rows), "days": days, "seed": seed, "lp_block_min": lp_block_min,
+        "forecast": forecast,
         "b_peak_share": _dist(rows, "peak_share_pct"),
         "b_pv_share": _dist(rows, "pv_share_pct"),
         "b_pv_share_below_90": sum(1 for r in rows.values()
@@ -265,9 +268,11 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--holdout"]:
         print(json.dumps(holdout(), indent=2, sort_keys=True))
     elif sys.argv[1:2] == ["--family"]:
-        # python -m edgegw.bench_dispatch --family [N [DAYS [JOBS [LP_BLOCK]]]]
+        # python -m edgegw.bench_dispatch --family [N [DAYS [JOBS [LP_BLOCK [FORECAST]]]]]
         a = [int(x) for x in sys.argv[2:6]]
         d = dict(zip(("n", "days", "jobs", "lp_block_min"), a))
+        if len(sys.argv) > 6:
+            d["forecast"] = sys.argv[6]
         print(json.dumps(family(**d), indent=2, sort_keys=True))
     else:
         print(json.dumps(run(), indent=2))
