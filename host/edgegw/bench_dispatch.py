@@ -146,11 +146,15 @@ def _family_mod():
 
 
 def _family_row(args):
-    csv_path, lp_block_min, forecast = args
+    csv_path, lp_block_min, forecast, reference = args
     t0 = time.time()
-    r = evalbench.evaluate(csv_path, reference=False, lp_block_min=lp_block_min,
+    r = evalbench.evaluate(csv_path, reference=reference, lp_block_min=lp_block_min,
                            forecast=forecast)
     pol = r["policies"]
+    ref = {}
+    if "r" in pol:     # the rolling perfect-forecast LP: how much a perfect forecast closes
+        ref = {"r_peak_share_pct": pol["r"]["peak_reduction_share_pct"],
+               "r_pv_share_pct": pol["r"]["pv_use_improvement_share_pct"]}
     a, b, d = pol["a"], pol["b"], pol["d"]
     # a share is only meaningful where the LP improves on no battery at all
     peak_ok = a["peak_import_w"] - d["peak_import_w"] > 0.01 * max(1, a["peak_import_w"])
@@ -164,7 +168,7 @@ def _family_row(args):
         "outage_min": r["outage_min"], "jobs": r["jobs"],
         "ens_wh": {"a": a["ens_wh"], "b": b["ens_wh"], "d": d["ens_wh"]},
         "throughput_kwh": {"b": b["throughput_kwh"], "d": d["throughput_kwh"]},
-        "wall_s": round(time.time() - t0, 1)}
+        "wall_s": round(time.time() - t0, 1), **ref}
 
 
 def _dist(rows, key):
@@ -178,10 +182,12 @@ def _dist(rows, key):
             "not_meaningful": sum(1 for r in rows.values() if r[key] is None)}
 
 
-def family(n=40, days=7, seed=1, jobs=2, lp_block_min=1, outdir=None, forecast="tracker"):
+def family(n=40, days=7, seed=1, jobs=2, lp_block_min=1, outdir=None, forecast="tracker",
+           reference=False):
     """(b) on the generated family: distribution of its shares, violations, ENS against the
     LP's on outage scenarios, battery throughput against the LP's. forecast: what (b) gets
-    ("tracker"; "realised" only to measure what the old perfect forecast was worth)."""
+    ("tracker"; "realised" only to measure what the old perfect forecast was worth).
+    reference: also run (r), the rolling perfect-forecast LP (about 7 s a week more)."""
     import tempfile
     fam = _family_mod()
     tmp = None
@@ -192,7 +198,7 @@ def family(n=40, days=7, seed=1, jobs=2, lp_block_min=1, outdir=None, forecast="
     try:
         fam.generate(outdir, n, days, seed)
         paths = sorted(glob.glob(os.path.join(outdir, "*.csv")))
-        work = [(p, lp_block_min, forecast) for p in paths]
+        work = [(p, lp_block_min, forecast, reference) for p in paths]
         if jobs > 1:
             import multiprocessing
             with multiprocessing.get_context("fork").Pool(jobs) as pool:
@@ -210,6 +216,7 @@ def family(n=40, days=7, seed=1, jobs=2, lp_block_min=1, outdir=None, forecast="
     summary = {
         "n": len(rows), "days": days, "seed": seed, "lp_block_min": lp_block_min,
         "forecast": forecast,
+        "r_peak_share": _dist(rows, "r_peak_share_pct") if reference else None,
         "b_peak_share": _dist(rows, "peak_share_pct"),
         "b_pv_share": _dist(rows, "pv_share_pct"),
         "b_pv_share_below_90": sum(1 for r in rows.values()
@@ -268,11 +275,12 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--holdout"]:
         print(json.dumps(holdout(), indent=2, sort_keys=True))
     elif sys.argv[1:2] == ["--family"]:
-        # python -m edgegw.bench_dispatch --family [N [DAYS [JOBS [LP_BLOCK [FORECAST]]]]]
+        # python -m edgegw.bench_dispatch --family [N [DAYS [JOBS [LP_BLOCK [FORECAST [REF]]]]]]
         a = [int(x) for x in sys.argv[2:6]]
         d = dict(zip(("n", "days", "jobs", "lp_block_min"), a))
         if len(sys.argv) > 6:
             d["forecast"] = sys.argv[6]
+        d["reference"] = sys.argv[7:8] == ["ref"]
         print(json.dumps(family(**d), indent=2, sort_keys=True))
     else:
         print(json.dumps(run(), indent=2))

@@ -29,7 +29,7 @@ ROWS = (
     ("pv_use_improvement_share_pct", "share of optimum PV-use gain %"),
 )
 NAMES = {"a": "a no battery", "b": "b fallback", "c": "c schedule+lost",
-         "r": "r reference", "d": "d LP optimum"}
+         "r": "r ref perfect-fc", "d": "d LP optimum"}
 FORECASTS = {"tracker": "the tracker's forecast (queue jobs + its base estimate)",
              "none": "no forecast"}
 
