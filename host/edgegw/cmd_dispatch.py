@@ -96,9 +96,10 @@ def eval_cmd(scenario, site, as_json, plot, no_forecast, queue, no_reference, se
     keys = [k for k in evalbench.POLICIES if k in pol]
     click.echo("scenario %s: %d steps of 60 s, LP peak %d W"
                % (res["scenario"], res["steps"], res["lp_peak_w"]))
-    click.echo("b/c get %s (%d queued jobs)%s; r = reference: perfect forecast"
+    click.echo("b/c get %s (%d queued jobs)%s%s"
                % (FORECASTS[res["forecast"]], res["jobs"],
-                  ", grid down %d min" % res["outage_min"] if res["outage_min"] else ""))
+                  ", grid down %d min" % res["outage_min"] if res["outage_min"] else "",
+                  "; r = reference: perfect forecast" if "r" in pol else ""))
     click.echo("%-34s" % "" + "".join("%17s" % NAMES[k] for k in keys))
     for k, label in ROWS:
         if not any(k in pol[p] for p in keys):

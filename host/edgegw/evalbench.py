@@ -97,10 +97,11 @@ def _read_csv(csv_path):
     with f:
         r = csv.reader(f)
         head = [h.strip() for h in (next(r, None) or [])]
-        if head[:4] != list(COLS) or head[4:] not in ([], ["grid_ok"]):
+        if head[:4] != list(COLS):
             raise ScenarioError("%s: header must be t_s,pv_w,it_load_w,aux_load_w[,grid_ok] "
                                 "(got %s)" % (csv_path, ",".join(head)))
-        names = head
+        # columns after these are ignored, as before grid_ok existed
+        names = head[:5] if head[4:5] == ["grid_ok"] else head[:4]
         for ln, row in enumerate(r, 2):
             if not row or not "".join(row).strip():
                 continue
