@@ -55,8 +55,9 @@ def clouds(rng, n, frac=0.35):
     return k
 
 
-def jobs(rng, n, rate_per_h=0.6, base=0.25):
-    """Utilisation 0..1: diurnal interactive base plus Poisson batch jobs."""
+def jobs(rng, n, rate_per_h=0.6, base=0.25, log=None):
+    """Utilisation 0..1: diurnal interactive base plus Poisson batch jobs. log: list to
+    append each batch job to as (start minute, minutes, utilisation) (what the queue knew)."""
     m = np.arange(n) % 1440
     u = base + 0.1 * np.sin((m / 1440.0 - 0.35) * 2 * np.pi)
     t = 0
@@ -65,8 +66,30 @@ def jobs(rng, n, rate_per_h=0.6, base=0.25):
         if t >= n:
             break
         d = rng.randint(20, 150)
-        u[t:t + d] += rng.uniform(0.1, 0.35)
+        du = rng.uniform(0.1, 0.35)
+        u[t:t + d] += du
+        if log is not None:
+            log.append((t, min(d, n - t), du))
     return np.clip(u, 0, 1)
+
+
+BATCH_LEAD_S = 3600     # a batch job shows in the queue 1 h before it starts
+
+
+def write_queue(name, log, planned=(), outdir=None):
+    """NAME.queue.json: what the job queue knew (docs/scenario-format.md). log: the batch
+    jobs of jobs() (known BATCH_LEAD_S ahead); planned: (id, start min, minutes, W) jobs
+    known from the start of the scenario (planned the day before)."""
+    recs = [{"id": "batch-%d" % i, "start": t * 60, "duration_s": d * 60,
+             "power_w": int(round((P_MAX - P_IDLE) * du))}
+            for i, (t, d, du) in enumerate(log)]
+    recs += [{"id": jid, "start": t * 60, "duration_s": d * 60, "power_w": int(round(w)),
+              "known_s": 0} for jid, t, d, w in planned]
+    recs.sort(key=lambda r: (r["start"], r["id"]))
+    with open(os.path.join(outdir or HERE, name + ".queue.json"), "w") as f:
+        # one job a line: a reviewer reads the queue like a queue file
+        f.write('{"lead_s": %d, "jobs": [\n%s\n]}\n' % (BATCH_LEAD_S, ",\n".join(
+            json.dumps(r, sort_keys=True) for r in recs)))
 
 
 def it_power(u):
@@ -114,14 +137,18 @@ def main():
     # clear summer day
     rng = random.Random(101)
     pv = clear_sky_pv("2024-06-21")
-    it = it_power(jobs(rng, 1440))
+    q = []
+    it = it_power(jobs(rng, 1440, log=q))
+    write_queue("clear_summer", q)
     write("clear_summer", pv, it, aux_power(it, 1440), {},
           "Clear summer day, batch jobs over a diurnal base; seed 101", "2024-06-21")
 
     # intermittent clouds
     rng = random.Random(202)
     pv = clear_sky_pv("2024-07-15") * clouds(rng, 1440, 0.45)
-    it = it_power(jobs(rng, 1440, 0.8))
+    q = []
+    it = it_power(jobs(rng, 1440, 0.8, log=q))
+    write_queue("clouds", q)
     write("clouds", pv, it, aux_power(it, 1440), {},
           "Intermittent clouds (2-20 min, depth 25-70 %), busy job queue; seed 202", "2024-07-15")
 
@@ -134,9 +161,11 @@ def main():
     k[a:b] = np.linspace(1.0, 0.3, b - a)
     k[b:] = 0.3
     pv = pv * k
-    u = jobs(rng, 1440, 0.3, 0.2)
+    q = []
+    u = jobs(rng, 1440, 0.3, 0.2, log=q)
     u[15 * 60:17 * 60] = np.clip(u[15 * 60:17 * 60] + 0.55, 0, 1)
     it = it_power(u)
+    write_queue("sandstorm", q, [("modelling-3d", 15 * 60, 120, 0.55 * (P_MAX - P_IDLE))])
     # the job window asks for the seed's "zero grid intervention": aim_w 0 (the cloud
     # knows the job's load holds for 2 h; the site's 1 kW export margin elsewhere)
     sched = [{"t0": hm(10), "t1": hm(14, 30), "soc_cpct": 9500, "exp": hm(15)},
@@ -150,16 +179,20 @@ def main():
     # winter low PV (short day, haze)
     rng = random.Random(404)
     pv = clear_sky_pv("2024-12-21") * 0.6
-    it = it_power(jobs(rng, 1440, 0.5))
+    q = []
+    it = it_power(jobs(rng, 1440, 0.5, log=q))
+    write_queue("winter", q)
     write("winter", pv, it, aux_power(it, 1440) * 0.7, {"soc_init_cpct": 3000},
           "Winter solstice with haze (60 % of clear sky); seed 404", "2024-12-21")
 
     # night compute burst 01:00-03:30
     rng = random.Random(505)
     pv = clear_sky_pv("2024-09-10")
-    u = jobs(rng, 1440, 0.3)
+    q = []
+    u = jobs(rng, 1440, 0.3, log=q)
     u[60:210] = np.clip(u[60:210] + 0.6, 0, 1)
     it = it_power(u)
+    write_queue("night_burst", q, [("night-burst", 60, 150, 0.6 * (P_MAX - P_IDLE))])
     sched = [{"t0": hm(0), "t1": hm(1), "soc_cpct": 8000, "exp": hm(1)}]
     write("night_burst", pv, it, aux_power(it, 1440),
           {"soc_init_cpct": 7000, "schedule": sched, "link_lost_s": hm(0, 10)},
@@ -168,19 +201,26 @@ def main():
     # peak shaving: evening peak above the cap
     rng = random.Random(606)
     pv = clear_sky_pv("2024-08-05") * clouds(rng, 1440, 0.2)
-    u = jobs(rng, 1440, 0.4)
+    q = []
+    u = jobs(rng, 1440, 0.4, log=q)
     u[18 * 60:22 * 60] = np.clip(u[18 * 60:22 * 60] + 0.45, 0, 1)
     it = it_power(u)
+    write_queue("peak_shaving", q, [("evening-batch", 18 * 60, 240, 0.45 * (P_MAX - P_IDLE))])
     write("peak_shaving", pv, it, aux_power(it, 1440), {"grid_cap_w": 55000},
           "Evening peak 18:00-22:00 above the 55 kW import cap; seed 606", "2024-08-05")
 
     # zero export under a load drop: heavy load at noon falls to idle in one minute
     rng = random.Random(707)
     pv = clear_sky_pv("2024-05-20")
-    u = jobs(rng, 1440, 0.2, 0.2)
+    q = []
+    u = jobs(rng, 1440, 0.2, 0.2, log=q)
+    u0 = float(u[10 * 60:12 * 60].mean())
     u[10 * 60:12 * 60] = 0.9
     u[12 * 60:13 * 60] = 0.0
     it = it_power(u)
+    # the queue knows the noon job and when it ends, not the idle hour after it
+    q = [j for j in q if j[0] + j[1] <= 10 * 60 or j[0] >= 13 * 60]
+    write_queue("load_drop", q, [("noon-full", 10 * 60, 120, (0.9 - u0) * (P_MAX - P_IDLE))])
     write("load_drop", pv, it, aux_power(it, 1440), {"soc_init_cpct": 8500},
           "Full compute load at noon drops to idle in one minute under full sun; the battery "
           "starts nearly full, so zero export needs charging and curtailment; seed 707", "2024-05-20")
@@ -189,7 +229,9 @@ def main():
     rng = random.Random(808)
     pv = clear_sky_pv("2024-10-01", 3)
     k = np.concatenate([np.ones(1440), clouds(rng, 1440, 0.5), np.full(1440, 0.45)])
-    it = it_power(jobs(rng, 4320, 0.6))
+    q = []
+    it = it_power(jobs(rng, 4320, 0.6, log=q))
+    write_queue("mixed_3day", q)
     write("mixed_3day", pv * k, it, aux_power(it, 4320), {},
           "Three days: clear, cloudy, dusty; seed 808", "2024-10-01")
 

@@ -19,7 +19,8 @@ ROWS = (
     ("pv_used_pct", "PV used on site %"),
     ("renewable_share_pct", "renewable share of IT load %"),
     ("co2_kg", "Scope 2 kg CO2"),
-    ("ens_kwh", "energy not served kWh"),
+    ("ens_wh", "energy not served Wh"),
+    ("throughput_kwh", "battery throughput kWh"),
     ("curtail_kwh", "PV curtailed kWh"),
     ("soc_end_pct", "SOC at the end %"),
     ("job_import_wh", "grid import during the job Wh"),
@@ -27,7 +28,10 @@ ROWS = (
     ("peak_reduction_share_pct", "share of optimum peak reduction %"),
     ("pv_use_improvement_share_pct", "share of optimum PV-use gain %"),
 )
-NAMES = {"a": "a no battery", "b": "b fallback", "c": "c schedule+lost", "d": "d LP optimum"}
+NAMES = {"a": "a no battery", "b": "b fallback", "c": "c schedule+lost",
+         "r": "r ref perfect-fc", "d": "d LP optimum"}
+FORECASTS = {"tracker": "the tracker's forecast (queue jobs + its base estimate)",
+             "none": "no forecast"}
 
 
 @click.group()
@@ -42,16 +46,25 @@ def cli():
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
 @click.option("--plot", type=click.Path(dir_okay=False), help="write a PNG of the runs")
 @click.option("--no-forecast", is_flag=True, help="give the fallback no compute forecast")
+@click.option("--queue", "queue", type=click.Path(dir_okay=False),
+              help="what the job queue knew (.json/.csv; default: SCENARIO.queue.json "
+                   "when it exists)")
+@click.option("--no-reference", is_flag=True,
+              help="skip r, the rolling perfect-forecast LP (faster)")
 @click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
               help="override a site field (VALUE as JSON: 300, true), repeatable")
-def eval_cmd(scenario, site, as_json, plot, no_forecast, sets):
-    """Run SCENARIO.csv (t_s,pv_w,it_load_w,aux_load_w) under four policies: a no battery,
-    b the firmware fallback dispatch, c the cloud schedule then link loss, d the LP optimum."""
+def eval_cmd(scenario, site, as_json, plot, no_forecast, queue, no_reference, sets):
+    """Run SCENARIO.csv (t_s,pv_w,it_load_w,aux_load_w[,grid_ok]) under five policies: a no
+    battery, b the firmware fallback dispatch with what the gateway would know, c the cloud
+    schedule then link loss, r reference: perfect forecast (rolling 24 h LP on the realised
+    future), d the LP optimum."""
     from edgegw import evalbench
     if not os.path.isfile(scenario):
         raise UserError("SCENARIO: %s not found" % scenario)
     if site is not None and not os.path.isfile(site):
         raise UserError("--site: %s not found" % site)
+    if queue is not None and not os.path.isfile(queue):
+        raise UserError("--queue: %s not found" % queue)
     if plot and not plot.lower().endswith(".png"):
         raise UserError("--plot: %s must end in .png" % plot)
     if plot:
@@ -73,7 +86,8 @@ def eval_cmd(scenario, site, as_json, plot, no_forecast, sets):
                             % (k.strip(), v))
     try:
         res = evalbench.evaluate(scenario, site, use_forecast=not no_forecast,
-                                 keep_runs=bool(plot), overrides=over)
+                                 keep_runs=bool(plot), overrides=over, queue_path=queue,
+                                 reference=not no_reference)
     except evalbench.ScenarioError as e:
         raise UserError(str(e))
     if over:
@@ -86,9 +100,13 @@ def eval_cmd(scenario, site, as_json, plot, no_forecast, sets):
         click.echo(json.dumps(res, indent=2, sort_keys=True))
         return
     pol = res["policies"]
-    keys = sorted(pol)
+    keys = [k for k in evalbench.POLICIES if k in pol]
     click.echo("scenario %s: %d steps of 60 s, LP peak %d W"
                % (res["scenario"], res["steps"], res["lp_peak_w"]))
+    click.echo("b/c get %s (%d queued jobs)%s%s"
+               % (FORECASTS[res["forecast"]], res["jobs"],
+                  ", grid down %d min" % res["outage_min"] if res["outage_min"] else "",
+                  "; r = reference: perfect forecast" if "r" in pol else ""))
     click.echo("%-34s" % "" + "".join("%17s" % NAMES[k] for k in keys))
     for k, label in ROWS:
         if not any(k in pol[p] for p in keys):
@@ -114,7 +132,7 @@ def _plot(res, path):
     ax[0].plot(h, a["it"] / 1000, label="IT load")
     ax[0].plot(h, (a["it"] + a["aux"]) / 1000, label="IT + aux load")
     ax[0].set_ylabel("kW")
-    for k in ("b", "c", "d"):
+    for k in ("b", "c", "r", "d"):
         if k in runs:
             ax[1].plot(h, runs[k]["bat"] / 1000, label=NAMES[k])
             ax[2].plot(h, runs[k]["grid"] / 1000, label=NAMES[k])

@@ -1,20 +1,31 @@
-"""Dispatch evaluation bench: one 1-minute simulator, four policies, the same metrics.
+"""Dispatch evaluation bench: one 1-minute simulator, five policies, the same metrics.
 
   a  no battery (PV straight to the load, surplus curtailed where export is forbidden)
   b  the firmware fallback dispatch (firmware/edgefw/dispatch.py itself) from the start,
-     fed the compute-load forecast the tracker publishes (the job plan, 5 min points,
-     6 h ahead, refreshed every 15 min); no PV forecast, no cloud schedule
+     fed what the gateway would have: the tracker's compute forecast (host/edgegw/tracker:
+     its smoothed measured IT load plus the jobs the scenario's queue shows at that time,
+     5 min points, 6 h ahead, sent on change or every 5 min), or nothing (--no-forecast);
+     never the realised future; no PV forecast, no cloud schedule
   c  the cloud schedule: the cloud's optimum setpoints until link_lost_s, then the firmware
-     with the schedule windows it received (followed until they expire)
-  d  the perfect-foresight optimum by LP (HiGHS): minimise the peak import, then the grid
-     energy at that peak (export and curtailment variables, E[T] >= E[0])
+     with the schedule windows it received (followed until they expire), same forecast as b
+  r  reference: perfect forecast. A rolling 24 h LP on the realised future, re-solved every
+     hour (first hour in minutes, the rest in 15 min blocks): what planning with a perfect
+     forecast gets; the gap b..r is the forecast, r..d the rolling horizon
+  d  the perfect-foresight optimum by LP (HiGHS): minimise the energy not served, then the
+     peak import, then the grid energy at that peak (export and curtailment variables,
+     E[T] >= E[0])
 
 Plant: battery energy in Wh (float), charge efficiency on the way in, discharge on the way
 out, power clamped by the PCS/BMS limits and by the energy left; the BMS limits the PCS
 sees are the configured charge/discharge W (0 at 100 % / 0 % SOC). The grid meter reading
 given to the firmware is the one before its new setpoint applies.
+Grid outage (scenario column grid_ok = 0): the grid gives nothing; the PCS forms the island
+and the battery carries the IT load alone (aux load is shed), whatever the policy asked,
+down to soc_min; PV it cannot store is curtailed; IT load it cannot carry is energy not
+served (ENS), counted from the plant for every policy, the LP too.
 """
 import csv
+import io
 import json
 import math
 import os
@@ -26,9 +37,11 @@ from edgefw import dispatch, energy
 STEP_S = 60
 FC_STEP_S = 300
 FC_HORIZON_S = 6 * 3600
-FC_REFRESH_S = 900
+FC_REFRESH_S = 900      # the old realised-load forecast's period (forecast_at)
+FC_SEND_S = 300         # tracker: resend an unchanged forecast after this (tracker run default)
+FC_VALID_S = 3600       # tracker: forecast valid this long (tracker run --valid default)
 REASONS = ("idle", "safety", "soc", "bms", "ramp", "export", "cap", "reserve", "shave",
-           "self", "hold", "precharge", "schedule", "deadband")
+           "self", "hold", "precharge", "schedule", "deadband", "outage")
 
 
 class ScenarioError(ValueError):
@@ -37,9 +50,16 @@ class ScenarioError(ValueError):
 
 # ---- loading ----------------------------------------------------------------------
 
-def load_scenario(csv_path, site_path=None, overrides=None):
-    """-> (dict of int numpy arrays t_s, pv_w, it_w, aux_w; validated site params).
-    overrides: site fields that replace the file's (validated the same way)."""
+QUEUE_SUFFIX = ".queue.json"   # what the job queue knew, beside the scenario (optional)
+QUEUE_LEAD_S = 3600     # a job shows in the queue this long before its start (default)
+COLS = ("t_s", "pv_w", "it_load_w", "aux_load_w")
+
+
+def load_scenario(csv_path, site_path=None, overrides=None, queue_path=None):
+    """-> (dict of int numpy arrays t_s, pv_w, it_w, aux_w, grid_ok and the queue's jobs;
+    validated site params). overrides: site fields that replace the file's (validated the
+    same way). queue_path: what the job queue knew (default: NAME.queue.json beside the
+    CSV when it exists; none = the tracker has its base estimate only)."""
     if site_path is None:
         site_path = os.path.splitext(csv_path)[0] + ".json"
     try:
@@ -56,28 +76,47 @@ def load_scenario(csv_path, site_path=None, overrides=None):
         p = dispatch.validate_params(site)
     except ValueError as e:
         raise ScenarioError("%s: %s" % (site_path, e))
-    cols = {"t_s": [], "pv_w": [], "it_load_w": [], "aux_load_w": []}
+    sc = _read_csv(csv_path)
+    if len(sc["t_s"]) and (np.diff(sc["t_s"]) < STEP_S).any():
+        sc = _to_minutes(sc)
+    if queue_path is None:
+        q = os.path.splitext(csv_path)[0] + QUEUE_SUFFIX
+        queue_path = q if os.path.isfile(q) else None
+    sc["jobs"] = [] if queue_path is None else load_queue(queue_path, int(sc["t_s"][0]))
+    sc["name"] = p.get("name") or os.path.splitext(os.path.basename(csv_path))[0]
+    return sc, p
+
+
+def _read_csv(csv_path):
+    cols = {k: [] for k in COLS}
+    cols["grid_ok"] = []
     try:
         f = open(csv_path, newline="")
     except OSError as e:
         raise ScenarioError("%s: cannot read scenario (%s)" % (csv_path, e.strerror))
     with f:
         r = csv.reader(f)
-        head = next(r, None)
-        if head is None or [h.strip() for h in head[:4]] != list(cols):
-            raise ScenarioError("%s: header must be t_s,pv_w,it_load_w,aux_load_w (got %s)"
-                                % (csv_path, ",".join(head or [])))
+        head = [h.strip() for h in (next(r, None) or [])]
+        if head[:4] != list(COLS):
+            raise ScenarioError("%s: header must be t_s,pv_w,it_load_w,aux_load_w[,grid_ok] "
+                                "(got %s)" % (csv_path, ",".join(head)))
+        # columns after these are ignored, as before grid_ok existed
+        names = head[:5] if head[4:5] == ["grid_ok"] else head[:4]
         for ln, row in enumerate(r, 2):
             if not row or not "".join(row).strip():
                 continue
-            if len(row) < 4:
-                raise ScenarioError("%s line %d: 4 columns needed" % (csv_path, ln))
-            for k, v in zip(cols, row):
+            if len(row) < len(names):
+                raise ScenarioError("%s line %d: %d columns needed" % (csv_path, ln, len(names)))
+            for k, v in zip(names, row):
                 try:
                     x = float(v)
                 except ValueError:
                     raise ScenarioError("%s line %d: %s %r is not a number" % (csv_path, ln, k, v))
-                if not math.isfinite(x) or (k != "t_s" and not 0 <= x <= dispatch.WMAX):
+                if k == "grid_ok":
+                    if x not in (0.0, 1.0):
+                        raise ScenarioError("%s line %d: grid_ok %r must be 1 (grid up) or 0 "
+                                            "(outage)" % (csv_path, ln, v))
+                elif not math.isfinite(x) or (k != "t_s" and not 0 <= x <= dispatch.WMAX):
                     raise ScenarioError("%s line %d: %s %r out of range 0..%d W"
                                         % (csv_path, ln, k, v, dispatch.WMAX))
                 cols[k].append(int(round(x)))
@@ -90,16 +129,14 @@ def load_scenario(csv_path, site_path=None, overrides=None):
         raise ScenarioError("%s line %d: t_s must increase" % (csv_path, i + 3))
     if (dts > STEP_S).any() or (STEP_S % dts != 0).any():
         raise ScenarioError("%s: steps must be 60 s or a divisor of 60 s" % csv_path)
-    sc = {"t_s": t, "pv_w": np.array(cols["pv_w"]), "it_w": np.array(cols["it_load_w"]),
-          "aux_w": np.array(cols["aux_load_w"])}
-    if (dts < STEP_S).any():
-        sc = _to_minutes(sc)
-    sc["name"] = p.get("name") or os.path.splitext(os.path.basename(csv_path))[0]
-    return sc, p
+    ok = cols["grid_ok"] or [1] * len(t)
+    return {"t_s": t, "pv_w": np.array(cols["pv_w"]), "it_w": np.array(cols["it_load_w"]),
+            "aux_w": np.array(cols["aux_load_w"]), "grid_ok": np.array(ok, dtype=np.int64)}
 
 
 def _to_minutes(sc):
-    # finer scenarios are averaged onto the 1-minute grid of the simulator
+    # finer scenarios are averaged onto the 1-minute grid of the simulator; a minute with
+    # any outage row is an outage minute
     t = sc["t_s"]
     m = (t - t[0]) // STEP_S
     out = {"t_s": np.unique(m) * STEP_S + t[0]}
@@ -107,6 +144,60 @@ def _to_minutes(sc):
         s = np.bincount(m, weights=sc[k])
         c = np.bincount(m)
         out[k] = np.round(s[c > 0] / c[c > 0]).astype(np.int64)
+    down = np.bincount(m, weights=1 - sc["grid_ok"])
+    out["grid_ok"] = (down[np.bincount(m) > 0] == 0).astype(np.int64)
+    return out
+
+
+def load_queue(path, t_first=0):
+    """What the scenario's job queue knew: [(known_s, job)], job as the tracker's queue
+    module makes it (host/edgegw/tracker/queue.py, its own validation). The file: JSON, a
+    list of jobs or {"lead_s": s, "jobs": [...]}, or CSV with a header row; each record a
+    tracker queue record (id, start, duration_s, power_w or nodes x node_w) with its start
+    in site s, plus known_s: the site time the queue first shows it (default start - lead_s,
+    lead_s default QUEUE_LEAD_S)."""
+    from edgegw.tracker import queue as tq
+    try:
+        with open(path, newline="") as f:
+            text = f.read()
+    except OSError as e:
+        raise ScenarioError("%s: cannot read queue file (%s)" % (path, e.strerror))
+    lead = QUEUE_LEAD_S
+    if path.lower().endswith(".csv"):
+        recs = [{k.strip(): (v or "").strip() for k, v in r.items() if k}
+                for r in csv.DictReader(io.StringIO(text))
+                if any((v or "").strip() for v in r.values())]
+    else:
+        try:
+            doc = json.loads(text)
+        except ValueError as e:
+            raise ScenarioError("%s: not valid JSON (%s)" % (path, e))
+        recs = doc
+        if isinstance(doc, dict):
+            recs, lead = doc.get("jobs"), doc.get("lead_s", QUEUE_LEAD_S)
+        if not isinstance(recs, list):
+            raise ScenarioError('%s: need a list of jobs or {"jobs": [...]}' % path)
+        if not isinstance(lead, int) or isinstance(lead, bool) or not 0 <= lead <= 604800:
+            raise ScenarioError("%s: lead_s: %r not an integer 0..604800" % (path, lead))
+    out = []
+    for i, r in enumerate(recs):
+        w = "jobs[%d]" % i
+        try:
+            j = tq.make_job(r, t_first, w)
+        except tq.QueueError as e:
+            raise ScenarioError("%s: %s" % (path, e))
+        if j["start"] is None:
+            raise ScenarioError("%s: %s.start: a scenario's job needs its start (site s)"
+                                % (path, w))
+        k = r.get("known_s")
+        if k in (None, ""):
+            k = j["start"] - lead
+        try:
+            k = int(k)
+        except (TypeError, ValueError):
+            raise ScenarioError("%s: %s.known_s: %r is not an integer (site s)"
+                                % (path, w, r.get("known_s")))
+        out.append((min(k, j["start"]), j))
     return out
 
 
@@ -121,6 +212,8 @@ class Plant:
         self.dmax = min(p["discharge_max_w"], p["pcs_w"])
         self.ec = p["eta_c_milli"] / 1000.0
         self.ed = p["eta_d_milli"] / 1000.0
+        self.emin = self.cap_wh * p["soc_min_cpct"] / 10000.0
+        self.emax = self.cap_wh * p["soc_max_cpct"] / 10000.0
 
     def soc_cpct(self):
         return int(round(self.e / self.cap_wh * 10000))
@@ -142,11 +235,51 @@ class Plant:
         self.e = min(max(self.e, 0.0), self.cap_wh)
         return b
 
+    def island(self, pv, it, dt_s):
+        """Grid down: the PCS forms the grid and the battery carries the IT load alone (aux
+        shed), within its limits and the SOC window. -> (battery W, curtailed W, ENS W)."""
+        h = dt_s / 3600.0
+        need = float(it - pv)
+        if need > 0:
+            b = min(need, self.dmax, max(0.0, (self.e - self.emin) * self.ed / h))
+            self.e -= b * h / self.ed
+            return b, 0.0, need - b
+        c = min(-need, self.cmax, max(0.0, (self.emax - self.e) / self.ec / h))
+        self.e += c * h * self.ec
+        return -c, -need - c, 0.0
+
 
 # ---- the forecast the tracker would send --------------------------------------------
 
+class TrackerFeed:
+    """What the tracker would publish to the gateway: host/edgegw/tracker's Tracker fed the
+    measured IT load each minute (its own base estimate: Holt smoothing with step and ramp
+    detection) plus the jobs the scenario's queue shows at that time (known_s reached, not
+    yet ended), with their stated power and duration. Sends on a change or every
+    FC_SEND_S, valid FC_VALID_S: `edgegw tracker run --step 300 --horizon 72`."""
+
+    def __init__(self, jobs):
+        from edgegw.tracker import Tracker
+        self.queue = sorted(jobs, key=lambda kj: kj[0])
+        self.tr = Tracker(jobs_fn=self._jobs, step_s=FC_STEP_S, steps=FC_HORIZON_S // FC_STEP_S,
+                          valid_s=FC_VALID_S, refresh_s=FC_SEND_S)
+
+    def _jobs(self, now):
+        return [j for k, j in self.queue if k <= now < j["start"] + j["duration_s"]]
+
+    def tick(self, t, it_w):
+        """-> (t0, step_s, load_w, exp) when a message goes out at t, else None."""
+        m = self.tr.tick(t, it_w, "scenario")
+        if m is None:
+            return None
+        return m["t0"], m["step_s"], m["load_w"], m["exp"]
+
+
 def forecast_at(sc, i):
-    """IT forecast from minute i: 5-min means of the job plan, 6 h ahead (ints)."""
+    """5-min means of the REALISED IT load from minute i, 6 h ahead (ints): a perfect
+    forecast no gateway has. Kept only for the float-reference arithmetic check
+    (compare_float) and to measure what the old evaluation's cheat was worth
+    (evaluate(forecast="realised")); never what (b)/(c) get by default."""
     it = sc["it_w"]
     n = FC_HORIZON_S // FC_STEP_S
     k = FC_STEP_S // STEP_S
@@ -160,29 +293,57 @@ def forecast_at(sc, i):
     return out
 
 
+def _forecaster(sc, mode):
+    """-> f(i, t) giving (t0, step_s, load_w, exp) or None, for mode tracker/none/realised."""
+    if mode == "none":
+        return lambda i, t: None
+    if mode == "realised":
+        t_first = int(sc["t_s"][0])
+
+        def cheat(i, t):
+            if (t - t_first) % FC_REFRESH_S == 0:
+                fc = forecast_at(sc, i)
+                if fc:
+                    return t, FC_STEP_S, fc, t + 2 * FC_REFRESH_S
+            return None
+        return cheat
+    if mode != "tracker":
+        raise ValueError("forecast: %r not tracker/none/realised" % (mode,))
+    feed = TrackerFeed(sc.get("jobs") or [])
+    it = sc["it_w"]
+    return lambda i, t: feed.tick(t, int(it[i]))
+
+
 # ---- policies ---------------------------------------------------------------------
 
-def run_firmware(sc, p, use_forecast=True, cloud_sp=None, lost_s=None, schedule=False,
-                 record=None):
-    """Closed loop with the firmware dispatcher. cloud_sp (array) is applied instead of
-    the firmware output while t < lost_s. record: list to append golden rows to."""
+def run_firmware(sc, p, forecast="tracker", cloud_sp=None, lost_s=None, schedule=False,
+                 record=None, sent=None):
+    """Closed loop with the firmware dispatcher. forecast: "tracker" (what the gateway
+    would get), "none", or "realised" (the perfect-forecast cheat, for comparison only).
+    cloud_sp (array) is applied instead of the firmware output while t < lost_s. record:
+    list to append golden rows to; sent: list to append (t, forecast) to for every forecast
+    handed over (the policy's whole knowledge of the future)."""
     # the site JSON's schedule is what the cloud sent: (b) never got it
     d = dispatch.Dispatcher(p if schedule else dict(p, schedule=[]))
+    fc_at = _forecaster(sc, forecast)
     pl = Plant(p)
     n = len(sc["t_s"])
+    ok = sc.get("grid_ok")
     out = _empty(n)
     bat = 0.0
     curt = 0
     for i in range(n):
         t = int(sc["t_s"][i])
         pv, it, aux = int(sc["pv_w"][i]), int(sc["it_w"][i]), int(sc["aux_w"][i])
-        if use_forecast and (t - int(sc["t_s"][0])) % FC_REFRESH_S == 0:
-            fc = forecast_at(sc, i)
-            if fc:
-                d.set_forecast(t, FC_STEP_S, fc, t + 2 * FC_REFRESH_S)
-                if record is not None:
-                    record.append(("F", t, FC_STEP_S, t + 2 * FC_REFRESH_S, fc))
-        g_meas = int(round(it + aux - (pv - curt) - bat))
+        f = fc_at(i, t)
+        if f is not None:
+            d.set_forecast(*f)
+            if record is not None:
+                record.append(("F", f[0], f[1], f[3], f[2]))
+            if sent is not None:
+                sent.append((t, f))
+        up = ok is None or ok[i]
+        g_meas = int(round(it + aux - (pv - curt) - bat)) if up else 0
         soc = pl.soc_cpct()
         ccl, dcl = pl.limits()
         sp = d.step(t, pv, it, aux, g_meas, soc, ccl, dcl)
@@ -194,8 +355,14 @@ def run_firmware(sc, p, use_forecast=True, cloud_sp=None, lost_s=None, schedule=
             sp = int(round(cloud_sp[i]))
             curt = int(round(max(0, min(pv, cloud_sp.curt[i]))))
             d.track(sp, curt)
-        bat = pl.apply(sp, STEP_S)
-        _store(out, i, pv, curt, it, aux, bat, pl, sp, d.reason, d.level_w)
+        if up:
+            bat = pl.apply(sp, STEP_S)
+            _store(out, i, pv, curt, it, aux, bat, pl, sp, d.reason, d.level_w)
+        else:
+            bat, c, ens = pl.island(pv, it, STEP_S)
+            curt = int(round(c))
+            d.track(int(round(bat)), curt)       # the PCS followed the island, not the plan
+            _store(out, i, pv, c, it, 0, bat, pl, sp, "outage", d.level_w, ens)
     return out
 
 
@@ -203,43 +370,57 @@ def run_no_battery(sc, p):
     n = len(sc["t_s"])
     out = _empty(n)
     pl = Plant(p)
+    ok = sc.get("grid_ok")
     for i in range(n):
         pv, it, aux = int(sc["pv_w"][i]), int(sc["it_w"][i]), int(sc["aux_w"][i])
+        if ok is not None and not ok[i]:
+            _store(out, i, pv, max(0, pv - it), it, 0, 0.0, pl, 0, "outage", 0,
+                   max(0, it - pv))
+            continue
         curt = 0 if p["export_allowed"] else max(0, pv - it - aux)
         _store(out, i, pv, curt, it, aux, 0.0, pl, 0, "none", 0)
     return out
 
 
-def run_setpoints(sc, p, sp_arr, curt_arr):
-    """Apply given setpoints and curtailment through the same plant (the LP result)."""
+def run_setpoints(sc, p, sp_arr, curt_arr, pl=None, i0=0, out=None, reason="lp"):
+    """Apply given setpoints and curtailment through the same plant (the LP result), from
+    minute i0 for len(sp_arr) minutes (the rolling reference applies an hour at a time)."""
     n = len(sc["t_s"])
-    out = _empty(n)
-    pl = Plant(p)
-    for i in range(n):
+    out = _empty(n) if out is None else out
+    pl = Plant(p) if pl is None else pl
+    ok = sc.get("grid_ok")
+    for j in range(len(sp_arr)):
+        i = i0 + j
         pv, it, aux = int(sc["pv_w"][i]), int(sc["it_w"][i]), int(sc["aux_w"][i])
-        bat = pl.apply(float(sp_arr[i]), STEP_S)
-        curt = float(min(max(curt_arr[i], 0.0), pv))
+        if ok is not None and not ok[i]:
+            bat, curt, ens = pl.island(pv, it, STEP_S)
+            _store(out, i, pv, curt, it, 0, bat, pl, sp_arr[j], "outage", 0, ens)
+            continue
+        bat = pl.apply(float(sp_arr[j]), STEP_S)
+        curt = float(min(max(curt_arr[j], 0.0), pv))
         if not p["export_allowed"]:
             # the plant can lose a few W to clamping: never export for it
             g = it + aux - (pv - curt) - bat
             if g < 0:
                 curt = min(pv, curt - g)
-        _store(out, i, pv, curt, it, aux, bat, pl, sp_arr[i], "lp", 0)
+        _store(out, i, pv, curt, it, aux, bat, pl, sp_arr[j], reason, 0)
     return out
 
 
 def _empty(n):
     return {k: np.zeros(n) for k in ("pv", "curt", "it", "aux", "bat", "grid", "soc", "sp",
-                                      "level")} | {"reason": [""] * n}
+                                      "level", "ens")} | {"reason": [""] * n}
 
 
-def _store(out, i, pv, curt, it, aux, bat, pl, sp, reason, level):
+def _store(out, i, pv, curt, it, aux, bat, pl, sp, reason, level, ens=0.0):
+    # it: the IT demand; ens: the part of it not served (outage); aux: the aux served
     out["pv"][i] = pv
     out["curt"][i] = curt
     out["it"][i] = it
     out["aux"][i] = aux
     out["bat"][i] = bat
-    out["grid"][i] = it + aux - (pv - curt) - bat
+    out["ens"][i] = ens
+    out["grid"][i] = 0.0 if ens or reason == "outage" else it + aux - (pv - curt) - bat
     out["soc"][i] = pl.e / pl.cap_wh * 10000.0
     out["sp"][i] = sp
     out["reason"][i] = reason
@@ -248,105 +429,216 @@ def _store(out, i, pv, curt, it, aux, bat, pl, sp, reason, level):
 
 # ---- LP optimum -------------------------------------------------------------------
 
-def lp_optimum(sc, p):
-    """Perfect-foresight optimum (HiGHS via scipy) of the firmware's rule order: min peak
-    import; then, at that peak, keep the critical reserve (the firmware's floor_cpct for
-    the IT load of each minute; a penalised shortfall, since the cap outranks it) and min
-    grid energy. Returns (sp array W, curtail array W, peak W)."""
+ENS_TOL_WH = 0.01     # the stages after the ENS one may not add more than this
+
+
+def _lp(pv, load, dt_h, p, e0, e_end, res, ok, peak_floor=0.0):
+    """One LP (HiGHS via scipy) over periods of dt_h hours (arrays, W means per period):
+    stage 0 min energy not served (only when some period has the grid down), stage 1 min
+    peak import (>= peak_floor: a peak already set), stage 2 at that peak min grid energy,
+    keeping the reserve res (Wh, a penalised shortfall, since the cap outranks it).
+    -> (dict of variable arrays, peak W)."""
     from scipy.optimize import linprog
     from scipy.sparse import coo_matrix
 
-    n = len(sc["t_s"])
-    dt = STEP_S / 3600.0
-    pv = sc["pv_w"].astype(float)
-    load = (sc["it_w"] + sc["aux_w"]).astype(float)
+    n = len(pv)
     bwh = float(p["battery_wh"])
     ec, ed = p["eta_c_milli"] / 1000.0, p["eta_d_milli"] / 1000.0
     cmax = min(p["charge_max_w"], p["pcs_w"])
     dmax = min(p["discharge_max_w"], p["pcs_w"])
-    e0 = bwh * p["soc_init_cpct"] / 10000.0
     emin = bwh * p["soc_min_cpct"] / 10000.0
     emax = bwh * p["soc_max_cpct"] / 10000.0
     # hard bounds: the SOC window only; the reserve (below the cap in the firmware's rule
     # order) is the penalised shortfall S of stage 2
-    fl = np.full(n, min(emin, e0))
-    iCH, iDIS, iIMP, iEXP, iCUR = (k * n for k in range(5))
-    iE = 5 * n
-    iP = 6 * n + 1
-    iS = iP + 1          # reserve shortfall (Wh) after each minute
+    lo_e = min(emin, e0)
+    iCH, iDIS, iIMP, iEXP, iCUR, iENS = (k * n for k in range(6))
+    iE = 6 * n
+    iP = 7 * n + 1
+    iS = iP + 1          # reserve shortfall (Wh) after each period
     nv = iS + n
-    res = np.array([bwh * dispatch.floor_cpct(p, int(x)) / 10000.0 for x in sc["it_w"]])
-    rows, cols, vals = [], [], []
-    beq = []
-    r = 0
-    for t in range(n):   # imp - exp - ch + dis - curt = load - pv
-        rows += [r] * 5
-        cols += [iIMP + t, iEXP + t, iCH + t, iDIS + t, iCUR + t]
-        vals += [1, -1, -1, 1, -1]
-        beq.append(load[t] - pv[t])
-        r += 1
-    for t in range(n):   # E[t+1] - E[t] - ec dt ch + dt/ed dis = 0
-        rows += [r] * 4
-        cols += [iE + t + 1, iE + t, iCH + t, iDIS + t]
-        vals += [1, -1, -ec * dt, dt / ed]
-        beq.append(0.0)
-        r += 1
-    Aeq = coo_matrix((vals, (rows, cols)), shape=(r, nv)).tocsr()
-    rows, cols, vals = [], [], []
-    bub = []
-    for t in range(n):   # imp - P <= 0
-        rows += [t, t]
-        cols += [iIMP + t, iP]
-        vals += [1, -1]
-        bub.append(0.0)
-    rows.append(n)       # E[n] >= E[0]
-    cols.append(iE + n)
-    vals.append(-1)
-    bub.append(-e0)
-    for t in range(n):   # E[t+1] + S[t] >= reserve[t]
-        rows += [n + 1 + t, n + 1 + t]
-        cols += [iE + t + 1, iS + t]
-        vals += [-1, -1]
-        bub.append(-float(res[t]))
-    Aub = coo_matrix((vals, (rows, cols)), shape=(2 * n + 1, nv)).tocsr()
-    bounds = ([(0, cmax)] * n + [(0, dmax)] * n + [(0, None)] * n
-              + [(0, None if p["export_allowed"] else 0)] * n
+    t = np.arange(n)
+    one = np.ones(n)
+    # imp - exp - ch + dis - curt + ens = load - pv
+    rows = np.concatenate([t] * 6)
+    cols = np.concatenate([iIMP + t, iEXP + t, iCH + t, iDIS + t, iCUR + t, iENS + t])
+    vals = np.concatenate([one, -one, -one, one, -one, one])
+    # E[t+1] - E[t] - ec dt ch + dt/ed dis = 0
+    rows = np.concatenate([rows, n + t, n + t, n + t, n + t])
+    cols = np.concatenate([cols, iE + t + 1, iE + t, iCH + t, iDIS + t])
+    vals = np.concatenate([vals, one, -one, -ec * dt_h, dt_h / ed])
+    beq = np.concatenate([load - pv, np.zeros(n)])
+    Aeq = coo_matrix((vals, (rows, cols)), shape=(2 * n, nv)).tocsr()
+    # imp - P <= 0; -E[n] <= -e_end; -E[t+1] - S[t] <= -res[t]; stage >= 1: sum ens dt <= ENS
+    rows = np.concatenate([t, t, [n], n + 1 + t, n + 1 + t, np.full(n, 2 * n + 1)])
+    cols = np.concatenate([iIMP + t, np.full(n, iP), [iE + n], iE + t + 1, iS + t, iENS + t])
+    vals = np.concatenate([one, -one, [-1.0], -one, -one, dt_h])
+    bub = np.concatenate([np.zeros(n), [-e_end], -res, [1e12]])   # ENS row: off until stage 0
+    Aub = coo_matrix((vals, (rows, cols)), shape=(2 * n + 2, nv)).tocsr()
+    up = ok.astype(bool)
+    bounds = ([(0, cmax)] * n + [(0, dmax)] * n
+              + [(0, None if u else 0) for u in up]
+              + [(0, None if (u and p["export_allowed"]) else 0) for u in up]
               + [(0, float(x)) for x in pv]
-              + [(e0, e0)] + [(float(fl[min(t, n - 1)]), emax) for t in range(1, n + 1)] + [(0, None)]
+              + [(0, 0 if u else max(0.0, float(x))) for u, x in zip(up, load)]
+              + [(e0, e0)] + [(lo_e, emax)] * n + [(float(peak_floor), None)]
               + [(0, None)] * n)
+
+    def solve(c, what):
+        r = linprog(c, A_ub=Aub, b_ub=bub, A_eq=Aeq, b_eq=beq, bounds=bounds, method="highs")
+        if r.status != 0:
+            raise RuntimeError("LP %s failed: %s" % (what, r.message))
+        return r
+
+    if not up.all():
+        c0 = np.zeros(nv)
+        c0[iENS:iENS + n] = dt_h
+        bub[-1] = solve(c0, "stage 0 (energy not served)").fun + ENS_TOL_WH
     c1 = np.zeros(nv)
     c1[iP] = 1.0
-    r1 = linprog(c1, A_ub=Aub, b_ub=bub, A_eq=Aeq, b_eq=beq, bounds=bounds, method="highs")
-    if r1.status != 0:
-        raise RuntimeError("LP stage 1 failed: %s" % r1.message)
-    peak = r1.x[iP]
+    peak = solve(c1, "stage 1").x[iP]
     c2 = np.zeros(nv)
-    c2[iIMP:iIMP + n] = dt
-    c2[iCH:iCH + n] = 1e-4 * dt      # no simultaneous charge/discharge cycling
-    c2[iDIS:iDIS + n] = 1e-4 * dt
-    c2[iCUR:iCUR + n] = 1e-5 * dt
+    c2[iIMP:iIMP + n] = dt_h
+    c2[iCH:iCH + n] = 1e-4 * dt_h      # no simultaneous charge/discharge cycling
+    c2[iDIS:iDIS + n] = 1e-4 * dt_h
+    c2[iCUR:iCUR + n] = 1e-5 * dt_h
     # a Wh under the reserve for one minute costs as much as 1.7 Wh of import: refilling
     # pays off from the second minute on, as the firmware's reserve rule has it
-    c2[iS:iS + n] = 100.0 * dt
-    bounds[iP] = (0, peak + 1.0)
-    r2 = linprog(c2, A_ub=Aub, b_ub=bub, A_eq=Aeq, b_eq=beq, bounds=bounds, method="highs")
-    if r2.status != 0:
-        raise RuntimeError("LP stage 2 failed: %s" % r2.message)
-    x = r2.x
-    sp = x[iDIS:iDIS + n] - x[iCH:iCH + n]
-    return sp, x[iCUR:iCUR + n].copy(), float(peak)
+    c2[iS:iS + n] = 100.0 * dt_h
+    bounds[iP] = (float(peak_floor), peak + 1.0)
+    x = solve(c2, "stage 2").x
+    v = {k: x[i:i + n] for k, i in (("ch", iCH), ("dis", iDIS), ("imp", iIMP), ("exp", iEXP),
+                                    ("curt", iCUR), ("ens", iENS))}
+    v["e"] = x[iE:iE + n + 1]
+    return v, float(peak)
+
+
+def _served(sc):
+    # the load the LP must serve: all of it with the grid up, the IT load in an outage
+    ok = sc.get("grid_ok")
+    load = (sc["it_w"] + sc["aux_w"]).astype(float)
+    if ok is not None:
+        load = np.where(ok > 0, load, sc["it_w"].astype(float))
+    return load, (np.ones(len(load), dtype=np.int64) if ok is None else ok)
+
+
+def _reserve(p, it_w):
+    return np.array([float(p["battery_wh"]) * dispatch.floor_cpct(p, int(x)) / 10000.0
+                     for x in it_w])
+
+
+def lp_optimum(sc, p):
+    """Perfect-foresight optimum of the firmware's rule order: min energy not served, then
+    min peak import; then, at that peak, keep the critical reserve (the firmware's
+    floor_cpct for the IT load of each minute) and min grid energy. Returns (sp array W,
+    curtail array W, peak W)."""
+    load, ok = _served(sc)
+    pv = sc["pv_w"].astype(float)
+    e0 = float(p["battery_wh"]) * p["soc_init_cpct"] / 10000.0
+    v, peak = _lp(pv, load, np.full(len(pv), STEP_S / 3600.0), p, e0, e0,
+                  _reserve(p, sc["it_w"]), ok)
+    return v["dis"] - v["ch"], v["curt"].copy(), peak
+
+
+def run_lp_blocks(sc, p, block_min=15):
+    """The LP on block means (fast for weeks: 672 periods instead of 10,080), followed
+    minute by minute: the battery holds the block's grid level (sp = net load + the block's
+    curtailment - level), steered back to the LP's energy at each block start (the minute
+    load varies inside a block, so losses and clamps drift), never outside the SOC window.
+    -> (run, LP peak W of block means)."""
+    load, ok = _served(sc)
+    pv = sc["pv_w"].astype(float)
+    n = len(pv)
+    pl = Plant(p)
+    idx = np.arange(n) // block_min
+    cnt = np.bincount(idx).astype(float)
+
+    def mean(x):
+        return np.bincount(idx, weights=x) / cnt
+    okb = (np.bincount(idx, weights=1 - ok) == 0).astype(np.int64)
+    itb = np.round(mean(sc["it_w"].astype(float)))
+    v, peak = _lp(mean(pv), mean(load), cnt * STEP_S / 3600.0, p, pl.e, pl.e,
+                  _reserve(p, itb), okb)
+    level = v["imp"] - v["exp"]
+    out = _empty(n)
+    h = STEP_S / 3600.0
+    corr = 0.0
+    for i in range(n):
+        b = idx[i]
+        if i % block_min == 0:
+            corr = (pl.e - v["e"][b]) / (cnt[b] * h)
+        pvi, it, aux = int(sc["pv_w"][i]), int(sc["it_w"][i]), int(sc["aux_w"][i])
+        if not ok[i]:
+            bat, curt, ens = pl.island(pvi, it, STEP_S)
+            _store(out, i, pvi, curt, it, 0, bat, pl, 0, "outage", 0, ens)
+            continue
+        curt = min(float(pvi), float(v["curt"][b]))
+        sp = it + aux - (pvi - curt) - level[b] + corr
+        sp = min(sp, max(0.0, (pl.e - pl.emin) * pl.ed / h))
+        sp = max(sp, -max(0.0, (pl.emax - pl.e) / pl.ec / h))
+        bat = pl.apply(sp, STEP_S)
+        if not p["export_allowed"]:
+            g = it + aux - (pvi - curt) - bat
+            if g < 0:
+                curt = min(float(pvi), curt - g)
+        _store(out, i, pvi, curt, it, aux, bat, pl, sp, "lp", 0)
+    return out, float(peak)
+
+
+def run_reference(sc, p, horizon_h=24, every_min=60, block_min=15):
+    """Reference: perfect forecast. A rolling LP over the realised future, re-solved every
+    `every_min` minutes: the first `every_min` minutes in minutes, the rest of `horizon_h`
+    in `block_min` blocks; its setpoints for the first `every_min` minutes go through the
+    plant, then it re-plans from the plant's SOC. The peak already set is its floor
+    (shaving below it buys nothing); the window ends at the starting energy (E[T] >= E[0],
+    as the LP) or, if that cannot be reached, anywhere."""
+    n = len(sc["t_s"])
+    load, ok = _served(sc)
+    pv = sc["pv_w"].astype(float)
+    res = _reserve(p, sc["it_w"])
+    pl = Plant(p)
+    out = _empty(n)
+    e_start = pl.e
+    peak = 0.0
+    for i0 in range(0, n, every_min):
+        i1 = min(n, i0 + horizon_h * 60)
+        a = min(i1, i0 + every_min)
+        # period edges: minutes for the first hour, then blocks
+        edges = list(range(i0, a + 1)) + list(range(a + block_min, i1, block_min)) + [i1]
+        edges = sorted(set(edges))
+        lens = np.diff(edges)
+        seg = np.repeat(np.arange(len(lens)), lens)
+
+        def mean(x):
+            return np.bincount(seg, weights=x[i0:i1]) / lens
+        okw = (np.bincount(seg, weights=1 - ok[i0:i1]) == 0).astype(np.int64)
+        args = (mean(pv), mean(load), lens * STEP_S / 3600.0, p, pl.e)
+        rw = _reserve(p, np.round(mean(sc["it_w"].astype(float))))
+        try:
+            v, _ = _lp(*args, e_start, rw, okw, peak)
+        except RuntimeError:
+            v, _ = _lp(*args, 0.0, rw, okw, peak)
+        k = a - i0
+        run_setpoints(sc, p, (v["dis"] - v["ch"])[:k], v["curt"][:k], pl, i0, out,
+                      "reference")
+        peak = max(peak, float(np.max(out["grid"][i0:a])))
+    return out
 
 
 # ---- metrics ----------------------------------------------------------------------
 
+POLICIES = ("a", "b", "c", "r", "d")    # output order: the reference between (b) and (d)
+
+
 def metrics(out, p, job=None):
     dt_h = STEP_S / 3600.0
     g = out["grid"]
+    ens = out["ens"]
     e = energy.Energy(p)
     for i in range(len(g)):
         pv = int(round(out["pv"][i]))
         pvu = int(round(out["pv"][i] - out["curt"][i]))
-        e.step(STEP_S * 1000, pv, pvu, int(out["it"][i]), int(out["aux"][i]),
+        # the counters see the load served: IT less what was not served
+        e.step(STEP_S * 1000, pv, pvu, int(round(out["it"][i] - ens[i])), int(out["aux"][i]),
                int(round(out["bat"][i])), int(round(g[i])))
     c = e.counters()
     pv_tot = c["pv_wh"] + c["curtail_wh"]
@@ -354,6 +646,7 @@ def metrics(out, p, job=None):
     cmax = min(p["charge_max_w"], p["pcs_w"])
     dmax = min(p["discharge_max_w"], p["pcs_w"])
     soc = out["soc"]
+    ens_wh = float(ens.sum() * dt_h)
     m = {
         "peak_import_w": int(round(max(0.0, float(g.max())))),
         "import_kwh": round(float(np.clip(g, 0, None).sum() * dt_h / 1000), 2),
@@ -370,9 +663,12 @@ def metrics(out, p, job=None):
                              / pv_tot, 2) if pv_tot else 0.0,
         "renewable_share_pct": round(c["renewable_cpct"] / 100.0, 2),
         "co2_kg": round(c["grid_imp_wh"] * p["grid_factor_dg_kwh"] / 1e7, 1),
-        # grid-connected throughout: every load is served; kept for outage scenarios
-        "ens_kwh": 0.0,
+        # IT load the island could not carry during grid outages (grid_ok = 0)
+        "ens_wh": round(ens_wh, 1),
+        "ens_kwh": round(ens_wh / 1000.0, 2),
         "curtail_kwh": round(c["curtail_wh"] / 1000.0, 2),
+        # charge + discharge energy at the battery terminals (cycling costs money)
+        "throughput_kwh": round(float(np.abs(out["bat"]).sum() * dt_h / 1000), 2),
         "soc_end_pct": round(float(soc[-1]) / 100.0, 2),
     }
     if job is not None:
@@ -395,29 +691,44 @@ def _share(a, x, d, key, lower_better):
     return round(100.0 * dx / da, 1)
 
 
-def evaluate(csv_path, site_path=None, use_forecast=True, keep_runs=False, overrides=None):
+def evaluate(csv_path, site_path=None, use_forecast=True, keep_runs=False, overrides=None,
+             forecast=None, reference=True, lp_block_min=1, queue_path=None):
     """Run all policies on a scenario; returns a JSON-able dict (runs kept if asked).
-    overrides: site fields replacing the site file's (a what-if without editing it)."""
-    sc, p = load_scenario(csv_path, site_path, overrides)
+    overrides: site fields replacing the site file's (a what-if without editing it).
+    forecast: what (b)/(c) get, "tracker" (default; "none" when use_forecast is false) or
+    "realised" (the old perfect-forecast cheat, only to measure what it was worth).
+    reference: run (r), the rolling perfect-forecast LP. lp_block_min: (d) on blocks of this
+    many minutes (1 = every minute; the family bench uses 15 for weeks)."""
+    sc, p = load_scenario(csv_path, site_path, overrides, queue_path)
+    mode = forecast or ("tracker" if use_forecast else "none")
     job = None
     if "schedule" in p and len(p["schedule"]) >= 2:
         w = p["schedule"][-1]
         job = (w["t0"] - int(sc["t_s"][0]), w["t1"] - int(sc["t_s"][0]))
     runs = {}
     runs["a"] = run_no_battery(sc, p)
-    sp, curt, peak = lp_optimum(sc, p)
-    runs["d"] = run_setpoints(sc, p, sp, curt)
-    runs["b"] = run_firmware(sc, p, use_forecast=use_forecast)
+    if lp_block_min > 1:
+        runs["d"], peak = run_lp_blocks(sc, p, lp_block_min)
+        sp, curt = runs["d"]["bat"], runs["d"]["curt"]
+    else:
+        sp, curt, peak = lp_optimum(sc, p)
+        runs["d"] = run_setpoints(sc, p, sp, curt)
+    runs["b"] = run_firmware(sc, p, forecast=mode)
     if "link_lost_s" in p and p["link_lost_s"] is not None:
         cs = _CloudSp(sp, curt)
-        runs["c"] = run_firmware(sc, p, use_forecast=use_forecast, cloud_sp=cs,
+        runs["c"] = run_firmware(sc, p, forecast=mode, cloud_sp=cs,
                                  lost_s=p["link_lost_s"], schedule=True)
+    if reference:
+        runs["r"] = run_reference(sc, p)
     res = {"scenario": sc["name"], "steps": len(sc["t_s"]), "lp_peak_w": round(peak),
+           "forecast": mode, "lp_block_min": lp_block_min,
+           "outage_min": int((sc["grid_ok"] == 0).sum()), "jobs": len(sc["jobs"]),
            "policies": {}}
-    for k in sorted(runs):
-        res["policies"][k] = metrics(runs[k], p, job)
+    for k in POLICIES:
+        if k in runs:
+            res["policies"][k] = metrics(runs[k], p, job)
     a, d = res["policies"]["a"], res["policies"]["d"]
-    for k in ("b", "c"):
+    for k in ("b", "c", "r"):
         if k in res["policies"]:
             x = res["policies"][k]
             x["peak_reduction_share_pct"] = _share(a, x, d, "peak_import_w", True)
