@@ -38,6 +38,7 @@ import select
 import signal
 import subprocess
 import tempfile
+import termios
 import threading
 import time
 import tty
@@ -85,8 +86,13 @@ def _pty_raw():
 class VirtualGateway(ReplConsole):
     def __init__(self, dirpath=None, config=None, site=None, speed=10, heapsize="384k",
                  write_config=True, pace=False, micropython=MICROPYTHON, env=None,
-                 ready_timeout=15, external=()):
+                 ready_timeout=15, external=(), lockstep=None):
         self.external = tuple(external)  # bus names served from outside (replayer, adapter)
+        # lockstep (edgegw.lockstep): site time moves only when the firmware and the
+        # simulated devices have done their step. Real time instead for a line paced at
+        # its baud rate (what the bench measures) and for outside peers on a bus
+        self.lockstep = (not pace and not self.external) if lockstep is None else lockstep
+        self.clock = None
         self.external_ports = {}
         self.dir = os.path.abspath(dirpath or tempfile.mkdtemp(prefix="edgegw-vgw-"))
         self.config = config
@@ -108,6 +114,7 @@ class VirtualGateway(ReplConsole):
         self._stop = threading.Event()
         self._fds = []
         self._threads = []
+        self.resets = 0         # soft resets the gateway went through
 
     # ---- lifecycle ----------------------------------------------------------
 
@@ -152,8 +159,8 @@ class VirtualGateway(ReplConsole):
                 sd = SimDevice(d["map"], d["slave"], d["role"], site=self.sim, name=name)
                 self.devices[name] = sd
                 devs.append(sd)
-            self.buses[b["name"]] = SimBus(m, devs, b.get("baud", 9600), self.pace,
-                                           b["name"]).start()
+            bus = SimBus(m, devs, b.get("baud", 9600), self.pace, b["name"], peer=s)
+            self.buses[b["name"]] = bus if self.lockstep else bus.start()
         if self.config is not None and self.write_config:
             with open(os.path.join(self.dir, "config.json"), "w") as f:
                 json.dump(cfg, f, indent=1)
@@ -163,6 +170,14 @@ class VirtualGateway(ReplConsole):
         return self
 
     def _start_site(self):
+        if self.lockstep:
+            from edgegw.lockstep import Lockstep
+            ports = {"dev/" + n: b for n, b in self.buses.items()}
+            self.clock = Lockstep(self.sim, self.speed, ports,
+                                  os.path.join(self.dir, "dev", "clock"), self.alive,
+                                  boot_s=self.ready_timeout).start()
+            return
+
         def run():
             last = time.monotonic()
             while not self._stop.is_set():
@@ -179,15 +194,8 @@ class VirtualGateway(ReplConsole):
         m2, s2, path2 = _pty_raw()  # what the user (mpremote) opens
         self._fds += [m1, s1, m2, s2]
         self.repl_port = path2
-        env = dict(os.environ)
-        env.update({"MICROPYPATH": ".frozen:%s:%s" % (REPO, FIRMWARE),
-                    "EDGEGW_SPEED": str(self.speed), "EDGEGW_EPOCH": str(int(self.sim.t))})
-        env.update(self.extra_env)
-        launch = "exec(open(%r).read());exec(open(%r).read())" % (
-            os.path.join(FIRMWARE, "boot.py"), os.path.join(FIRMWARE, "main.py"))
-        self.proc = subprocess.Popen(
-            [self.micropython, "-X", "heapsize=%s" % self.heapsize, "-i", "-c", launch],
-            stdin=s1, stdout=s1, stderr=s1, cwd=self.dir, env=env, start_new_session=True)
+        self._s1 = s1
+        self._spawn()
         os.set_blocking(m2, False)
         th = threading.Thread(target=self._relay, args=(m1, m2), name="repl-relay", daemon=True)
         th.start()
@@ -198,6 +206,40 @@ class VirtualGateway(ReplConsole):
         except TimeoutError:
             self.close()
             raise RuntimeError("virtual gateway did not reach its REPL:\n" + self.output[-3000:])
+
+    def _spawn(self):
+        """Start micropython on the console pty: boot.py, then main.py, then the REPL."""
+        env = dict(os.environ)
+        env.update({"MICROPYPATH": ".frozen:%s:%s" % (REPO, FIRMWARE),
+                    "EDGEGW_SPEED": str(self.speed), "EDGEGW_EPOCH": str(int(self.sim.t))})
+        if self.clock is not None:
+            env["EDGEGW_LOCKSTEP"] = self.clock.path
+        env.update(self.extra_env)
+        launch = "exec(open(%r).read());exec(open(%r).read())" % (
+            os.path.join(FIRMWARE, "boot.py"), os.path.join(FIRMWARE, "main.py"))
+        s1 = self._s1
+        self.proc = subprocess.Popen(
+            [self.micropython, "-X", "heapsize=%s" % self.heapsize, "-i", "-c", launch],
+            stdin=s1, stdout=s1, stderr=s1, cwd=self.dir, env=env, start_new_session=True)
+
+    def _soft_reset(self, m2):
+        """micropython ended by itself (Ctrl-D at the REPL, machine.soft_reset(), exit
+        code 0; hal.reset(), 3): a board would boot again from its filesystem with its
+        buses and console still there, so start it again on the same ptys."""
+        self.resets += 1
+        msg = b"MPY: soft reboot\r\n"
+        self._console_got(msg)
+        try:
+            os.write(m2, msg)
+        except OSError:
+            pass
+        if self.clock is not None:
+            self.clock.reboot()
+        try:
+            termios.tcflush(self._s1, termios.TCIFLUSH)  # typed while it was down: lost
+        except termios.error:
+            pass
+        self._spawn()
 
     def _bridge(self, a, b):
         """Copy bytes both ways between two pty masters (an external bus)."""
@@ -221,13 +263,17 @@ class VirtualGateway(ReplConsole):
                 r, _, _ = select.select([m1, m2], [], [], 0.2)
             except (OSError, ValueError):
                 return
+            rc = self.proc.poll()
+            if rc in (0, 3) and m1 not in r and not self._stop.is_set():
+                self._soft_reset(m2)
+                continue
             if m1 in r:
                 try:
                     d = os.read(m1, 4096)
                 except OSError:
                     d = b""
                 if not d:
-                    if self.proc.poll() is not None:
+                    if self.proc.poll() not in (None, 0, 3):
                         return
                     time.sleep(0.05)
                     continue
@@ -256,6 +302,8 @@ class VirtualGateway(ReplConsole):
                     self.proc.wait(3)
                 except (OSError, subprocess.TimeoutExpired):
                     pass
+        if self.clock is not None:
+            self.clock.close()
         for b in self.buses.values():
             b.stop()
         for th in self._threads:
@@ -269,6 +317,23 @@ class VirtualGateway(ReplConsole):
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
+
+    def hold(self):
+        """Context manager: site time stands still inside it while the firmware keeps
+        running (lockstep; without it the site cannot be held and this does nothing)."""
+        if self.clock is not None:
+            return self.clock.hold()
+        import contextlib
+        return contextlib.nullcontext()
+
+    def site_sleep(self, site_s, timeout=None):
+        """Wait until the site has run site_s seconds (real timeout: 20 s + 3x nominal)."""
+        t_end = self.sim.t + site_s
+        end = time.monotonic() + (timeout or 20 + 3.0 * site_s / self.speed)
+        while self.sim.t < t_end:
+            if time.monotonic() > end:
+                raise TimeoutError("site time did not advance %.1f s" % site_s)
+            time.sleep(0.02)
 
     # ---- console ------------------------------------------------------------
     # expect(), status(), wait(): ReplConsole; output comes from _relay
