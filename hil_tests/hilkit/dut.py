@@ -210,6 +210,15 @@ class BoardGateway(ReplConsole):
     def power_cut(self):
         raise NotImplementedError("a power cut needs a switched supply on the bench")
 
+    # a board's clock runs real time: it cannot be held (start(hold=True) / hold() of the
+    # virtual gateway); the simulated site runs real time beside it
+    def hold(self):
+        import contextlib
+        return contextlib.nullcontext()
+
+    def release(self):
+        pass
+
     # ---- console --------------------------------------------------------------------
 
     def _reader(self):

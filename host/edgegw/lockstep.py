@@ -13,9 +13,9 @@ of each pty can read them), then replies with the new time.
 Pacing: time never runs ahead of real time x 1 (so the site runs `speed` x real time on a
 quiet host); behind it, the controller does not sleep, and a debt beyond MAX_DEBT_S is
 dropped (a busy host runs the site slower, with the same answers).
-Free running: before the firmware's hello (up to boot_s), after "d" (its loop ended) or
-while its process is gone, the site advances by PHYS_US every PHYS_US of real time, as a
-real site does beside a stopped controller.
+Until the firmware's hello (at most boot_s) time stands still. Free running: after "d"
+(its loop ended), while its process is gone, or without a hello, the site advances by
+PHYS_US every PHYS_US of real time, as a real site does beside a stopped controller.
 hold(): while held, time stands still and the firmware keeps making passes (MQTT, REPL),
 so a test can act at one exact site time.
 """
@@ -40,6 +40,8 @@ class Lockstep:
         self.us = 0
         self.phys_us = 0
         self.held = 0
+        self.stop_us = None         # run_to(): hold once time gets there
+        self.t0 = sim.t             # site time at us = 0
         self.attached = False
         self.steps = 0
         self._booting = time.monotonic()
@@ -99,7 +101,9 @@ class Lockstep:
                 self._rebooted()
             msg = self._next(PHYS_US / 1e6)
             if msg is None:
-                if not self.attached and (self._booting is None or not self.alive()
+                if self.attached and not self.alive():
+                    self.attached = False  # a power cut: the site goes on without it
+                if not self.attached and (self._booting is None
                                           or time.monotonic() - self._booting > self.boot_s):
                     self._booting = None
                     self._free()
@@ -132,7 +136,8 @@ class Lockstep:
             if b is not None:
                 b.take(int(n), now)
         self.steps += 1
-        if self.held:
+        room = self._room()
+        if room <= 0:
             time.sleep(max(0.001, min(wait_ms, 20) / 1000.0))
             for b in self.buses.values():
                 b.flush(now)
@@ -142,7 +147,7 @@ class Lockstep:
             d = b.due()
             if d is not None:
                 adv = min(adv, max(QUANTUM_US, int(round((d - now) * 1e6))))
-        self._advance(adv)
+        self._advance(min(adv, room))
         now = self.us / 1e6
         for b in self.buses.values():
             b.flush(now)
@@ -165,10 +170,19 @@ class Lockstep:
         for b in self.buses.values():
             b.take(0, now, 0)
             b.flush(now)
-        if not self.held:
-            self._advance(PHYS_US)
+        room = self._room()
+        if room > 0:
+            self._advance(min(PHYS_US, room))
         else:
             time.sleep(PHYS_US / 1e6)
+
+    def _room(self):
+        """us time may advance now (0: held)."""
+        if self.held:
+            return 0
+        if self.stop_us is not None:
+            return max(0, self.stop_us - self.us)
+        return 1 << 62
 
     def _reply(self):
         os.write(self.grant, b"%d\n" % self.us)
@@ -206,6 +220,35 @@ class Lockstep:
         os.set_blocking(fd, blocking)
 
     # ---- for tests --------------------------------------------------------------------
+
+    def settle(self, passes=20, timeout=5.0):
+        """Wait (held) until the firmware made `passes` more passes: all it can do at this
+        instant is done (bounded)."""
+        n = self.steps + passes
+        end = time.monotonic() + timeout
+        while self.steps < n and time.monotonic() < end and not self._stop.is_set():
+            time.sleep(0.005)
+
+    def run_to(self, site_t, timeout):
+        """Let time run until exactly site time site_t (now if it is past) and hold it
+        there until resume(); returns the site time held. TimeoutError after timeout
+        real s."""
+        us = int(round((site_t - self.t0) * 1e6 / self.speed))
+        self.stop_us = max(us, self.us)
+        end = time.monotonic() + timeout
+        while self.us < self.stop_us:
+            if time.monotonic() > end or self._stop.is_set():
+                raise TimeoutError("site time %.1f not reached" % site_t)
+            time.sleep(0.002)
+        self.settle(5, timeout)  # what the firmware does at this instant is done
+        return self.site_t()
+
+    def resume(self):
+        self.stop_us = None
+
+    def site_t(self):
+        """Site time of the clock (the physics follows in PHYS_US steps)."""
+        return self.t0 + self.us * self.speed / 1e6
 
     def hold(self):
         """Context manager: site time stands still inside it (the firmware still runs)."""

@@ -86,13 +86,14 @@ def _pty_raw():
 class VirtualGateway(ReplConsole):
     def __init__(self, dirpath=None, config=None, site=None, speed=10, heapsize="384k",
                  write_config=True, pace=False, micropython=MICROPYTHON, env=None,
-                 ready_timeout=15, external=(), lockstep=None):
+                 ready_timeout=15, external=(), lockstep=None, hold=False):
         self.external = tuple(external)  # bus names served from outside (replayer, adapter)
         # lockstep (edgegw.lockstep): site time moves only when the firmware and the
         # simulated devices have done their step. Real time instead for a line paced at
         # its baud rate (what the bench measures) and for outside peers on a bus
         self.lockstep = (not pace and not self.external) if lockstep is None else lockstep
         self.clock = None
+        self.start_held = hold  # True: site time stands still after start until release()
         self.external_ports = {}
         self.dir = os.path.abspath(dirpath or tempfile.mkdtemp(prefix="edgegw-vgw-"))
         self.config = config
@@ -201,11 +202,18 @@ class VirtualGateway(ReplConsole):
         th.start()
         self._threads.append(th)
         self._m1 = m1
+        if self.clock is not None:
+            self.clock.held += 1  # site time stands still while it boots: a fixed start
         try:
             self.expect(r">>> ", self.ready_timeout)
         except TimeoutError:
             self.close()
             raise RuntimeError("virtual gateway did not reach its REPL:\n" + self.output[-3000:])
+        if self.clock is not None:
+            # the passes it can make at its first instant (one transaction a bus) are done
+            self.clock.settle()
+            if not self.start_held:
+                self.clock.held -= 1
 
     def _spawn(self):
         """Start micropython on the console pty: boot.py, then main.py, then the REPL."""
@@ -325,6 +333,24 @@ class VirtualGateway(ReplConsole):
             return self.clock.hold()
         import contextlib
         return contextlib.nullcontext()
+
+    def release(self):
+        """End the hold of start(hold=True): site time runs from here."""
+        if self.clock is not None and self.start_held:
+            self.start_held = False
+            self.clock.held -= 1
+
+    def run_to(self, site_t, timeout=60):
+        """Lockstep: run the site until exactly site time site_t and hold it there (the
+        firmware keeps running) until resume(); returns the site time held. Reads made
+        while held see one exact instant whatever the host's speed."""
+        if self.clock is None:
+            raise RuntimeError("run_to needs the lockstep clock (no pace, no external bus)")
+        return self.clock.run_to(site_t, timeout)
+
+    def resume(self):
+        if self.clock is not None:
+            self.clock.resume()
 
     def site_sleep(self, site_s, timeout=None):
         """Wait until the site has run site_s seconds (real timeout: 20 s + 3x nominal)."""
