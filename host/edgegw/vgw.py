@@ -86,14 +86,13 @@ def _pty_raw():
 class VirtualGateway(ReplConsole):
     def __init__(self, dirpath=None, config=None, site=None, speed=10, heapsize="384k",
                  write_config=True, pace=False, micropython=MICROPYTHON, env=None,
-                 ready_timeout=15, external=(), lockstep=None, hold=False):
+                 ready_timeout=15, external=(), lockstep=None):
         self.external = tuple(external)  # bus names served from outside (replayer, adapter)
         # lockstep (edgegw.lockstep): site time moves only when the firmware and the
         # simulated devices have done their step. Real time instead for a line paced at
         # its baud rate (what the bench measures) and for outside peers on a bus
         self.lockstep = (not pace and not self.external) if lockstep is None else lockstep
         self.clock = None
-        self.start_held = hold  # True: site time stands still after start until release()
         self.external_ports = {}
         self.dir = os.path.abspath(dirpath or tempfile.mkdtemp(prefix="edgegw-vgw-"))
         self.config = config
@@ -212,8 +211,7 @@ class VirtualGateway(ReplConsole):
         if self.clock is not None:
             # the passes it can make at its first instant (one transaction a bus) are done
             self.clock.settle()
-            if not self.start_held:
-                self.clock.held -= 1
+            self.clock.held -= 1
 
     def _spawn(self):
         """Start micropython on the console pty: boot.py, then main.py, then the REPL."""
@@ -333,12 +331,6 @@ class VirtualGateway(ReplConsole):
             return self.clock.hold()
         import contextlib
         return contextlib.nullcontext()
-
-    def release(self):
-        """End the hold of start(hold=True): site time runs from here."""
-        if self.clock is not None and self.start_held:
-            self.start_held = False
-            self.clock.held -= 1
 
     def run_to(self, site_t, timeout=60):
         """Lockstep: run the site until exactly site time site_t and hold it there (the
