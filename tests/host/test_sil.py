@@ -336,3 +336,47 @@ def test_link_telemetry_reaches_mosquitto(tmp_path):
         finally:
             c.loop_stop()
             c.disconnect()
+
+
+EDGEGW = os.path.join(REPO, ".venv", "bin", "edgegw")
+
+
+def _wait_booted(gw, device_id, timeout=20, rebooted=True):
+    if rebooted:
+        gw.expect(r"soft reboot[\s\S]*edgegw: config from", timeout)
+    return gw.wait(lambda s: s.get("device_id") == device_id and s["running"]
+                   and s["buses"]["bus1"]["bms"]["ok"] > 0, timeout, points=False)
+
+
+def test_soft_reset_boots_the_pushed_config(tmp_path):
+    """`config push --reset` (Ctrl-D at the friendly REPL) and machine.soft_reset(): the
+    virtual gateway boots again from its filesystem, as a board does: the pushed config
+    on trial, the same REPL port for mpremote, the same buses."""
+    cfg = _cfg()
+    cfg["device_id"] = "gw-before"
+    new = _cfg()
+    new["device_id"] = "gw-pushed"
+    new["control"] = dict(new["control"], hold_w=0)
+    f = tmp_path / "new.json"
+    f.write_text(json.dumps(new))
+    with VirtualGateway(str(tmp_path / "gw"), cfg, _sim(), speed=SPEED) as gw:
+        _wait_booted(gw, "gw-before", rebooted=False)
+        r = subprocess.run([EDGEGW, "config", "push", str(f), "--port", gw.repl_port,
+                            "--reset"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        s = _wait_booted(gw, "gw-pushed")
+        assert s["config"] == "config.json" and s["config_trial"]["state"] == "trial", s
+        assert gw.alive() and gw.resets == 1
+        assert gw.sim.p_set_w == 0 or gw.wait(lambda s: gw.sim.p_set_w == 0, 20, points=False)
+        # machine.soft_reset() through mpremote before the trial confirmed it: the trial
+        # failed, the last good config boots (the rollback a board does)
+        subprocess.run([MPREMOTE, "connect", gw.repl_port, "resume", "exec",
+                        "import machine\nmachine.soft_reset()"],
+                       capture_output=True, text=True, timeout=30)
+        s = _wait_booted(gw, "gw-before")
+        assert s["config"] == "config.last_good.json" and gw.alive() and gw.resets == 2
+        assert s["config_trial"]["state"] == "failed", s["config_trial"]
+        r = subprocess.run([MPREMOTE, "connect", gw.repl_port, "resume", "exec",
+                            "from edgefw import app\nprint(app.status(False)['device_id'])"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "gw-before", r
