@@ -47,6 +47,7 @@ class Lockstep:
         self._booting = time.monotonic()
         self._base = time.monotonic()
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._buf = b""
         self._reboot = None
         for b in buses.values():
@@ -250,15 +251,19 @@ class Lockstep:
         """Site time of the clock (the physics follows in PHYS_US steps)."""
         return self.t0 + self.us * self.speed / 1e6
 
+    def hold_more(self, n):
+        with self._lock:
+            self.held += n
+
     def hold(self):
         """Context manager: site time stands still inside it (the firmware still runs)."""
         ls = self
 
         class _Hold:
             def __enter__(self):
-                ls.held += 1
+                ls.hold_more(1)
                 return ls
 
             def __exit__(self, *a):
-                ls.held -= 1
+                ls.hold_more(-1)
         return _Hold()

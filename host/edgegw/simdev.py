@@ -204,6 +204,7 @@ class SimBus:
         self.out = []        # lockstep: [(due s, response bytes)] in due order
         self.got = 0         # lockstep: bytes read from the line / reported sent on it
         self.want = 0
+        self.stalls = 0      # lockstep: bounded waits that ran out (bytes that never came)
         self.devs = {}
         for d in devices:
             self.devs[d.slave] = d
@@ -277,7 +278,10 @@ class SimBus:
                 self.got += len(d)
                 self._rx(d, now)
                 continue
-            if self.got >= self.want or time.monotonic() > end:
+            if self.got >= self.want:
+                break
+            if time.monotonic() > end:
+                self.stalls += 1
                 break
             select.select([fd], [], [], 0.01)
         if self.buf and now - self.last_rx > max(self.t35, 0.02):
@@ -298,8 +302,10 @@ class SimBus:
             except OSError:
                 continue
             end = time.monotonic() + wait_s
-            while q0 is not None and _inq(self.peer) < q0 + len(rsp) \
-                    and time.monotonic() < end:
+            while q0 is not None and _inq(self.peer) < q0 + len(rsp):
+                if time.monotonic() > end:
+                    self.stalls += 1
+                    break
                 time.sleep(0.0002)
 
     def _frames(self, now=None):

@@ -1,6 +1,8 @@
 """Virtual gateway: the unmodified firmware under the unix `micropython`, its filesystem
 in a directory, each RS-485 bus a pty with simulated devices on the host side, the site
-clock running `speed` x real time, and its REPL on a pty that mpremote can use.
+clock running `speed` x real time in lockstep with the firmware (edgegw.lockstep: a busy
+host runs it slower, never differently), and its REPL on a pty that mpremote can use. A
+soft reset (Ctrl-D at the REPL, machine.soft_reset(), hal.reset()) boots it again.
 
     from edgegw.vgw import VirtualGateway
     from edgegw.simsite import SimSite
@@ -17,6 +19,7 @@ clock running `speed` x real time, and its REPL on a pty that mpremote can use.
         gw.exec("print(1)")     # run code on the gateway's REPL (mpremote API) -> str
         gw.status()             # app.status() as a dict
         gw.wait(lambda s: ..., timeout)   # poll status() until the predicate holds
+        gw.run_to(site_t); gw.resume()    # hold the site at one exact instant (lockstep)
 
 config: a gateway config dict (written as config.json with every bus port replaced by
 the path dev/<bus name>, a symlink to that bus's pty). None = the firmware's factory
@@ -202,7 +205,7 @@ class VirtualGateway(ReplConsole):
         self._threads.append(th)
         self._m1 = m1
         if self.clock is not None:
-            self.clock.held += 1  # site time stands still while it boots: a fixed start
+            self.clock.hold_more(1)  # site time stands still while it boots: a fixed start
         try:
             self.expect(r">>> ", self.ready_timeout)
         except TimeoutError:
@@ -211,7 +214,7 @@ class VirtualGateway(ReplConsole):
         if self.clock is not None:
             # the passes it can make at its first instant (one transaction a bus) are done
             self.clock.settle()
-            self.clock.held -= 1
+            self.clock.hold_more(-1)
 
     def _spawn(self):
         """Start micropython on the console pty: boot.py, then main.py, then the REPL."""

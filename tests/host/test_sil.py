@@ -130,6 +130,8 @@ def _silent_device(gw):
                   n2 - n1, st["missed"], st["timeouts"], probes, hold, win,
                   " ".join("%s %d" % (k, p1[k] - p0[k]) for k in others),
                   " ".join("%s %d" % (k, p3[k] - p2[k]) for k in others)))
+        # lockstep: every byte the firmware reported came, every answer was readable
+        assert [b.stalls for b in gw.buses.values()] == [0, 0]
         for k in others:
             # the others keep their rate in the line time the probes leave them
             free = max(0.0, 1.0 - probes * hold / win)
