@@ -109,6 +109,8 @@ class Lockstep:
                     self._booting = None
                     self._free()
                 continue
+            if not msg:
+                continue
             if msg[0] == "h":
                 for b in self.buses.values():
                     b.resync()
@@ -129,12 +131,12 @@ class Lockstep:
 
     def _step(self, msg):
         parts = msg.split()
-        wait_ms = int(parts[1]) if len(parts) > 1 else 0
+        wait_ms = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
         now = self.us / 1e6
         for kv in parts[2:]:
             port, _, n = kv.rpartition("=")
             b = self.buses.get(port)
-            if b is not None:
+            if b is not None and n.isdigit():
                 b.take(int(n), now)
         self.steps += 1
         room = self._room()
