@@ -159,7 +159,7 @@ def clock_setup():
     ep = os.getenv("EDGEGW_EPOCH")
     path = os.getenv("EDGEGW_LOCKSTEP")
     if path and _ls is None:
-        _ls = Lockstep(path)
+        _ls = _Lockstep(path)
         clock.lockstep(_ls.ticks_ms, _ls.ticks_us, _ls.step)
     return (int(sp) if sp else 1), (int(ep) if ep else None)
 
@@ -167,7 +167,7 @@ def clock_setup():
 _ls = None
 
 
-class Lockstep:
+class _Lockstep:
     """Time owned by the virtual gateway's host, over two FIFOs (PATH.req, PATH.grant).
     After each pass the loop writes "w MS PORT=N ...": it may wait MS (virtual real) ms
     and wrote N bytes on PORT since its last report; the host reads those bytes, answers

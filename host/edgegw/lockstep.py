@@ -2,7 +2,7 @@
 when the firmware has finished its pass and the simulated devices have answered what it
 sent, so a slow or busy host changes how long a run takes, never its result.
 
-The firmware side is hal_unix.Lockstep (two FIFOs, PATH.req and PATH.grant). Time here is
+The firmware side is hal_unix._Lockstep (two FIFOs, PATH.req and PATH.grant). Time here is
 "virtual real" microseconds `us` (the firmware's ticks_us); the site runs `speed` x that.
 After a pass the firmware writes "w MS PORT=N ...": the controller reads the N bytes it
 sent on each bus, lets the SimBus answer them, advances time by what the firmware may
