@@ -234,14 +234,17 @@ class Lockstep:
 
     def run_to(self, site_t, timeout):
         """Let time run until exactly site time site_t (now if it is past) and hold it
-        there until resume(); returns the site time held. TimeoutError after timeout
-        real s."""
+        there until resume(); returns the site time held. TimeoutError when time stood
+        still for `timeout` real s on the way (a slow host only takes longer)."""
         us = int(round((site_t - self.t0) * 1e6 / self.speed))
         self.stop_us = max(us, self.us)
-        end = time.monotonic() + timeout
+        last, moved = self.us, time.monotonic()
         while self.us < self.stop_us:
-            if time.monotonic() > end or self._stop.is_set():
-                raise TimeoutError("site time %.1f not reached" % site_t)
+            if self.us != last:
+                last, moved = self.us, time.monotonic()
+            elif time.monotonic() - moved > timeout or self._stop.is_set():
+                raise TimeoutError("site time %.1f not reached (stopped at %.1f)"
+                                   % (site_t, self.site_t()))
             time.sleep(0.002)
         self.settle(5, timeout)  # what the firmware does at this instant is done
         return self.site_t()
