@@ -955,8 +955,7 @@ class App:
                     wait = 10
                 if self.wdt is not None and self.err_run < 20:
                     self.wdt.feed()
-                if wait > 0:
-                    self.poller.poll(wait)
+                clock.idle(self.poller, wait)  # poll until due (virtual gateway: lockstep)
         finally:
             # Ctrl-C, app.stop() or an error out of the loop: nothing supervises the
             # battery after this, so the PCS goes to 0 W and stop first (bounded time)
@@ -975,6 +974,7 @@ class App:
                     m.close()
                 except Exception:
                     pass
+            clock.idle(None, None)
 
     def status(self, points=True):
         now = clock.site_ms()

@@ -75,6 +75,27 @@ def speed():
     return _speed
 
 
+# Lockstep (the virtual gateway, hal_unix): ticks come from the host's simulated time and
+# step(ms) reports a finished pass, returning once the host has moved time on
+_step = None
+
+
+def lockstep(ms_f, us_f, step):
+    global _ticks_ms, _ticks_us, ticks_ms, ticks_us, sleep_ms, _step
+    _ticks_ms = ticks_ms = ms_f
+    _ticks_us = ticks_us = us_f
+    sleep_ms = _step = step
+
+
+def idle(poller, ms):
+    """The loop's wait between passes: up to ms, woken early by input on poller (lockstep:
+    the host's next step). ms None: the loop has ended (lockstep: site time runs free)."""
+    if _step is not None:
+        _step(ms)
+    elif ms:
+        poller.poll(ms)
+
+
 def _advance():
     # fold elapsed real ms into site ms; called often enough that ticks never wrap past us
     global _last, _acc_ms, _site_t, _epoch

@@ -3,6 +3,8 @@
 # The filesystem is the current directory (the virtual gateway's directory).
 import sys
 
+from edgefw import clock
+
 try:
     import termios
 except ImportError:  # CPython without termios (not Linux): tcp buses only
@@ -75,6 +77,8 @@ class Bus:
     def write(self, buf):
         if self.sock is None:
             n = self.stream.write(buf)
+            if _ls is not None and n:
+                _ls.sent(self.port, n)
             return n
         # non-blocking socket: a short frame fits the send buffer; loop to be sure
         mv = memoryview(buf)
@@ -147,8 +151,62 @@ def reset():
 
 def clock_setup():
     """(speed, epoch) for clock.configure: the virtual gateway runs the site clock
-    faster than real time (EDGEGW_SPEED) from a chosen start (EDGEGW_EPOCH, unix s)."""
+    faster than real time (EDGEGW_SPEED) from a chosen start (EDGEGW_EPOCH, unix s), in
+    lockstep with its simulated site when it names the channel (EDGEGW_LOCKSTEP)."""
     import os
+    global _ls
     sp = os.getenv("EDGEGW_SPEED")
     ep = os.getenv("EDGEGW_EPOCH")
+    path = os.getenv("EDGEGW_LOCKSTEP")
+    if path and _ls is None:
+        _ls = _Lockstep(path)
+        clock.lockstep(_ls.ticks_ms, _ls.ticks_us, _ls.step)
     return (int(sp) if sp else 1), (int(ep) if ep else None)
+
+
+_ls = None
+
+
+class _Lockstep:
+    """Time owned by the virtual gateway's host, over two FIFOs (PATH.req, PATH.grant).
+    After each pass the loop writes "w MS PORT=N ...": it may wait MS (virtual real) ms
+    and wrote N bytes on PORT since its last report; the host reads those bytes, answers
+    what is due, advances the site and replies with the new time (us). "d": the loop has
+    ended (the site's time runs free); "h": a new process. A busy host only slows it."""
+
+    def __init__(self, path):
+        import _thread
+        self.lock = _thread.allocate_lock()
+        self.req = open(path + ".req", "wb")
+        self.grant = open(path + ".grant", "rb")
+        self.us = 0
+        self.tx = {}
+        self._talk("h")
+
+    def ticks_ms(self):
+        return clock.ticks_add(0, self.us // 1000)
+
+    def ticks_us(self):
+        return clock.ticks_add(0, self.us)
+
+    def sent(self, port, n):
+        self.tx[port] = self.tx.get(port, 0) + n
+
+    def step(self, ms):
+        if ms is None:
+            with self.lock:
+                self.req.write(b"d\n")
+            return
+        tx = self.tx
+        self.tx = {}
+        msg = "w %d" % ms
+        for p in tx:
+            msg += " %s=%d" % (p, tx[p])
+        self._talk(msg)
+
+    def _talk(self, msg):
+        with self.lock:
+            self.req.write(msg.encode() + b"\n")
+            ln = self.grant.readline()
+        if ln:
+            self.us = int(ln)

@@ -210,6 +210,19 @@ class BoardGateway(ReplConsole):
     def power_cut(self):
         raise NotImplementedError("a power cut needs a switched supply on the bench")
 
+    def run_to(self, site_t, timeout=60):
+        """A board's clock runs real time and cannot be held (the virtual gateway's
+        run_to holds its site): wait until the site reaches site_t."""
+        end = time.monotonic() + timeout + max(0.0, site_t - self.sim.t)
+        while self.sim.t < site_t:
+            if time.monotonic() > end:
+                raise TimeoutError("site time %.1f not reached" % site_t)
+            time.sleep(0.05)
+        return self.sim.t
+
+    def resume(self):
+        pass
+
     # ---- console --------------------------------------------------------------------
 
     def _reader(self):

@@ -14,8 +14,11 @@ Fault injection per device: dev.mode = "ok" | "silent" | "crc" | "exception"
 response bytes or None) and dev.writes keeps (real t, {point: value}) of applied writes.
 """
 import collections
+import fcntl
 import os
 import select
+import struct
+import termios
 import threading
 import time
 
@@ -180,11 +183,30 @@ class _Stream:
         return d if d else None
 
 
-class SimBus:
-    """One RS-485 line with simulated slaves on it, served by a thread."""
+def _inq(fd):
+    """Bytes waiting to be read on a tty fd (None: not a tty, cannot tell)."""
+    if fd is None:
+        return None
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return None
 
-    def __init__(self, stream, devices, baud=9600, pace=False, name="bus"):
+
+class SimBus:
+    """One RS-485 line with simulated slaves on it, served by a thread (start()), or in
+    lockstep by the virtual gateway's clock (take(), flush(), due(): times are the
+    clock's seconds; answers wait for their latency in that time, and flush() returns
+    once the other end of the pty (`peer`, its slave fd) can read what was written)."""
+
+    def __init__(self, stream, devices, baud=9600, pace=False, name="bus", peer=None):
         self.st = _Stream(stream)
+        self.peer = peer
+        self.stepped = False  # True: lockstep (no thread)
+        self.out = []        # lockstep: [(due s, response bytes)] in due order
+        self.got = 0         # lockstep: bytes read from the line / reported sent on it
+        self.want = 0
+        self.stalls = 0      # lockstep: bounded waits that ran out (bytes that never came)
         self.devs = {}
         for d in devices:
             self.devs[d.slave] = d
@@ -230,14 +252,65 @@ class SimBus:
                 continue
             if not d:
                 continue
-            if self.buf and now - self.last_rx > max(self.t35, 0.02):
-                self.junk += 1
-                self.buf = bytearray()
-            self.buf.extend(d)
-            self.last_rx = now
-            self._frames()
+            self._rx(d, now)
 
-    def _frames(self):
+    def _rx(self, d, now):
+        if self.buf and now - self.last_rx > max(self.t35, 0.02):
+            self.junk += 1
+            self.buf = bytearray()
+        self.buf.extend(d)
+        self.last_rx = now
+        self._frames(now)
+
+    # ---- lockstep ---------------------------------------------------------------------
+
+    def resync(self):
+        """A new gateway process: bytes the old one did not report are not waited for."""
+        self.want = self.got
+
+    def take(self, n, now, wait_s=5.0):
+        """The gateway reports n more bytes sent: read until they are here (bounded) and
+        answer the requests among them at time `now`."""
+        self.want += n
+        end = time.monotonic() + wait_s
+        fd = self.st.fileno()
+        while True:
+            d = self.st.read(4096)
+            if d:
+                self.got += len(d)
+                self._rx(d, now)
+                continue
+            if self.got >= self.want:
+                break
+            if time.monotonic() > end:
+                self.stalls += 1
+                break
+            select.select([fd], [], [], 0.01)
+        if self.buf and now - self.last_rx > max(self.t35, 0.02):
+            self.junk += 1  # an incomplete frame followed by silence: drop it
+            self.buf = bytearray()
+
+    def due(self):
+        return self.out[0][0] if self.out else None
+
+    def flush(self, now, wait_s=2.0):
+        """Write the answers due by `now`; return once the gateway can read them."""
+        while self.out and self.out[0][0] <= now:
+            rsp = self.out.pop(0)[1]
+            q0 = _inq(self.peer)
+            self.trace.append((time.monotonic(), "rsp", rsp))
+            try:
+                self.st.write(rsp)
+            except OSError:
+                continue
+            end = time.monotonic() + wait_s
+            while q0 is not None and _inq(self.peer) < q0 + len(rsp):
+                if time.monotonic() > end:
+                    self.stalls += 1
+                    break
+                time.sleep(0.0002)
+
+    def _frames(self, now=None):
         while self.buf:
             try:
                 n = rtu.request_len(self.buf)
@@ -274,6 +347,10 @@ class SimBus:
                 # on a real line; here it arrived at once, so spend that time now, plus the
                 # answer's own wire time and the t3.5 silence before it
                 wait += (len(frame) + len(rsp)) * self.char_s + self.t35
+            if self.stepped:
+                self.out.append((now + wait, rsp))  # lockstep: flush() writes it when due
+                self.out.sort(key=lambda x: x[0])
+                continue
             if wait > 0:
                 time.sleep(wait)
             self.trace.append((time.monotonic(), "rsp", rsp))

@@ -1,6 +1,8 @@
 """Virtual gateway: the unmodified firmware under the unix `micropython`, its filesystem
 in a directory, each RS-485 bus a pty with simulated devices on the host side, the site
-clock running `speed` x real time, and its REPL on a pty that mpremote can use.
+clock running `speed` x real time in lockstep with the firmware (edgegw.lockstep: a busy
+host runs it slower, never differently), and its REPL on a pty that mpremote can use. A
+soft reset (Ctrl-D at the REPL, machine.soft_reset(), hal.reset()) boots it again.
 
     from edgegw.vgw import VirtualGateway
     from edgegw.simsite import SimSite
@@ -17,6 +19,7 @@ clock running `speed` x real time, and its REPL on a pty that mpremote can use.
         gw.exec("print(1)")     # run code on the gateway's REPL (mpremote API) -> str
         gw.status()             # app.status() as a dict
         gw.wait(lambda s: ..., timeout)   # poll status() until the predicate holds
+        gw.run_to(site_t); gw.resume()    # hold the site at one exact instant (lockstep)
 
 config: a gateway config dict (written as config.json with every bus port replaced by
 the path dev/<bus name>, a symlink to that bus's pty). None = the firmware's factory
@@ -38,6 +41,7 @@ import select
 import signal
 import subprocess
 import tempfile
+import termios
 import threading
 import time
 import tty
@@ -85,8 +89,13 @@ def _pty_raw():
 class VirtualGateway(ReplConsole):
     def __init__(self, dirpath=None, config=None, site=None, speed=10, heapsize="384k",
                  write_config=True, pace=False, micropython=MICROPYTHON, env=None,
-                 ready_timeout=15, external=()):
+                 ready_timeout=15, external=(), lockstep=None):
         self.external = tuple(external)  # bus names served from outside (replayer, adapter)
+        # lockstep (edgegw.lockstep): site time moves only when the firmware and the
+        # simulated devices have done their step. Real time instead for a line paced at
+        # its baud rate (what the bench measures) and for outside peers on a bus
+        self.lockstep = (not pace and not self.external) if lockstep is None else lockstep
+        self.clock = None
         self.external_ports = {}
         self.dir = os.path.abspath(dirpath or tempfile.mkdtemp(prefix="edgegw-vgw-"))
         self.config = config
@@ -108,6 +117,7 @@ class VirtualGateway(ReplConsole):
         self._stop = threading.Event()
         self._fds = []
         self._threads = []
+        self.resets = 0         # soft resets the gateway went through
 
     # ---- lifecycle ----------------------------------------------------------
 
@@ -152,8 +162,8 @@ class VirtualGateway(ReplConsole):
                 sd = SimDevice(d["map"], d["slave"], d["role"], site=self.sim, name=name)
                 self.devices[name] = sd
                 devs.append(sd)
-            self.buses[b["name"]] = SimBus(m, devs, b.get("baud", 9600), self.pace,
-                                           b["name"]).start()
+            bus = SimBus(m, devs, b.get("baud", 9600), self.pace, b["name"], peer=s)
+            self.buses[b["name"]] = bus if self.lockstep else bus.start()
         if self.config is not None and self.write_config:
             with open(os.path.join(self.dir, "config.json"), "w") as f:
                 json.dump(cfg, f, indent=1)
@@ -163,6 +173,14 @@ class VirtualGateway(ReplConsole):
         return self
 
     def _start_site(self):
+        if self.lockstep:
+            from edgegw.lockstep import Lockstep
+            ports = {"dev/" + n: b for n, b in self.buses.items()}
+            self.clock = Lockstep(self.sim, self.speed, ports,
+                                  os.path.join(self.dir, "dev", "clock"), self.alive,
+                                  boot_s=self.ready_timeout).start()
+            return
+
         def run():
             last = time.monotonic()
             while not self._stop.is_set():
@@ -179,25 +197,58 @@ class VirtualGateway(ReplConsole):
         m2, s2, path2 = _pty_raw()  # what the user (mpremote) opens
         self._fds += [m1, s1, m2, s2]
         self.repl_port = path2
-        env = dict(os.environ)
-        env.update({"MICROPYPATH": ".frozen:%s:%s" % (REPO, FIRMWARE),
-                    "EDGEGW_SPEED": str(self.speed), "EDGEGW_EPOCH": str(int(self.sim.t))})
-        env.update(self.extra_env)
-        launch = "exec(open(%r).read());exec(open(%r).read())" % (
-            os.path.join(FIRMWARE, "boot.py"), os.path.join(FIRMWARE, "main.py"))
-        self.proc = subprocess.Popen(
-            [self.micropython, "-X", "heapsize=%s" % self.heapsize, "-i", "-c", launch],
-            stdin=s1, stdout=s1, stderr=s1, cwd=self.dir, env=env, start_new_session=True)
+        self._s1 = s1
+        self._spawn()
         os.set_blocking(m2, False)
         th = threading.Thread(target=self._relay, args=(m1, m2), name="repl-relay", daemon=True)
         th.start()
         self._threads.append(th)
         self._m1 = m1
+        if self.clock is not None:
+            self.clock.hold_more(1)  # site time stands still while it boots: a fixed start
         try:
             self.expect(r">>> ", self.ready_timeout)
         except TimeoutError:
             self.close()
             raise RuntimeError("virtual gateway did not reach its REPL:\n" + self.output[-3000:])
+        if self.clock is not None:
+            # the passes it can make at its first instant (one transaction a bus) are done
+            self.clock.settle()
+            self.clock.hold_more(-1)
+
+    def _spawn(self):
+        """Start micropython on the console pty: boot.py, then main.py, then the REPL."""
+        env = dict(os.environ)
+        env.update({"MICROPYPATH": ".frozen:%s:%s" % (REPO, FIRMWARE),
+                    "EDGEGW_SPEED": str(self.speed), "EDGEGW_EPOCH": str(int(self.sim.t))})
+        if self.clock is not None:
+            env["EDGEGW_LOCKSTEP"] = self.clock.path
+        env.update(self.extra_env)
+        launch = "exec(open(%r).read());exec(open(%r).read())" % (
+            os.path.join(FIRMWARE, "boot.py"), os.path.join(FIRMWARE, "main.py"))
+        s1 = self._s1
+        self.proc = subprocess.Popen(
+            [self.micropython, "-X", "heapsize=%s" % self.heapsize, "-i", "-c", launch],
+            stdin=s1, stdout=s1, stderr=s1, cwd=self.dir, env=env, start_new_session=True)
+
+    def _soft_reset(self, m2):
+        """micropython ended by itself (Ctrl-D at the REPL, machine.soft_reset(), exit
+        code 0; hal.reset(), 3): a board would boot again from its filesystem with its
+        buses and console still there, so start it again on the same ptys."""
+        self.resets += 1
+        msg = b"MPY: soft reboot\r\n"
+        self._console_got(msg)
+        try:
+            os.write(m2, msg)
+        except OSError:
+            pass
+        if self.clock is not None:
+            self.clock.reboot()
+        try:
+            termios.tcflush(self._s1, termios.TCIFLUSH)  # typed while it was down: lost
+        except termios.error:
+            pass
+        self._spawn()
 
     def _bridge(self, a, b):
         """Copy bytes both ways between two pty masters (an external bus)."""
@@ -221,13 +272,17 @@ class VirtualGateway(ReplConsole):
                 r, _, _ = select.select([m1, m2], [], [], 0.2)
             except (OSError, ValueError):
                 return
+            rc = self.proc.poll()
+            if rc in (0, 3) and m1 not in r and not self._stop.is_set():
+                self._soft_reset(m2)
+                continue
             if m1 in r:
                 try:
                     d = os.read(m1, 4096)
                 except OSError:
                     d = b""
                 if not d:
-                    if self.proc.poll() is not None:
+                    if self.proc.poll() not in (None, 0, 3):
                         return
                     time.sleep(0.05)
                     continue
@@ -256,6 +311,8 @@ class VirtualGateway(ReplConsole):
                     self.proc.wait(3)
                 except (OSError, subprocess.TimeoutExpired):
                     pass
+        if self.clock is not None:
+            self.clock.close()
         for b in self.buses.values():
             b.stop()
         for th in self._threads:
@@ -269,6 +326,39 @@ class VirtualGateway(ReplConsole):
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
+
+    def hold(self):
+        """Context manager: site time stands still inside it while the firmware keeps
+        running (lockstep; without it the site cannot be held and this does nothing)."""
+        if self.clock is not None:
+            return self.clock.hold()
+        import contextlib
+        return contextlib.nullcontext()
+
+    def run_to(self, site_t, timeout=60):
+        """Lockstep: run the site until exactly site time site_t and hold it there (the
+        firmware keeps running) until resume(); returns the site time held. Reads made
+        while held see one exact instant whatever the host's speed."""
+        if self.clock is None:
+            raise RuntimeError("run_to needs the lockstep clock (no pace, no external bus)")
+        return self.clock.run_to(site_t, timeout)
+
+    def resume(self):
+        if self.clock is not None:
+            self.clock.resume()
+
+    def site_sleep(self, site_s, timeout=30):
+        """Wait until the site has run site_s seconds; TimeoutError when its time stood
+        still for `timeout` real s (a slow host only takes longer)."""
+        t_end = self.sim.t + site_s
+        last, moved = self.sim.t, time.monotonic()
+        while self.sim.t < t_end:
+            if self.sim.t != last:
+                last, moved = self.sim.t, time.monotonic()
+            elif time.monotonic() - moved > timeout:
+                raise TimeoutError("site time stood still %d s (%.1f s short)"
+                                   % (timeout, t_end - self.sim.t))
+            time.sleep(0.02)
 
     # ---- console ------------------------------------------------------------
     # expect(), status(), wait(): ReplConsole; output comes from _relay

@@ -63,7 +63,7 @@ def test_refused_stop_retried_on_the_wire(tmp_path):
         gw.sim.bms_alarm = 1 << 2
         s = gw.wait(lambda s: s["safety"]["tripped"], 10, interval=0.1, points=False)
         t0 = time.monotonic()
-        time.sleep(1.0)  # 5 s of site time: refresh_ms (10 s) would send nothing more
+        gw.site_sleep(5)  # refresh_ms (10 s) would send nothing more in it
         n = _writes(gw, t0)
         s = gw.status(points=False)
         assert n >= 5, n
@@ -84,7 +84,7 @@ def test_hold_bounded_on_zero_export_site(tmp_path):
     with VirtualGateway(str(tmp_path), cfg, _sim(pv=0), speed=SPEED) as gw:
         s = gw.wait(lambda s: not s["safety"]["tripped"] and s["run_cmd"] == 1
                     and s["sent_w"] and s["bound_by"] == "export", 40, points=False)
-        time.sleep(1.5)
+        gw.site_sleep(7.5)
         s = gw.status(points=False)
         assert s["bound_by"] == "export"
         assert 0 < gw.sim.p_set_w <= 2600
