@@ -132,8 +132,7 @@ def _app(appmod, config, hal, buses):
     return app
 
 
-def _paths(app, clock):
-    import json
+def _paths(appmod, app, clock):
 
     def loop():
         for _ in range(LOOP_PASSES):
@@ -144,7 +143,9 @@ def _paths(app, clock):
         app.publish()  # telemetry record, link (ring), headroom
 
     def status():
-        json.dumps(app.status())  # what the console prints for edgegw status / vgw
+        # what edgegw status and the virtual gateway's console run: app.print_status()
+        with open("status.json", "w") as f:
+            appmod.print_status(True, f)
 
     return (("loop", loop), ("telemetry", telemetry), ("status", status))
 
@@ -286,7 +287,8 @@ def main():
     gc.collect()
     yield
     a2 = gc.mem_alloc()
-    paths = _paths(app, clock)
+    appmod._app = app
+    paths = _paths(appmod, app, clock)
     _warm(app, clock, paths)
     gc.collect()
     yield
