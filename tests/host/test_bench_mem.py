@@ -23,10 +23,15 @@ def test_bench_mem_shape_and_measured():
         assert m["alloc_target"] == 2048
         for p in ("loop", "telemetry", "status"):
             a = m["largest_alloc"][p]
-            assert a["max_bytes"] in (256, 16384)
-            assert a["layout_ok"] is True
-            assert a["tried"][0][0] == 256 and a["tried"][0][3] >= 8  # holes were made
-            assert a["met"] == (a["max_bytes"] <= 2048)
+            assert a["met"] == (a["max_bytes"] <= 2048 and not a.get("errors"))
+            if bits == 64:  # holes of fixed size on a fixed heap
+                assert a["max_bytes"] in (256, 16384)
+                assert a["layout_ok"] is True
+                assert a["tried"][0][0] == 256 and a["tried"][0][3] >= 8  # holes were made
+            else:  # block maps before and after the path
+                assert a["method"] == "block map diff"
+                assert 16 <= a["max_bytes"] <= 16384 and a["max_bytes"] % 16 == 0
+                assert a["allocations"] > 0
     assert r["w32"]["data_target"] == 32 * 1024
     assert "data_target" not in r["w64"]
     # objects are larger on 64 bits: the figures come from the runtimes, not constants
