@@ -67,7 +67,7 @@ def _probe(cmd, d, code, passes, holes, timeout):
     return r
 
 
-def _blockmap(lines):
+def _blockmap(lines, block):
     """{(area, block): run length} of the allocations in a mem_info(1) dump (a head
     character, then its '=' tail blocks; 64 blocks a line, offsets in bytes)."""
     chars = {}
@@ -80,9 +80,9 @@ def _blockmap(lines):
         m = re.match(r"([0-9a-f]{8}): (\S+)$", ln)
         if m and area is not None:
             chars[area] = chars.get(area, {})
-            base = int(m.group(1), 16)
+            base = int(m.group(1), 16) // block  # the line's offset is in bytes
             for i, c in enumerate(m.group(2)):
-                chars[area][base + i] = c  # index in block units relative to the line base
+                chars[area][base + i] = c
     runs = {}
     for area, cs in chars.items():
         keys = sorted(cs)
@@ -106,8 +106,8 @@ def _largest_blockmap(out, block):
         m = re.match(r"MEMMAP-(BEFORE|AFTER|END) (\w+)(?: (\d+))?", ln)
         if m:
             if m.group(1) == "END":
-                b = _blockmap(dumps.get("BEFORE", []))
-                a = _blockmap(dumps.get("AFTER", []))
+                b = _blockmap(dumps.get("BEFORE", []), block)
+                a = _blockmap(dumps.get("AFTER", []), block)
                 new = [n for k, n in a.items() if b.get(k) != n]
                 res[m.group(2)] = {"max_bytes": max(new) * block if new else 0,
                                    "allocations": len(new), "errors": int(m.group(3)),
