@@ -25,7 +25,7 @@ DATA_TARGET = 32 * 1024      # data resident on 32-bit (bytes)
 ALLOC_TARGET = 2048          # largest single allocation of loop, telemetry, status (bytes)
 HOLES = (256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 16384)
 PATHS = ("loop", "telemetry", "status")
-BOOT_HEAPS = ("96k", "128k", "160k", "192k", "224k", "256k", "320k", "384k")
+BOOT_HEAPS = ("96k", "128k", "160k", "192k", "224k", "256k", "288k", "320k", "384k")
 
 
 def _tree(d):
@@ -165,11 +165,13 @@ def measure(holes=HOLES, passes=10, w32=True, w64=True, timeout=900):
 
 def boot_heap():
     """Smallest -X heapsize (of BOOT_HEAPS) the unix runtime boots the virtual gateway in
-    with the firmware as .mpy: its directory gets the compiled protocols/ and edgefw/."""
+    with the firmware as .mpy (MICROPYPATH: the compiled protocols/ and edgefw/) and
+    answers app.print_status() on its REPL; last_failure: why the size below failed."""
     import time
     from edgegw.simsite import SimSite
     from edgegw.vgw import VirtualGateway, site_config
     tried = {}
+    last = None
     for h in BOOT_HEAPS:
         d = tempfile.mkdtemp(prefix="edgegw-bench-mem-")
         t = tempfile.mkdtemp(prefix="edgegw-bench-mpy-")
@@ -177,21 +179,24 @@ def boot_heap():
             _tree(t)
             env = {"MICROPYPATH": os.path.join(t, "mpy")}
             ok = False
+            why = None
             try:
                 with VirtualGateway(d, site_config(), SimSite(), speed=10, heapsize=h,
                                     ready_timeout=10, env=env) as gw:
                     time.sleep(1.0)
                     s = gw.status(False)
                     ok = s["running"] and not any("MemoryError" in e[1] for e in s["errors"])
-            except Exception:
-                ok = False
+                    why = None if ok else "errors: %s" % s["errors"]
+            except Exception as e:
+                why = str(e).strip().splitlines()[-1][:200] if str(e).strip() else repr(e)
             tried[h] = ok
             if ok:
-                return {"heapsize": h, "tried": tried}
+                return {"heapsize": h, "tried": tried, "last_failure": last}
+            last = "%s: %s" % (h, why)
         finally:
             shutil.rmtree(d, ignore_errors=True)
             shutil.rmtree(t, ignore_errors=True)
-    return {"heapsize": None, "tried": tried}
+    return {"heapsize": None, "tried": tried, "last_failure": last}
 
 
 def run():
