@@ -39,115 +39,10 @@ DOC = sys.implementation.name != "micropython"  # keep unit/bits/desc in loaded 
 
 class RegMap:
     __slots__ = ("name", "source", "points", "max_regs", "max_bits", "gaps", "write_fc",
-                 "_p", "_idx", "_plan")
+                 "_idx", "_plan")
 
     def __repr__(self):
-        return "<RegMap %s: %d points>" % (self.name, len(self._p))
-
-
-# A loaded point is one tuple (the gateway's heap is small: a tuple of 10 words instead of
-# a dict per point): table, addr, type, n, access, mul, div, offset, lo (low word first),
-# and None or a dict of the keys few points have (pick, values, default, min, max, pos,
-# neg, zero, pre; unit, bits, desc with doc). The JSON map stays the source of truth; the
-# module's own functions read the tuples, callers get the read-only views below.
-_TABLE = 0
-_ADDR = 1
-_TYPE = 2
-_N = 3
-_ACC = 4
-_MUL = 5
-_DIV = 6
-_OFF = 7
-_LO = 8
-_X = 9
-_FIELDS = {"table": 0, "addr": 1, "type": 2, "n": 3, "access": 4, "mul": 5, "div": 6,
-           "offset": 7, "lo": 8}
-_DEFAULTS = (None, None, None, None, None, 1, 1, 0, False)  # mul, div, offset, lo: absent
-_NONE = object()
-
-
-def _x(t, k, d=None):
-    # one of the rarer keys of point tuple t
-    x = t[_X]
-    return d if x is None else x.get(k, d)
-
-
-class Point:
-    """Read-only view of a loaded point, read like the dict it replaces: p["addr"],
-    p.get("mul", 1), "pick" in p; mul/div/offset/lo are absent when 1/1/0/high first."""
-    __slots__ = ("_t",)
-
-    def __init__(self, t):
-        self._t = t
-
-    def get(self, k, d=None):
-        i = _FIELDS.get(k)
-        if i is None:
-            return _x(self._t, k, d)
-        v = self._t[i]
-        if i > _ACC and v == _DEFAULTS[i]:  # mul 1, div 1, offset 0, high word first
-            return d
-        return v
-
-    def __getitem__(self, k):
-        v = self.get(k, _NONE)
-        if v is _NONE:
-            raise KeyError(k)
-        return v
-
-    def __contains__(self, k):
-        return self.get(k, _NONE) is not _NONE
-
-    def keys(self):
-        return [k for k in _FIELDS if k in self] + list(self._t[_X] or ())
-
-    def __iter__(self):
-        return iter(self.keys())
-
-    def __len__(self):
-        return len(self.keys())
-
-    def items(self):
-        return [(k, self[k]) for k in self.keys()]
-
-    def __eq__(self, o):
-        return dict(self.items()) == (dict(o.items()) if isinstance(o, Point) else o)
-
-    def __repr__(self):
-        return repr(dict(self.items()))
-
-
-class Points:
-    """Read-only mapping name -> Point of a RegMap (m.points)."""
-    __slots__ = ("_p",)
-
-    def __init__(self, p):
-        self._p = p
-
-    def __getitem__(self, name):
-        return Point(self._p[name])
-
-    def get(self, name, d=None):
-        t = self._p.get(name)
-        return d if t is None else Point(t)
-
-    def __contains__(self, name):
-        return name in self._p
-
-    def __iter__(self):
-        return iter(self._p)
-
-    def __len__(self):
-        return len(self._p)
-
-    def keys(self):
-        return self._p.keys()
-
-    def values(self):
-        return [Point(t) for t in self._p.values()]
-
-    def items(self):
-        return [(k, Point(t)) for k, t in self._p.items()]
+        return "<RegMap %s: %d points>" % (self.name, len(self.points))
 
 
 def _int(v, what):
@@ -231,18 +126,17 @@ def build(mdoc, variant=None, params=None, doc=None):
         if not isinstance(g, list) or len(g) != 3 or g[0] not in TABLES:
             raise RegMapError("%s: gap %r must be [table, first, last]" % (name, g))
         m.gaps.append((g[0], _int(g[1], name + ": gap"), _int(g[2], name + ": gap")))
-    m._p = {}
-    m.points = Points(m._p)
+    m.points = {}
     idx = {}
     for pn in pts:
         p = _point(name, pn, pts[pn], wo, prm, doc)
-        a = p[_ADDR]
-        n = p[_N]
+        a = p["addr"]
+        n = p["n"]
         for g in m.gaps:
-            if g[0] == p[_TABLE] and a <= g[2] and a + n - 1 >= g[1]:
+            if g[0] == p["table"] and a <= g[2] and a + n - 1 >= g[1]:
                 raise RegMapError("%s: point %s overlaps gap %r" % (name, pn, g))
-        m._p[pn] = p
-        idx.setdefault(p[_TABLE], []).append((a, n, pn))
+        m.points[pn] = p
+        idx.setdefault(p["table"], []).append((a, n, pn))
     for t in idx:
         idx[t].sort()
     m._idx = idx
@@ -331,16 +225,24 @@ def _point(mname, pn, src, wo, prm, doc):
             p[b] = _int(p[b], what + " " + b)
     if acc != "r" and ("min" not in p or "max" not in p) and "values" not in p and ty != "bit":
         raise RegMapError(what + ": writable points need min and max")
-    # the compact form (see Point): documentation only when asked for
-    x = {}
+    # a fresh, minimal dict: defaults (mul 1, div 1, offset 0, hi word first) are left out
+    # and read with .get, documentation only when asked for; the gateway's heap is small
+    q = {"table": t, "addr": a, "type": ty, "n": n, "access": acc}
+    if k != 1:
+        q["mul"] = k
+    for key in ("div", "offset"):
+        if p[key] != (1 if key == "div" else 0):
+            q[key] = p[key]
+    if p["lo"]:
+        q["lo"] = True
     for key in ("pick", "values", "default", "min", "max", "pos", "neg", "zero", "pre"):
         if key in p:
-            x[key] = tuple(p[key]) if key in ("pick", "values", "pre") else p[key]
+            q[key] = p[key]
     if doc:
         for key in ("unit", "bits", "desc"):
             if key in p:
-                x[key] = p[key]
-    return (t, a, ty, n, acc, k, p["div"], p["offset"], p["lo"], x or None)
+                q[key] = p[key]
+    return q
 
 
 # ---- integer helpers (values may be negative: no bare // on them) -----------------------
@@ -354,13 +256,13 @@ def _div_round(a, b):
 
 def _scale_in(p, raw):
     # raw register integer -> point units
-    return _div_round(raw * p[_MUL], p[_DIV]) + p[_OFF]
+    return _div_round(raw * p.get("mul", 1), p.get("div", 1)) + p.get("offset", 0)
 
 
 def _scale_out(p, v):
     # point units -> raw integer (mul may be negative: keep the divisor positive)
-    num = (v - p[_OFF]) * p[_DIV]
-    d = p[_MUL]
+    num = (v - p.get("offset", 0)) * p.get("div", 1)
+    d = p.get("mul", 1)
     if d < 0:
         num = -num
         d = -d
@@ -455,7 +357,7 @@ def plan(m, names=None, max_regs=125):
     else:
         sel = {}
         for n in names:
-            if n not in m._p:
+            if n not in m.points:
                 raise RegMapError("%s: unknown point %r" % (m.name, n), 2)
             sel[n] = 1
     out = []
@@ -468,7 +370,7 @@ def plan(m, names=None, max_regs=125):
         for a, n, pn in m._idx[t]:
             if sel is not None and pn not in sel:
                 continue
-            if m._p[pn][_ACC] == "w":
+            if m.points[pn]["access"] == "w":
                 continue
             if start >= 0:
                 e = a + n if a + n > end else end
@@ -497,44 +399,44 @@ def plan(m, names=None, max_regs=125):
 
 def _raw(p, data, o):
     # unsigned raw integer of a point whose first word/bit is data[o]
-    ty = p[_TYPE]
-    if p[_N] == 1:
+    ty = p["type"]
+    if p["n"] == 1:
         return data[o] & 0xFFFF if ty != "bit" else (1 if data[o] else 0)
     if ty == "bits":
-        pk = _x(p, "pick")
+        pk = p.get("pick")
         v = 0
         if pk:
             for i in range(len(pk)):
                 if data[o + pk[i]]:
                     v |= 1 << i
             return v
-        for i in range(p[_N]):
+        for i in range(p["n"]):
             if data[o + i]:
                 v |= 1 << i
         return v
-    if p[_LO]:
+    if p.get("lo"):
         return (data[o + 1] << 16) | data[o]
     return (data[o] << 16) | data[o + 1]
 
 
 def _value(p, data, o):
     """Decoded int of point p at data[o..], or None when not representable."""
-    ty = p[_TYPE]
+    ty = p["type"]
     if ty == "f32":
-        if p[_LO]:
+        if p.get("lo"):
             hi, lo = data[o + 1], data[o]
         else:
             hi, lo = data[o], data[o + 1]
-        v = f32_to_scaled(hi, lo, p[_MUL], p[_DIV])
-        return None if v is None else v + p[_OFF]
+        v = f32_to_scaled(hi, lo, p.get("mul", 1), p.get("div", 1))
+        return None if v is None else v + p.get("offset", 0)
     if ty == "cmdmag":
         c = data[o]
         mag = data[o + 1]
-        if c == _x(p, "zero"):
+        if c == p["zero"]:
             return 0
-        if c == _x(p, "pos"):
+        if c == p["pos"]:
             return _scale_in(p, mag)
-        if c == _x(p, "neg"):
+        if c == p["neg"]:
             return -_scale_in(p, mag)
         return None
     raw = _raw(p, data, o)
@@ -542,19 +444,19 @@ def _value(p, data, o):
         raw -= 0x10000
     elif ty == "s32" and raw & 0x80000000:
         raw -= 0x100000000
-    pk = _x(p, "pick")
-    if pk is not None and ty != "bits":
+    if "pick" in p and ty != "bits":
+        pk = p["pick"]
         v = 0
         for i in range(len(pk)):
             if (raw >> pk[i]) & 1:
                 v |= 1 << i
         raw = v
-    vs = _x(p, "values")
+    vs = p.get("values")
     if vs:
         for v, r in vs:
             if r == raw:
                 return v
-        return _x(p, "default")
+        return p.get("default")
     return _scale_in(p, raw)
 
 
@@ -570,7 +472,7 @@ def decode(m, fc, addr, data):
     if not lst:
         return out
     end = addr + len(data)
-    pts = m._p
+    pts = m.points
     for a, n, pn in lst:
         if a < addr:
             continue
@@ -586,7 +488,7 @@ def decode(m, fc, addr, data):
 
 def bit_names(m, name, value):
     """Names of the set bits of a bitfield point (from the map's "bits" list)."""
-    names = _x(m._p[name], "bits") or ()
+    names = m.points[name].get("bits") or ()
     out = []
     i = 0
     while value and i < 30:
@@ -601,24 +503,24 @@ def bit_names(m, name, value):
 
 def _words(p, v, mname, pn):
     # point value -> raw words/bits (no access or bounds check); list
-    ty = p[_TYPE]
+    ty = p["type"]
     if not isinstance(v, int) or isinstance(v, bool):
         raise RegMapError("%s: %s value %r is not an integer" % (mname, pn, v))
     if ty == "cmdmag":
         if v == 0:
-            return [_x(p, "zero"), 0]
+            return [p["zero"], 0]
         mag = _scale_out(p, v if v > 0 else -v)
         if mag > 0xFFFF:
             raise RegMapError("%s: %s magnitude %d exceeds 65535" % (mname, pn, mag))
-        return [_x(p, "pos") if v > 0 else _x(p, "neg"), mag]
+        return [p["pos"] if v > 0 else p["neg"], mag]
     if ty == "f32":
-        num = (v - p[_OFF]) * p[_DIV]
-        d = p[_MUL]
+        num = (v - p.get("offset", 0)) * p.get("div", 1)
+        d = p.get("mul", 1)
         if d < 0:
             num, d = -num, -d
         hi, lo = scaled_to_f32(num, d)
-        return [lo, hi] if p[_LO] else [hi, lo]
-    vs = _x(p, "values")
+        return [lo, hi] if p.get("lo") else [hi, lo]
+    vs = p.get("values")
     if vs:
         raw = None
         for val, r in vs:
@@ -633,7 +535,7 @@ def _words(p, v, mname, pn):
         raw = v
     else:
         raw = _scale_out(p, v)
-    pk = _x(p, "pick")
+    pk = p.get("pick")
     if pk:
         if raw < 0 or raw >> len(pk):
             raise RegMapError("%s: %s value %d has bits beyond its %d names" % (mname, pn, v, len(pk)))
@@ -643,10 +545,10 @@ def _words(p, v, mname, pn):
                 r |= 1 << pk[i]
         raw = r
     if ty in ("bit", "bits"):
-        if ty == "bits" and not pk and (raw < 0 or raw >> p[_N]):
-            raise RegMapError("%s: %s value %d does not fit %d bits" % (mname, pn, v, p[_N]))
-        return [(raw >> i) & 1 for i in range(p[_N])]
-    n = p[_N]
+        if ty == "bits" and not pk and (raw < 0 or raw >> p["n"]):
+            raise RegMapError("%s: %s value %d does not fit %d bits" % (mname, pn, v, p["n"]))
+        return [(raw >> i) & 1 for i in range(p["n"])]
+    n = p["n"]
     lo_lim = -(1 << (16 * n - 1)) if ty[0] == "s" else 0
     hi_lim = (1 << (16 * n - (1 if ty[0] == "s" else 0))) - 1
     if raw < lo_lim or raw > hi_lim:
@@ -656,7 +558,7 @@ def _words(p, v, mname, pn):
     raw &= 0xFFFFFFFF
     hi = raw >> 16
     lo = raw & 0xFFFF
-    return [lo, hi] if p[_LO] else [hi, lo]
+    return [lo, hi] if p.get("lo") else [hi, lo]
 
 
 def encode_point(m, name, value, image=None):
@@ -664,15 +566,15 @@ def encode_point(m, name, value, image=None):
     For bitfields with a pick list, the bits the point does not own come from image
     (dict addr -> current word/bit of that table; 0 when absent), so points that share
     registers (Seplos alarm/protect) can be written one after the other."""
-    p = m._p.get(name)
+    p = m.points.get(name)
     if p is None:
         raise RegMapError("%s: unknown point %r" % (m.name, name), 2)
     w = _words(p, value, m.name, name)
-    pk = _x(p, "pick")
+    pk = p.get("pick")
     if pk:
-        a = p[_ADDR]
+        a = p["addr"]
         g = image.get if image is not None else (lambda k, d: d)
-        if p[_TABLE] in ("coil", "discrete"):
+        if p["table"] in ("coil", "discrete"):
             own = {}
             for b in pk:
                 own[b] = 1
@@ -684,49 +586,39 @@ def encode_point(m, name, value, image=None):
             n = len(w)
             for i in range(n):
                 # word i of the point holds raw bits (n-1-i)*16.. (hi first) or i*16.. (lo first)
-                sh = 16 * i if p[_LO] or n == 1 else 16 * (n - 1 - i)
+                sh = 16 * i if p.get("lo") or n == 1 else 16 * (n - 1 - i)
                 wm = (mask >> sh) & 0xFFFF
                 w[i] = (w[i] & wm) | (g(a + i, 0) & ~wm & 0xFFFF)
-    return p[_TABLE], p[_ADDR], w
-
-
-def _out_of_bounds(p, v):
-    lo = _x(p, "min")
-    hi = _x(p, "max")
-    return (lo is not None and v < lo) or (hi is not None and v > hi)
-
-
-def _bounds_error(m, name, p, v):
-    return RegMapError("%s: %s value %d outside %s..%s" % (
-        m.name, name, v, _x(p, "min", "-"), _x(p, "max", "-")))
+    return p["table"], p["addr"], w
 
 
 def _check_write(m, name, p, value):
-    if p[_ACC] == "r":
+    if p["access"] == "r":
         raise RegMapError("%s: point %s is read-only" % (m.name, name), 2)
     if not isinstance(value, int) or isinstance(value, bool):
         raise RegMapError("%s: %s value %r is not an integer" % (m.name, name, value))
-    if _out_of_bounds(p, value):
-        raise _bounds_error(m, name, p, value)
+    if ("min" in p and value < p["min"]) or ("max" in p and value > p["max"]):
+        raise RegMapError("%s: %s value %d outside %s..%s" % (
+            m.name, name, value, p.get("min", "-"), p.get("max", "-")))
 
 
 def encode_write(m, name, value):
     """Writes setting point name to value: [(fc, addr, values_list), ...] in the order to
     send. RegMapError if the point is unknown, read-only or value out of bounds."""
-    p = m._p.get(name)
+    p = m.points.get(name)
     if p is None:
         raise RegMapError("%s: unknown point %r" % (m.name, name), 2)
     _check_write(m, name, p, value)
     w = _words(p, value, m.name, name)
-    a = p[_ADDR]
-    if p[_TABLE] == "coil":
+    a = p["addr"]
+    if p["table"] == "coil":
         return [(5, a, w)] if len(w) == 1 else [(15, a, w)]
-    if p[_TABLE] != "holding":
-        raise RegMapError("%s: point %s is in the %s table, not writable" % (m.name, name, p[_TABLE]), 2)
-    if p[_TYPE] == "cmdmag":
+    if p["table"] != "holding":
+        raise RegMapError("%s: point %s is in the %s table, not writable" % (m.name, name, p["table"]), 2)
+    if p["type"] == "cmdmag":
         # mode registers first, then the magnitude, then the command: a device that was
         # stopped never runs with a stale magnitude
-        out = [(6, pa, [pr]) for pa, pr in _x(p, "pre", ())]
+        out = [(6, pa, [pr]) for pa, pr in p["pre"]]
         out.append((6, a + 1, [w[1]]))
         out.append((6, a, [w[0]]))
         return out
@@ -753,8 +645,8 @@ def decode_write(m, fc, addr, values, regs=None):
     for a, pn_n, pn in lst:
         if a >= end or a + pn_n <= addr:
             continue
-        p = m._p[pn]
-        if p[_ACC] == "r":
+        p = m.points[pn]
+        if p["access"] == "r":
             raise RegMapError("%s: point %s is read-only" % (m.name, pn), 2)
         data = []
         ok = True
@@ -767,14 +659,15 @@ def decode_write(m, fc, addr, values, regs=None):
                 ok = False
                 break
         if not ok:
-            if p[_TYPE] == "cmdmag" and addr <= a < end and values[a - addr] == _x(p, "zero"):
+            if p["type"] == "cmdmag" and addr <= a < end and values[a - addr] == p["zero"]:
                 out[pn] = 0  # a stop command needs no magnitude
             continue
         v = _value(p, data, 0)
         if v is None:
             raise RegMapError("%s: %s raw %r is not a valid value" % (m.name, pn, data))
-        if _out_of_bounds(p, v):
-            raise _bounds_error(m, pn, p, v)
+        if ("min" in p and v < p["min"]) or ("max" in p and v > p["max"]):
+            raise RegMapError("%s: %s value %d outside %s..%s" % (
+                m.name, pn, v, p.get("min", "-"), p.get("max", "-")))
         out[pn] = v
     for i in range(addr, end):  # a real device refuses writes to registers it lacks
         own = False
