@@ -185,8 +185,9 @@ def boot_heap():
                                     ready_timeout=10, env=env) as gw:
                     time.sleep(1.0)
                     s = gw.status(False)
-                    ok = s["running"] and not any("MemoryError" in e[1] for e in s["errors"])
-                    why = None if ok else "errors: %s" % s["errors"]
+                    errs = s.get("errors") or []
+                    ok = s["running"] and not any("MemoryError" in e[1] for e in errs)
+                    why = None if ok else "running %s, errors: %s" % (s["running"], errs)
             except Exception as e:
                 why = str(e).strip().splitlines()[-1][:200] if str(e).strip() else repr(e)
             tried[h] = ok
