@@ -24,7 +24,7 @@ PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "memprobe.py")
 DATA_TARGET = 32 * 1024      # data resident on 32-bit (bytes)
 ALLOC_TARGET = 2048          # largest single allocation of loop, telemetry, status (bytes)
 HOLES = (256, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192, 16384)
-PATHS = ("loop", "telemetry", "status")
+PATHS = ("loop", "telemetry", "telemetry_online", "status")
 BOOT_HEAPS = ("96k", "128k", "160k", "192k", "224k", "256k", "288k", "320k", "384k")
 
 
@@ -135,7 +135,8 @@ def _verdict(r, word):
            "largest_alloc": la, "alloc_target": ALLOC_TARGET,
            "alloc_met": bool(la) and all(la[k]["met"] for k in la),
            "devices": r["devices"], "buses": r["buses"], "maps": r["maps"],
-           "polled_min": r["polled"], "loop_errors": r["errors"]}
+           "polled_min": r["polled"], "loop_errors": r["errors"],
+           "mqtt_published_warm": r["mqtt_tx"]}
     if word == 32:
         out["data_target"] = DATA_TARGET
         out["data_met"] = r["data_warm"] <= DATA_TARGET

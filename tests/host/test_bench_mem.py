@@ -17,11 +17,12 @@ def test_bench_mem_shape_and_measured():
         assert m["word_bits"] == bits
         assert m["devices"] == 5 and m["buses"] == 2 and m["maps"] == 3
         assert m["polled_min"] >= 1  # every device answered: the graph really ran
+        assert m["mqtt_published_warm"] >= 1  # telemetry_online went through the client
         assert m["bytecode"] > 10000 and m["data"] > 1000
         assert m["resident"] == m["bytecode"] + m["data"]
         assert m["bytecode_from_source"] > m["bytecode"] // 2
         assert m["alloc_target"] == 2048
-        for p in ("loop", "telemetry", "status"):
+        for p in ("loop", "telemetry", "telemetry_online", "status"):
             a = m["largest_alloc"][p]
             assert a["met"] == (a["max_bytes"] <= 2048 and not a.get("errors"))
             if bits == 64:  # holes of fixed size on a fixed heap
