@@ -102,10 +102,12 @@ import sys
 sys.argv[:] = _mpy32_argv.split("\\x01")
 sys.path[:] = [p for p in _mpy32_path.split("\\x01") if p] + [".frozen"]
 _mpy32_rc = 0
-def _mpy32_main(src, fname):
-    g = {"__name__": "__main__", "__file__": fname}
+_mpy32_gen = None
+def _mpy32_run(f, a):
     try:
-        exec(compile(src, fname, "exec"), g)
+        f(*a)
+    except StopIteration:
+        return None
     except SystemExit as e:
         c = e.args[0] if e.args else 0
         return c if isinstance(c, int) else (0 if c is None else 1)
@@ -113,6 +115,24 @@ def _mpy32_main(src, fname):
         sys.print_exception(e)
         return 1
     return 0
+def _mpy32_main(src, fname):
+    global _mpy32_gen
+    g = {"__name__": "__main__", "__file__": fname}
+    rc = _mpy32_run(exec, (compile(src, fname, "exec"), g))
+    _mpy32_gen = g.get("MPY32_PHASES") if rc == 0 else None
+    return rc
+def _mpy32_phase():
+    # one step of the script's MPY32_PHASES generator per top-level call
+    global _mpy32_gen, _mpy32_rc
+    rc = _mpy32_run(next, (_mpy32_gen,))
+    if rc != 0:
+        _mpy32_gen = None
+        _mpy32_rc = 0 if rc is None else rc
 _mpy32_rc = _mpy32_main(_mpy32_src, _mpy32_file)
 `);
+// This port collects garbage only between top-level calls (gc.collect() inside a run
+// just marks a collection due; it cannot scan the wasm stack). A script that needs the
+// heap collected between steps (memory benches) leaves a generator in MPY32_PHASES:
+// each step runs in its own call, so the heap is collected before the next one.
+while (mp.globals.get("_mpy32_gen") != null) mp.runPython("_mpy32_phase()");
 process.exitCode = mp.globals.get("_mpy32_rc");

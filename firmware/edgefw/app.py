@@ -1058,6 +1058,17 @@ def status(points=True):
     return _app.status(points)
 
 
+def print_status(points=True, out=None):
+    """status() as one JSON line on out (stdout), written in pieces by json.dump: the whole
+    text (about 5 KB) as one string would need a heap block that big, which a fragmented
+    gateway heap may not have (edgegw status, the virtual gateway's console read this)."""
+    import json
+    import sys
+    out = out or sys.stdout
+    json.dump(status(points), out)
+    out.write("\n")
+
+
 def main():
     a = boot()
     if a.cfg.get("console"):

@@ -6,7 +6,6 @@
 import errno
 import os
 import select
-import socket
 
 from edgefw.clock import ticks_add, ticks_diff
 
@@ -204,6 +203,7 @@ class MQTTClient:
     # ---- connection ---------------------------------------------------------------
 
     def _start(self):
+        import socket  # here, not at the top: a link can be built where there is none yet
         self._rx = b""
         self._tx = b""
         if self.tls and not self.ca and not self.insecure:

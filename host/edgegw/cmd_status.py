@@ -11,8 +11,10 @@ import click
 
 from edgegw.cli import UserError
 
-STATUS_CODE = ("import json\nfrom edgefw import app as _a\n"
-               "print(json.dumps(_a.status(%s)))")
+# print_status writes the JSON in pieces (no 5 KB string on a fragmented gateway heap);
+# firmware from before it has only status()
+STATUS_CODE = ("_p = %s\nfrom edgefw import app as _a\ntry:\n    _a.print_status(_p)\n"
+               "except AttributeError:\n    import json\n    print(json.dumps(_a.status(_p)))")
 
 # point-name suffix -> (divisor, unit) for display; values stay integers in --json
 UNITS = (("_w", 1, "W"), ("_wh", 1, "Wh"), ("_dv", 10, "V"), ("_cv", 100, "V"),

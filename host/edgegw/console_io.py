@@ -64,8 +64,11 @@ class ReplConsole:
 
     def status(self, points=True, timeout=10):
         """app.status() on the gateway as a dict."""
-        out = self.exec("import json\nfrom edgefw import app as _a\n"
-                        "print(json.dumps(_a.status(%s)))" % bool(points), timeout)
+        # print_status writes the JSON in pieces (no 5 KB string on a fragmented heap);
+        # firmware from before it has only status()
+        out = self.exec("_p = %s\nfrom edgefw import app as _a\ntry:\n    _a.print_status(_p)\n"
+                        "except AttributeError:\n    import json\n"
+                        "    print(json.dumps(_a.status(_p)))" % bool(points), timeout)
         return json.loads(out.strip().splitlines()[-1])
 
     def wait(self, pred, timeout=20, interval=0.3, points=True):
