@@ -7,7 +7,7 @@ the collectors' duplicates and losses against what every gateway says it sent, a
 broker's CPU (psutil on the mosquitto pid). Bounded in count and time.
 
     python -m edgegw.bench_fleet [--small] [--gateways N] [--procs P] [--count K]
-                                 [--period-ms T] [--collectors C]
+                                 [--period-ms T] [--collectors C] [--outage-s S]
 """
 import argparse
 import json
@@ -36,8 +36,11 @@ def _record(i, k):
             "headroom_1h_w": 600, "e": {"pv_wh": 1234 + k, "grid_imp_wh": 99, "it_wh": 4321}}
 
 
-def _worker(first, n, host, port, count, period_ms, tmp, go, out, deadline_s):
-    """n gateways fleet-<first..first+n-1> in one process, polled round robin."""
+def _worker(first, n, host, port, count, period_ms, tmp, ev, out, deadline_s):
+    """n gateways fleet-<first..first+n-1> in one process, polled round robin.
+    ev: (go, run, end) events: start sending; cleared = stand still (the broker is being
+    restarted, the collectors resubscribe first); stay connected until end."""
+    go, run, end = ev
     _raise_nofile(n + 64)
     from edgefw import clock
     from edgefw.link import Link
@@ -62,7 +65,20 @@ def _worker(first, n, host, port, count, period_ms, tmp, go, out, deadline_s):
     due = [t0 + (j / n) * period_ms / 1000 for j in range(n)]
     sent = [0] * n
     polls = 0
+    resumed = None      # when the last stand-still ended
+    reconnect_s = None  # from then until every gateway was connected again
     while time.monotonic() < t_end:
+        if not run.is_set():
+            out.put(("held", first))
+            t_h = time.monotonic()
+            run.wait(deadline_s)
+            resumed = time.monotonic()
+            reconnect_s = None
+            for j in range(n):   # the stand-still is not time the gateways lived
+                due[j] += resumed - t_h
+        if resumed is not None and reconnect_s is None and \
+                all(lk.connected for lk in links):
+            reconnect_s = time.monotonic() - resumed
         now = clock.ticks_ms()
         mono = time.monotonic()
         busy = False
@@ -99,8 +115,9 @@ def _worker(first, n, host, port, count, period_ms, tmp, go, out, deadline_s):
         st["left_ring"] += s["ring_n"]
     st["send_s"] = t1 - t0
     st["polls"] = polls
+    st["reconnect_all_s"] = reconnect_s
     out.put(("done", first, st, per))
-    go.wait(deadline_s)     # stay connected until the collectors counted
+    end.wait(deadline_s)     # stay connected until the collectors counted
     for lk in links:
         lk.close()
 
@@ -117,7 +134,52 @@ def _merge(cols):
     return seen, raw
 
 
-def fleet(gateways=500, procs=2, count=20, period_ms=1000, collectors=2, deadline_s=90):
+def _cpu(p):
+    t = p.cpu_times()
+    return t.user + t.system
+
+
+class _Inbox:
+    """The workers' queue; messages of another kind than awaited are kept for later."""
+
+    def __init__(self, q):
+        self.q = q
+        self.kept = []
+
+    def get(self, kind, timeout):
+        for i in range(len(self.kept)):
+            if self.kept[i][0] == kind:
+                return self.kept.pop(i)
+        t_end = time.monotonic() + timeout
+        while True:
+            x = self.q.get(timeout=max(0.01, t_end - time.monotonic()))
+            if x[0] == kind:
+                return x
+            self.kept.append(x)
+
+
+def _outage(m, run, inbox, cols, nworkers, outage_s, timeout):
+    """SIGKILL the broker (clients see their sockets die), keep it down outage_s, then,
+    with the gateways standing still, start it on the same port and let the collectors
+    subscribe again before the gateways go on (else the first records after the restart
+    would have no subscriber: a broker without persistence keeps no sessions)."""
+    m.stop()
+    time.sleep(outage_s)
+    run.clear()
+    for _ in range(nworkers):
+        inbox.get("held", timeout)
+    m.start()
+    t_end = time.monotonic() + timeout
+    while not all(c.ready.is_set() for c in cols):
+        if time.monotonic() > t_end:
+            raise TimeoutError("collectors did not subscribe again")
+        time.sleep(0.05)
+    run.set()
+
+
+def fleet(gateways=500, procs=2, count=20, period_ms=1000, collectors=2, deadline_s=90,
+          outage_s=None):
+    """outage_s: kill the broker a third into the run for outage_s, then restart it."""
     import psutil
 
     from edgegw.cmd_link import Collector
@@ -125,9 +187,9 @@ def fleet(gateways=500, procs=2, count=20, period_ms=1000, collectors=2, deadlin
     nofile = _raise_nofile(2 * gateways + 256)   # mosquitto inherits it
     tmp = tempfile.mkdtemp(prefix="edgegw-fleet-")
     ctx = mp.get_context("spawn")
-    go_up = ctx.Event()
-    go_end = ctx.Event()
-    q = ctx.Queue()
+    go, run, end = ctx.Event(), ctx.Event(), ctx.Event()
+    run.set()
+    inbox = _Inbox(ctx.Queue())
     workers = []
     t_start = time.monotonic()
     try:
@@ -136,27 +198,30 @@ def fleet(gateways=500, procs=2, count=20, period_ms=1000, collectors=2, deadlin
             broker = "%s:%d" % (m.host, m.port)
             cols = [Collector(broker, "+", share=GROUP, client_id="collector-%d" % i)
                     for i in range(collectors)]
+            for c in cols:
+                c.c.reconnect_delay_set(0.05, 0.5)
             per_w = (gateways + procs - 1) // procs
-            first = 0
-            while first < gateways:
-                n = min(per_w, gateways - first)
-                p = ctx.Process(target=_worker, args=(first, n, m.host, m.port, count,
-                                                       period_ms, tmp, go_up, q, deadline_s),
-                                daemon=True)
+            for first in range(0, gateways, per_w):
+                p = ctx.Process(target=_worker, daemon=True, args=(
+                    first, min(per_w, gateways - first), m.host, m.port, count, period_ms,
+                    tmp, (go, run, end), inbox.q, deadline_s))
                 p.start()
                 workers.append(p)
-                first += n
-            up = 0
-            for _ in workers:
-                up += q.get(timeout=deadline_s)[2]
+            up = sum(inbox.get("up", deadline_s)[2] for _ in workers)
             connect_s = time.monotonic() - t_start
-            cpu0 = bp.cpu_times()
+            cpu0 = _cpu(bp)
+            cpu_old = 0
             t0 = time.monotonic()
-            go_up.set()
+            go.set()
+            if outage_s:
+                time.sleep(count * period_ms / 3000)
+                cpu_old = _cpu(bp) - cpu0
+                _outage(m, run, inbox, cols, len(workers), outage_s, deadline_s)
+                bp, cpu0 = psutil.Process(m.proc.pid), 0
             done = []
             per = {}
             for _ in workers:
-                _, _, st, pd = q.get(timeout=deadline_s + 30)
+                _, _, st, pd = inbox.get("done", deadline_s + 30)
                 done.append(st)
                 per.update(pd)
             sent = sum(s["sent"] for s in done)
@@ -169,54 +234,65 @@ def fleet(gateways=500, procs=2, count=20, period_ms=1000, collectors=2, deadlin
                     break
                 time.sleep(0.1)
             t1 = time.monotonic()
-            cpu1 = bp.cpu_times()
+            cpu_s = cpu_old + _cpu(bp) - cpu0
             rss = bp.memory_info().rss
-            go_end.set()
+            end.set()
             split = [len(c.first) for c in cols]
             for c in cols:
                 c.close()
-        lost = 0
-        for dev, n in per.items():
-            lost += n - len(seen.get(dev, ()))
-        wall = t1 - t0
-        send_s = max(s["send_s"] for s in done)
-        cpu_s = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-        acked = sum(s["acked"] for s in done)
-        return {
-            "gateways": gateways, "gateways_connected": up, "processes": procs,
-            "records_per_gateway": count, "period_ms": period_ms,
-            "offered_msgs_per_s": round(gateways * 1000 / period_ms),
-            "connect_all_s": round(connect_s, 2),
-            "records_sent": sent, "records_acked": acked,
-            "records_received": got, "raw_deliveries": raw,
-            "duplicates": raw - got, "lost": lost,
-            "msgs_per_s": round(acked / send_s) if send_s else None,
-            # end to end: every record in a collector, counted from the start signal
-            "received_per_s": round(got / wall) if wall else None,
-            "send_s": round(send_s, 2), "measure_s": round(wall, 2),
-            "collectors": collectors, "collector_split": split,
-            "all_publishes": sum(s["tx_all"] for s in done),
-            "reconnects": sum(s["connects"] for s in done) - up,
-            "fails": sum(s["fails"] for s in done),
-            "ring_dropped": sum(s["ring_dropped"] for s in done),
-            # sent but not acked when the window filled: resent from the ring (the copies
-            # the collectors drop by seq)
-            "spilled": sum(s["spilled"] for s in done),
-            "left_unacked": sum(s["left_inflight"] + s["left_ring"] for s in done),
-            "broker_cpu_s": round(cpu_s, 2),
-            "broker_cpu_pct": round(100 * cpu_s / wall, 1) if wall else None,
-            "broker_rss_mb": round(rss / 1e6, 1),
-            "nofile_limit": nofile,
-        }
+        return _figures(locals())
     finally:
-        go_up.set()
-        go_end.set()
+        go.set()
+        run.set()
+        end.set()
         for p in workers:
             p.join(10)
             if p.is_alive():
                 p.kill()
                 p.join()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _figures(v):
+    done = v["done"]
+    seen = v["seen"]
+    lost = 0
+    for dev, n in v["per"].items():
+        lost += n - len(seen.get(dev, ()))
+    wall = v["t1"] - v["t0"]
+    send_s = max(s["send_s"] for s in done)
+    acked = sum(s["acked"] for s in done)
+    got, raw, cpu_s, up = v["got"], v["raw"], v["cpu_s"], v["up"]
+    rec = [s["reconnect_all_s"] for s in done if s["reconnect_all_s"] is not None]
+    return {
+        "gateways": v["gateways"], "gateways_connected": up, "processes": v["procs"],
+        "records_per_gateway": v["count"], "period_ms": v["period_ms"],
+        "offered_msgs_per_s": round(v["gateways"] * 1000 / v["period_ms"]),
+        "connect_all_s": round(v["connect_s"], 2),
+        "records_sent": v["sent"], "records_acked": acked,
+        "records_received": got, "raw_deliveries": raw,
+        "duplicates": raw - got, "lost": lost,
+        "msgs_per_s": round(acked / send_s) if send_s else None,
+        # end to end: every record in a collector, counted from the start signal
+        "received_per_s": round(got / wall) if wall else None,
+        "send_s": round(send_s, 2), "measure_s": round(wall, 2),
+        "collectors": v["collectors"], "collector_split": v["split"],
+        "all_publishes": sum(s["tx_all"] for s in done),
+        "reconnects": sum(s["connects"] for s in done) - up,
+        "fails": sum(s["fails"] for s in done),
+        "ring_dropped": sum(s["ring_dropped"] for s in done),
+        # sent but not acked when the window filled or the link dropped: resent from the
+        # ring (the copies the collectors drop by seq)
+        "spilled": sum(s["spilled"] for s in done),
+        "left_unacked": sum(s["left_inflight"] + s["left_ring"] for s in done),
+        "outage_s": v["outage_s"],
+        # after the broker restart: until every gateway of a process was connected again
+        "reconnect_all_s": round(max(rec), 2) if rec else None,
+        "broker_cpu_s": round(cpu_s, 2),
+        "broker_cpu_pct": round(100 * cpu_s / wall, 1) if wall else None,
+        "broker_rss_mb": round(v["rss"] / 1e6, 1),
+        "nofile_limit": v["nofile"],
+    }
 
 
 def run(small=False):
@@ -228,6 +304,8 @@ def run(small=False):
                                 deadline_s=30)}
     return {"steady": fleet(gateways=500, procs=2, count=30, period_ms=500, collectors=2,
                             deadline_s=60),
+            "outage": fleet(gateways=500, procs=2, count=30, period_ms=500, collectors=2,
+                            deadline_s=60, outage_s=3),
             "push": fleet(gateways=2000, procs=2, count=50, period_ms=100, collectors=2,
                           deadline_s=60)}
 
@@ -240,9 +318,11 @@ def main(argv=None):
     ap.add_argument("--count", type=int, default=30)
     ap.add_argument("--period-ms", type=int, default=500)
     ap.add_argument("--collectors", type=int, default=2)
+    ap.add_argument("--outage-s", type=float, help="kill the broker a third in, this long")
     a = ap.parse_args(argv)
     if a.gateways:
-        r = fleet(a.gateways, a.procs, a.count, a.period_ms, a.collectors)
+        r = fleet(a.gateways, a.procs, a.count, a.period_ms, a.collectors,
+                  outage_s=a.outage_s)
     else:
         r = run(a.small)
     print(json.dumps(r, indent=2))
