@@ -184,3 +184,40 @@ def check_telemetry(d):
         if k.endswith("_w") and not _int(d[k]):
             errs.append("%s: %r is not an integer W" % (k, d[k]))
     return errs
+
+
+# ---- Home Assistant MQTT discovery (docs/mqtt.md; edgefw/hadisc.py) --------------------
+
+HA_PREFIX = "homeassistant"
+
+
+def ha_node_id(device_id):
+    """The device_id as an HA node_id (only [A-Za-z0-9_-]; anything else becomes _)."""
+    out = []
+    for ch in device_id:
+        if ch.isalpha() or ch.isdigit() or ch in "_-":
+            out.append(ch if ord(ch) < 128 else "_")
+        else:
+            out.append("_")
+    return "".join(out)
+
+
+def ha_config_topic(prefix, device_id, object_id, component="sensor"):
+    """'<prefix>/sensor/<node_id>/<object_id>/config' (retained)."""
+    return "%s/%s/%s/%s/config" % (prefix, component, ha_node_id(device_id), object_id)
+
+
+def telemetry_fields():
+    """The fields of a telemetry record (edgefw/app.py App.telemetry + the link's seq, ts,
+    boot, state); "e." = the energy counters (edgefw/energy.py counters()). For receivers
+    and the checks of what HA discovery and the dashboard read. Optional ones (headroom
+    without params, e without energy) may be missing from a record."""
+    f = ["seq", "ts", "boot", "state", "sp_w", "curtail_w", "pv_limit_w", "safety",
+         "grid_w", "pv_w", "it_w", "aux_w", "bat_w", "soc_cpct", "ccl_w", "dcl_w",
+         "headroom_w", "headroom_1h_w"]
+    for n in ("pv_load", "pv_bat", "pv_grid", "bat_load", "bat_grid", "grid_load",
+              "grid_bat", "curtail", "grid_imp", "grid_exp", "it", "aux", "pv", "it_green"):
+        f.append("e." + n + "_wh")
+    f.append("e.co2_kg")
+    f.append("e.renewable_cpct")
+    return f

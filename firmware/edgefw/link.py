@@ -11,6 +11,7 @@ import os
 
 from edgefw import auth, clock
 from edgefw.config import write_atomic
+from edgefw.hadisc import Discovery
 from edgefw.mqtt import NO_CA, MQTTClient
 from edgefw.ring import Ring
 from protocols import topics as T
@@ -171,6 +172,7 @@ class Link:
         self.n = {"tx": 0, "tx_ring": 0, "acked": 0, "spilled": 0, "cmd_ok": 0,
                   "cmd_rejected": 0, "lost_fs": 0}
         self.client = None
+        self.hadisc = None
         if self.enabled:
             st_topic = T.topic(device_id, T.STATUS)
             will = json.dumps(T.status(False, clock.time(), self.boot))
@@ -187,6 +189,7 @@ class Link:
             c.subscribe(T.topic(device_id, "cmd/+"), 1)
             c.subscribe(T.topic(device_id, T.FORECAST), 1)
             self.client = c
+            self.hadisc = Discovery(device_id)  # Home Assistant discovery, once per boot
             w = self.tls_warning()
             if w:
                 self.event("tls", {"tls": self.tls_mode(), "why": w})  # the cloud hears too
@@ -201,6 +204,10 @@ class Link:
             return
         self.client.poll(now_ms)
         self._drain()
+        if self.hadisc is not None:
+            self.hadisc.poll(self.client)
+            if self.hadisc.done:
+                self.hadisc = None
         self._step(dt)
 
     @property

@@ -5,6 +5,7 @@
     edgegw link schedule FILE --key HEX           a signed schedule (JSON windows)
     edgegw link forecast --load-w 400,900 ...     a signed compute-load forecast
     edgegw link collect --out F                   receiver: dedup by seq, reports lost/dup
+                        [--influx F|-] [--prometheus PORT] [--share GROUP]
     edgegw link keygen -o key.hex                 a new random device key (config link.key)
 
 Broker, device and key also come from EDGEGW_BROKER, EDGEGW_DEVICE, EDGEGW_KEY.
@@ -65,19 +66,27 @@ class Collector:
     """Receives telemetry and events of one gateway (or '+'), deduplicates by
     (device, seq) and counts lost records (gaps in seq within one boot of a gateway)."""
 
-    def __init__(self, broker, device="+", out=None):
+    def __init__(self, broker, device="+", out=None, sinks=(), share=None, client_id=""):
+        """sinks: objects with record(device, leaf, rec), called once per first arrival
+        (edgegw.exporters); share: a shared-subscription group, so several collectors
+        split the gateways' records ($share/<group>/...; docs/fleet.md)."""
         self.lock = threading.Lock()
+        self.sinks = list(sinks)
         self.seen = {}     # device -> set of seq
         self.first = []    # (device, seq, record) first arrivals, in order
         self.dup = 0
         self.raw = 0
+        self.sink_errors = 0
         self.out = out
         self.ready = threading.Event()
         self.device = device
 
+        pre = "$share/%s/" % share if share else ""
+
         def on_connect(cl):
-            cl.subscribe([(T.topic(device, T.TELEMETRY), 1), (T.topic(device, T.EVENTS), 1)])
-        self.c = connect(broker, on_connect=on_connect)
+            cl.subscribe([(pre + T.topic(device, T.TELEMETRY), 1),
+                          (pre + T.topic(device, T.EVENTS), 1)])
+        self.c = connect(broker, client_id=client_id, on_connect=on_connect)
         self.c.on_subscribe = lambda *a: self.ready.set()
         self.c.on_disconnect = lambda *a: self.ready.clear()
         self.c.on_message = self._on
@@ -103,6 +112,11 @@ class Collector:
                 d2 = dict(d, _device=dev, _topic=leaf)
                 self.out.write(json.dumps(d2) + "\n")
                 self.out.flush()
+            for k in self.sinks:
+                try:
+                    k.record(dev, leaf, d)
+                except (ValueError, TypeError, OSError):
+                    self.sink_errors += 1   # an odd record costs its line, not the others
 
     def report(self):
         """{received, dup, lost, out_of_order}; gaps across a gateway reboot (the `boot`
@@ -393,21 +407,63 @@ def config_(file, **o):
     _send(o, T.CMD_CONFIG, {"config": d})
 
 
+def _listen(ctx, param, value):
+    """--prometheus [HOST:]PORT -> (host, port); the host defaults to loopback."""
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    try:
+        p = int(port)
+    except ValueError:
+        raise click.BadParameter("%r: [HOST:]PORT, e.g. 9108 or 0.0.0.0:9108" % value) \
+            from None
+    if not 0 < p < 65536:
+        raise click.BadParameter("port %d out of range 1..65535" % p)
+    return host or "127.0.0.1", p
+
+
 @cli.command()
 @click.option("--broker", envvar="EDGEGW_BROKER", default="127.0.0.1:1883", show_default=True)
 @click.option("--device", envvar="EDGEGW_DEVICE", default="+", show_default=True,
               callback=_device_filter)
-@click.option("--out", type=click.File("a"), required=True, help="JSON Lines of first arrivals")
+@click.option("--out", type=click.File("a"), help="JSON Lines of first arrivals")
+@click.option("--influx", type=click.File("a"), metavar="FILE|-",
+              help="InfluxDB line protocol of each telemetry record (- = stdout)")
+@click.option("--prometheus", callback=_listen, metavar="[HOST:]PORT",
+              help="serve the latest telemetry of each gateway as Prometheus metrics "
+              "(HOST default 127.0.0.1)")
+@click.option("--share", metavar="GROUP", help="shared subscription $share/GROUP/...: "
+              "collectors of one group split the records (docs/fleet.md)")
 @click.option("--duration", type=click.FloatRange(0), help="stop after S seconds (default: Ctrl-C)")
-def collect(broker, device, out, duration):
+def collect(broker, device, out, influx, prometheus, share, duration):
     """Receive telemetry and events, keep each record once (dedup by seq), report
-    received / duplicates / lost / out of order when stopped."""
+    received / duplicates / lost / out of order when stopped. Outputs: --out JSON Lines,
+    --influx line protocol, --prometheus metrics (at least one)."""
     import signal
+    from edgegw import exporters
+    if out is None and influx is None and prometheus is None:
+        raise UserError("collect: give at least one output: --out FILE, --influx FILE|- "
+                        "or --prometheus PORT")
 
     def on_term(signum, frame):   # a service manager's stop: report like Ctrl-C does
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, on_term)
-    col = Collector(broker, device, out)
+    sinks = []
+    prom = None
+    if influx is not None:
+        sinks.append(exporters.InfluxSink(influx))
+    if prometheus is not None:
+        prom = exporters.PromSink()
+        try:
+            prom.serve(prometheus[1], prometheus[0])
+        except OSError as e:
+            raise UserError("--prometheus %s:%d: %s" % (prometheus[0], prometheus[1],
+                                                        e.strerror or e)) from None
+        sinks.append(prom)
+        click.echo("prometheus metrics on http://%s:%d/metrics" % prometheus, err=True)
+    col = Collector(broker, device, out, sinks, share)
+    if prom is not None:
+        prom.collector = col
     try:
         if duration is None:
             while True:
@@ -418,7 +474,10 @@ def collect(broker, device, out, duration):
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         col.close()
-    click.echo(json.dumps(col.report()), err=False)
+        if prom is not None:
+            prom.close()
+    # the report goes to stderr when the line protocol is on stdout
+    click.echo(json.dumps(col.report()), err=influx is not None and influx.name == "<stdout>")
     sys.stdout.flush()
 
 
