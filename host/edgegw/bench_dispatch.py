@@ -86,7 +86,8 @@ def _violations(m):
 
 
 def run(small=False):
-    """small: the first scenario only (make test's smoke run)."""
+    """small: the first scenario only, no reference policy and no family (make test's smoke
+    run; tests/host/test_dispatch_family.py runs a small family)."""
     out = {}
     out["cpython_steps_per_s"] = _cpython_rate()
     rate, heap = _mpy_rate()
@@ -98,7 +99,7 @@ def run(small=False):
              "c_job_import_wh_max": None}
     csvs = sorted(glob.glob(os.path.join(REPO, "scenarios", "*.csv")))
     for csv_path in csvs[:1] if small else csvs:
-        r = evalbench.evaluate(csv_path)
+        r = evalbench.evaluate(csv_path, reference=not small)
         pol = r["policies"]
         row = {"lp_peak_w": r["lp_peak_w"], "jobs": r["jobs"]}
         # the old evaluation's perfect forecast (realised IT load): what the cheat was worth
@@ -128,7 +129,7 @@ def run(small=False):
         scen[r["scenario"]] = row
     out["scenarios"] = scen
     out["summary"] = worst
-    n = int(os.environ.get("EDGEGW_BENCH_FAMILY_N", "40"))
+    n = 0 if small else int(os.environ.get("EDGEGW_BENCH_FAMILY_N", "40"))
     if n > 0:
         out["family"] = family(n, int(os.environ.get("EDGEGW_BENCH_FAMILY_DAYS", "7")),
                                jobs=int(os.environ.get("EDGEGW_BENCH_JOBS", "2")),

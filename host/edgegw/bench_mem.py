@@ -201,7 +201,11 @@ def boot_heap():
     return {"heapsize": None, "tried": tried, "last_failure": last}
 
 
-def run():
+def run(small=False):
+    # small (make test's smoke run): the 32-bit figures with one hole size, no boot ladder;
+    # tests/host/test_bench_mem.py checks both word sizes
+    if small:
+        return measure(holes=(16384,), passes=1, w64=False)
     res = measure()
     try:
         res["w64_boot_mpy"] = boot_heap()
