@@ -34,11 +34,12 @@ class Ledger:
         self.sw = array("i", [0] * k)             # counters at the current hour's start
         self.sm = array("i", [0] * k)             # (Wh part, MWh part)
         self.cur_h = None                         # current hour index, None = not started
+        self.valid_from = _VALID_REL              # earlier times: clock not set (host: any)
 
     def roll(self, now_s, e):
         """Call after each Energy.step with site time (rel s): closes the hour when the
         clock has moved into another one. Allocates nothing (heap_lock tested)."""
-        if now_s < _VALID_REL:
+        if now_s < self.valid_from:
             return False          # wall clock not set yet (2000 after a power cut): wait
         q = now_s // 3600 if now_s >= 0 else -((3599 - now_s) // 3600)  # floor, both signs
         if q == self.cur_h:
