@@ -108,7 +108,9 @@ def _fig_cfe(plt, rep, off_h):
            label="grid")
     a1.set_ylabel("IT load supply, kWh per hour")
     a1.set_title("%s: hourly supply of the IT load and carbon-free share" % rep["site"])
-    a1.legend(loc="upper left", fontsize=9)
+    top = max([a + b + c for a, b, c in zip(direct, via, grid)] + [0.001])
+    a1.set_ylim(0, top * 1.25)         # room for the legend above the bars
+    a1.legend(loc="upper left", fontsize=9, ncol=3)
     a1.grid(axis="y", alpha=0.3)
     cf = [cfe_pct(h) for h in hrs]
     a2.bar(x, [0 if c is None else c for c in cf], w, align="edge", color=GREEN,
@@ -117,10 +119,11 @@ def _fig_cfe(plt, rep, off_h):
     if score is not None:
         a2.axhline(score, color="#1f77b4", ls="--", lw=1.5,
                    label="period CFE score %.1f %%" % score)
-    a2.set_ylim(0, 105)
+    a2.set_ylim(0, 130)
+    a2.set_yticks([0, 20, 40, 60, 80, 100])
     a2.set_ylabel("carbon-free, % of the hour")
     a2.set_xlabel("local time (UTC%+g)" % off_h)
-    a2.legend(loc="upper left", fontsize=9)
+    a2.legend(loc="upper left", fontsize=9, ncol=2)
     a2.grid(axis="y", alpha=0.3)
     a2.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M"))
     fig.autofmt_xdate()
@@ -248,9 +251,10 @@ def _pdf(plt, rep, out, off_h, figs):
     p = os.path.join(out, "summary.pdf")
     page = plt.figure(figsize=(8.27, 11.69))
     y = 0.96
-    page.text(0.06, y, "Scope 2 emissions and carbon-free energy: %s" % rep["site"],
-              fontsize=14, weight="bold")
-    y -= 0.03
+    page.text(0.06, y, "Scope 2 emissions and carbon-free energy", fontsize=13, weight="bold")
+    y -= 0.024
+    page.text(0.06, y, "Site: %s" % rep["site"], fontsize=11, weight="bold")
+    y -= 0.022
     page.text(0.06, y, "Period: %s" % _period(rep, off_h), fontsize=9)
     y -= 0.03
     for k, v in _summary_pairs(rep, off_h):
@@ -258,6 +262,15 @@ def _pdf(plt, rep, out, off_h, figs):
         page.text(0.06, y, k, fontsize=8.5, weight="bold")
         for ln in lines:
             page.text(0.36, y, ln, fontsize=8.5)
+            y -= 0.017
+    certs = rep["scope2"]["market_based"]["certificates"]
+    page.text(0.06, y, "Certificates", fontsize=8.5, weight="bold")
+    for c in certs or [None]:
+        ln = "none given: all import at the residual factor" if c is None else \
+            "%s (%s, %s .. %s, %.1f kWh; %.1f kWh in the period) %s" % (
+                c["id"], c["kind"], c["d0"], c["d1"], c["kwh"], c["claimed_kwh"], c["source"])
+        for part in textwrap.wrap(ln, 70):
+            page.text(0.36, y, part, fontsize=8.5)
             y -= 0.017
     y -= 0.01
     for n in NOTES + ["Sources: " + "; ".join(SOURCES.values())]:
