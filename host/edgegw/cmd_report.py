@@ -280,7 +280,8 @@ def cli(telemetry, eval_file, out, region, grid_factor, utc_offset, certificates
             os.path.splitext(os.path.basename(telemetry))[0]
         rep["region"] = region if grid_factor is None else "custom"
         rep["scope2"] = s2.scope2(hours, days, rep["total"], dg / 10.0, residual_factor, certs,
-                                  recs[0]["ts"], recs[-1]["ts"], utc_offset, price, peak)
+                                  recs[0]["ts"], recs[-1]["ts"], utc_offset, price, peak,
+                                  s2.gateway_hours(recs))
         rep["hours"] = [dict(d, t0=t) for t, d in hours]
         if out:
             with open_out(os.path.join(out, "daily.csv"), "--out") as f:

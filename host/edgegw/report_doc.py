@@ -41,6 +41,11 @@ def text(rep):
                    % (cfe["hourly_pct"], cfe["hours"], cfe["netted_pct"] or 0.0))
     out.append("Reconciliation: hourly ledger - daily counters: max %d Wh"
                % s["reconciliation"]["max_abs_wh"])
+    g = s["reconciliation"].get("gateway_ledger")
+    if g:
+        out.append("Gateway's own hourly ledger (telemetry g): %d h, max |difference| %s"
+                   % (g["hours"], ", ".join("%s %d Wh" % (k[:-3], v)
+                                            for k, v in g["max_abs_diff_wh"].items())))
     if c.get("energy_cny") is None:
         out.append("Cost: %s" % c["note"])
     else:

@@ -166,7 +166,7 @@ def cfe_pct(d):
 # ---- the figures -------------------------------------------------------------------------
 
 def scope2(hours, days, totals, loc_g_kwh, residual_g_kwh, certs, t0, t1, utc_offset_h,
-           price, peak):
+           price, peak, gw=None):
     """Dual Scope 2, hourly CFE, reconciliation and cost, as one JSON-able dict."""
     imp_kwh = totals.get("grid_imp_wh", 0) / 1000.0
     rows = claimable_kwh(certs, t0, t1, utc_offset_h) if certs else []
@@ -191,7 +191,8 @@ def scope2(hours, days, totals, loc_g_kwh, residual_g_kwh, certs, t0, t1, utc_of
                 "it_green_kwh": round(green / 1000.0, 3),
                 # what annual netting would claim: all PV against all load
                 "netted_pct": round(100.0 * min(pv, load) / load, 2) if load else None},
-        "reconciliation": _reconcile(hours, totals),
+        "reconciliation": dict(_reconcile(hours, totals),
+                               gateway_ledger=gateway_check(hours, gw or {})),
         "cost": _cost(hours, price, peak),
     }
     return s
@@ -202,6 +203,29 @@ def _reconcile(hours, totals):
     for k in ("pv_wh", "grid_imp_wh", "it_wh"):
         d[k] = sum(h[k] for _, h in hours) - totals.get(k, 0)
     return {"hourly_minus_daily_wh": d, "max_abs_wh": max(abs(v) for v in d.values())}
+
+
+def gateway_hours(recs):
+    """{hour start unix s: fields} of the hours the gateway itself closed (telemetry g.last,
+    edgefw.ledger at its control period), for the cross-check."""
+    out = {}
+    for r in recs:
+        last = (r.get("g") or {}).get("last") if isinstance(r.get("g"), dict) else None
+        if isinstance(last, dict) and _num(last.get("t0")):
+            out[int(last["t0"])] = last
+    return out
+
+
+def gateway_check(hours, gw):
+    """The host's hours (integrated between telemetry records) against the gateway's own
+    (integrated every control step): how many hours both have, the largest |difference|."""
+    both = [(d, gw[t]) for t, d in hours if t in gw]
+    if not both:
+        return None
+    worst = {}
+    for k in ("pv_wh", "grid_imp_wh", "it_wh", "it_green_wh"):
+        worst[k] = max(abs(_i(g, k) - d[k]) for d, g in both)
+    return {"hours": len(both), "max_abs_diff_wh": worst}
 
 
 def _cost(hours, price, peak):

@@ -130,3 +130,33 @@ def test_bad_certificate_ledger_one_error_line(tmp_path):
     p.write_text("{oops")
     r = CliRunner().invoke(cli, ["report", "--telemetry", str(tel), "--certificates", str(p)])
     assert r.exit_code == 2 and "--certificates" in r.output and "not valid JSON" in r.output
+
+
+def test_gateway_ledger_in_telemetry_is_cross_checked(tmp_path):
+    # the records carry the gateway's own ledger (g), made by the firmware's Energy stepped
+    # as the gateway steps it; the report's hours agree, a tampered hour shows
+    from edgefw import clock, energy, dispatch
+    tel = tmp_path / "tel.jsonl"
+    _telemetry(tel)
+    recs = [json.loads(x) for x in tel.read_text().splitlines()]
+    e = energy.Energy(dispatch.validate_params({}))
+    e.ledger.valid_from = -clock.EPOCH
+    prev = None
+    for r in recs:
+        if prev is not None:
+            e.step(60000, prev["pv_w"], prev["pv_w"], prev["it_w"], 0, prev["bat_w"],
+                   prev["grid_w"])
+        e.ledger.roll(r["ts"] - clock.EPOCH, e)
+        r["g"] = e.hourly()
+        prev = r
+    recs[1500]["g"]["last"]["it_wh"] += 5      # an early copy of hour 24: later ones win
+    tel.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    r = CliRunner().invoke(cli, ["report", "--telemetry", str(tel), "--json"])
+    g = json.loads(r.output)["scope2"]["reconciliation"]["gateway_ledger"]
+    assert g["hours"] == 48 and g["max_abs_diff_wh"] == {"pv_wh": 0, "grid_imp_wh": 0,
+                                                        "it_wh": 0, "it_green_wh": 0}
+    recs[-1]["g"]["last"]["it_wh"] += 5        # the last record's copy of hour 47
+    tel.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    r = CliRunner().invoke(cli, ["report", "--telemetry", str(tel)])
+    assert "Gateway's own hourly ledger (telemetry g): 48 h, max |difference| pv 0 Wh, " \
+        "grid_imp 0 Wh, it 5 Wh, it_green 0 Wh" in r.output, r.output
