@@ -27,9 +27,10 @@ STATES = ("ONLINE", "GRACE", "FALLBACK", "RECOVERING")
 OUT_OF_BOUNDS = "out_of_bounds"
 INVALID = "invalid"
 
-# telemetry "g": the hourly green ledger (edgefw/ledger.py): "last" = the last closed UTC
-# hour, "cur" = the current one so far, each these Wh fields plus t0 (the hour's start,
-# unix s) and cfe_cpct (it_green_wh / it_wh, 0.01 %: the hourly carbon-free share)
+# telemetry "g": the hourly green ledger (edgefw/ledger.py): "hour" = a closed UTC hour
+# (the last one in every other record, older ones in turn between), "cur" = the current
+# one so far, each these Wh fields plus t0 (the hour's start, unix s) and cfe_cpct
+# (it_green_wh / it_wh, 0.01 %: the hourly carbon-free share)
 LEDGER_FIELDS = ("pv_wh", "pv_load_wh", "pv_bat_wh", "bat_green_wh", "bat_load_wh",
                  "grid_imp_wh", "grid_load_wh", "it_wh", "it_green_wh")
 
@@ -190,7 +191,7 @@ def check_telemetry(d):
         if k.endswith("_w") and not _int(d[k]):
             errs.append("%s: %r is not an integer W" % (k, d[k]))
     g = d.get("g")
-    for h in ("last", "cur") if isinstance(g, dict) else ():
+    for h in ("hour", "cur") if isinstance(g, dict) else ():
         if h in g:
             x = g[h] if isinstance(g[h], dict) else {}
             for k in LEDGER_FIELDS + ("t0", "cfe_cpct"):

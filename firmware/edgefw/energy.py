@@ -198,9 +198,10 @@ class Energy:
         """Renewable share of the compute (IT) energy, 0.01 %."""
         return _share(self.get(IT_GREEN), self.get(IT))
 
-    def hourly(self):
-        """Telemetry dict of the hourly ledger: last closed hour and the current one."""
-        return self.ledger.record(self, _share)
+    def hourly(self, k=0):
+        """Telemetry dict of the hourly ledger (k: the record's seq): a closed hour and
+        the current one (edgefw/ledger.py record)."""
+        return self.ledger.record(self, _share, k)
 
     def pv_used_cpct(self):
         """Share of the produced PV used on site (load or battery), 0.01 %."""

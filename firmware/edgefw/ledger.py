@@ -93,15 +93,18 @@ class Ledger:
         d["cfe_cpct"] = share(d["it_green_wh"], d["it_wh"])
         return d
 
-    def record(self, e, share):
-        """Telemetry: the last closed hour and the current one (t0 = its start, unix s).
-        A collector rebuilds the hourly ledger from `last`; 48 h are kept on the gateway
-        for gaps (hour(back))."""
+    def record(self, e, share, k=0):
+        """Telemetry: a closed hour and the current one so far (t0 = the hour's start,
+        unix s). The closed hour is the last one in every other record (k = the telemetry
+        seq) and the older ones of the ring in turn in the others, so a collector fills
+        the gaps of an outage (up to 48 h) from telemetry alone, at a fixed size."""
         g = {}
-        last = self.hour(0)
-        if last is not None:
-            g["last"] = self._rec(last[1], share)
-            g["last"]["t0"] = last[0] * 3600 + EPOCH
+        n = self.n
+        back = 0 if n < 2 or k & 1 == 0 else 1 + (k >> 1) % (n - 1)
+        h = self.hour(back)
+        if h is not None:
+            g["hour"] = self._rec(h[1], share)
+            g["hour"]["t0"] = h[0] * 3600 + EPOCH
         if self.cur_h is not None:
             g["cur"] = self._rec(self.current(e), share)
             g["cur"]["t0"] = self.cur_h * 3600 + EPOCH

@@ -206,13 +206,13 @@ def _reconcile(hours, totals):
 
 
 def gateway_hours(recs):
-    """{hour start unix s: fields} of the hours the gateway itself closed (telemetry g.last,
-    edgefw.ledger at its control period), for the cross-check."""
+    """{hour start unix s: fields} of the hours the gateway itself closed (telemetry g.hour,
+    edgefw.ledger at its control period), for the cross-check; a later copy wins."""
     out = {}
     for r in recs:
-        last = (r.get("g") or {}).get("last") if isinstance(r.get("g"), dict) else None
-        if isinstance(last, dict) and _num(last.get("t0")):
-            out[int(last["t0"])] = last
+        h = r["g"].get("hour") if isinstance(r.get("g"), dict) else None
+        if isinstance(h, dict) and _num(h.get("t0")):
+            out[int(h["t0"])] = h
     return out
 
 

@@ -144,7 +144,7 @@ def test_telemetry_record():
     e.ledger.roll(DAY0 + 36000 + 3600, e)
     e.step(10000, 0, 0, 10000, 0, 10000, 0)
     g = e.hourly()
-    last, cur = g["last"], g["cur"]
+    last, cur = g["hour"], g["cur"]
     assert last["pv_wh"] == 20000 and last["pv_load_wh"] == 10000
     assert last["pv_bat_wh"] == 10000 and last["grid_imp_wh"] == 0
     assert last["it_wh"] == 10000 and last["cfe_cpct"] == 10000
@@ -156,10 +156,33 @@ def test_telemetry_record():
     # the shared telemetry check (protocols/topics.py) knows the ledger's fields
     rec = {"seq": 1, "ts": 1800000000, "state": "ONLINE", "g": g}
     assert T.check_telemetry(rec) == []
-    g["last"]["it_wh"] = -1
+    g["hour"]["it_wh"] = -1
     del g["cur"]["cfe_cpct"]
     errs = T.check_telemetry(rec)
-    assert len(errs) == 2 and "g.last.it_wh" in errs[0] and "g.cur.cfe_cpct" in errs[1]
+    assert len(errs) == 2 and "g.hour.it_wh" in errs[0] and "g.cur.cfe_cpct" in errs[1]
+
+
+def test_telemetry_rotates_through_the_ring():
+    # every other record: the last closed hour; between them the older hours in turn, so
+    # a collector that missed hours during an outage gets all 48 back from telemetry
+    e = E.Energy(P)
+    t = DAY0
+    e.ledger.roll(t, e)
+    for h in range(50):
+        e.step(3600000, 0, 0, 1000 + h, 0, 0, 1000 + h)
+        t += 3600
+        e.ledger.roll(t, e)
+    assert e.ledger.n == L.HOURS
+    seen = {}
+    for k in range(2 * L.HOURS):
+        g = e.hourly(k)["hour"]
+        if k % 2 == 0:
+            assert g["t0"] == 1735689600 + t - 3600 and g["it_wh"] == 1049
+        seen[g["t0"]] = g["it_wh"]
+    assert len(seen) == L.HOURS
+    for t0 in seen:                 # each hour's own figure (it_w rose 1 W an hour)
+        assert seen[t0] == 1000 + (t0 - 1735689600 - DAY0) // 3600
+    assert e.hourly(1 << 40)["hour"]["t0"] == 1735689600 + t - 3600   # a big seq is fine
 
 
 def test_unset_clock_and_negative_times():

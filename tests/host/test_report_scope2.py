@@ -147,15 +147,15 @@ def test_gateway_ledger_in_telemetry_is_cross_checked(tmp_path):
             e.step(60000, prev["pv_w"], prev["pv_w"], prev["it_w"], 0, prev["bat_w"],
                    prev["grid_w"])
         e.ledger.roll(r["ts"] - clock.EPOCH, e)
-        r["g"] = e.hourly()
+        r["g"] = e.hourly(r["seq"])
         prev = r
-    recs[1500]["g"]["last"]["it_wh"] += 5      # an early copy of hour 24: later ones win
+    recs[1500]["g"]["hour"]["it_wh"] += 5      # an early copy of hour 24: later ones win
     tel.write_text("".join(json.dumps(r) + "\n" for r in recs))
     r = CliRunner().invoke(cli, ["report", "--telemetry", str(tel), "--json"])
     g = json.loads(r.output)["scope2"]["reconciliation"]["gateway_ledger"]
     assert g["hours"] == 48 and g["max_abs_diff_wh"] == {"pv_wh": 0, "grid_imp_wh": 0,
                                                         "it_wh": 0, "it_green_wh": 0}
-    recs[-1]["g"]["last"]["it_wh"] += 5        # the last record's copy of hour 47
+    recs[-1]["g"]["hour"]["it_wh"] += 5        # the last record's copy of hour 47
     tel.write_text("".join(json.dumps(r) + "\n" for r in recs))
     r = CliRunner().invoke(cli, ["report", "--telemetry", str(tel)])
     assert "Gateway's own hourly ledger (telemetry g): 48 h, max |difference| pv 0 Wh, " \
