@@ -309,6 +309,10 @@ def cli(telemetry, eval_file, out, region, grid_factor, utc_offset, certificates
                 click.echo("%-34s" % label + "".join(
                     "%17s" % ("-" if pol[n].get(k) is None else pol[n][k]) for n in names))
     else:
+        # the period's figures first; the daily table and its factor line stay last
+        from edgegw import report_doc
+        for line in report_doc.text(rep) + [""]:
+            click.echo(line)
         click.echo("%-11s %9s %9s %9s %9s %9s %7s %7s %8s" % (
             "day", "IT kWh", "PV kWh", "PV>load", "bat>load", "grid imp", "renew%", "PVuse%",
             "CO2 kg"))
@@ -319,9 +323,6 @@ def cli(telemetry, eval_file, out, region, grid_factor, utc_offset, certificates
                 d["bat_load_wh"] / 1e3, d["grid_imp_wh"] / 1e3, d["renewable_pct"],
                 d["pv_used_pct"], d["co2_kg"]))
         click.echo("Scope 2 (location-based) at %.1f g CO2/kWh" % rep["grid_factor_g_kwh"])
-        from edgegw import report_doc
-        for line in report_doc.text(rep):
-            click.echo(line)
     if out:
         click.echo("wrote %s" % ", ".join([os.path.join(out, "report.json")]
                                          + rep.get("plots", [])), err=True)

@@ -36,9 +36,10 @@ def text(rep):
     if cfe["hourly_pct"] is None:
         out.append("Hourly CFE: no IT load in the period")
     else:
-        out.append("Hourly CFE (24/7: on-site PV to the IT load, hour by hour): %.1f %% over "
-                   "%d h (netted over the period it would read %.1f %%)"
-                   % (cfe["hourly_pct"], cfe["hours"], cfe["netted_pct"] or 0.0))
+        out.append("Hourly CFE (24/7, on-site PV to the IT load hour by hour): %.1f %% over "
+                   "%d h" % (cfe["hourly_pct"], cfe["hours"]))
+        out.append("  (netting all the PV against all the load would claim %.1f %%)"
+                   % (cfe["netted_pct"] or 0.0))
     out.append("Reconciliation: hourly ledger - daily counters: max %d Wh"
                % s["reconciliation"]["max_abs_wh"])
     g = s["reconciliation"].get("gateway_ledger")
@@ -49,8 +50,10 @@ def text(rep):
     if c.get("energy_cny") is None:
         out.append("Cost: %s" % c["note"])
     else:
-        out.append("Cost (%s): %.2f CNY; without the battery %.2f CNY; saving %.2f CNY"
-                   % (c["note"], c["energy_cny"], c["no_battery_cny"], c["saving_cny"]))
+        out.append("Cost at a flat %.4f CNY/kWh (no tariff configured): %.2f CNY"
+                   % (c["price_cny_kwh"], c["energy_cny"]))
+        out.append("  without the battery %.2f CNY: saving %.2f CNY"
+                   % (c["no_battery_cny"], c["saving_cny"]))
     out.append("Peak import %.2f kW (without the battery %.2f kW)"
                % (c["peak_import_kw"], c["no_battery_peak_kw"]))
     return out

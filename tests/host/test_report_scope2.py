@@ -91,7 +91,9 @@ def test_scope2_both_ways_cfe_cost_and_documents(tmp_path):
     assert r.exit_code == 0, r.output
     assert "market-based     609.6 g/kWh x      38.0 kWh not covered" in r.output
     assert "=     23.16 kg CO2" in r.output or "=     23.17 kg CO2" in r.output
-    assert "37.5 % over 48 h" in r.output and "saving 6.00 CNY" in r.output
+    assert "37.5 % over 48 h" in r.output and "would claim 50.0 %" in r.output
+    assert "flat 0.5000 CNY/kWh (no tariff configured): 30.00 CNY" in r.output
+    assert "without the battery 36.00 CNY: saving 6.00 CNY" in r.output
 
 
 def test_no_certificates_no_price(tmp_path):
