@@ -231,7 +231,8 @@ def plot_eval(pol, out):
 @click.option("--eval", "eval_file", type=click.Path(dir_okay=False),
               help="A `edgegw dispatch eval --json` result.")
 @click.option("--out", "-o", type=click.Path(file_okay=False),
-              help="Directory for report.json, daily.csv and PNG plots.")
+              help="Directory for report.json, daily.csv, hourly.csv, PNG plots and the "
+                   "one-page summary.html / summary.pdf.")
 @click.option("--region", default="national", show_default=True,
               help="Grid region for the Scope 2 factor (national, north, east, south, ...).")
 @click.option("--grid-factor", type=click.IntRange(0, 2000), metavar="G/KWH",
@@ -279,7 +280,7 @@ def cli(telemetry, eval_file, out, region, grid_factor, utc_offset, certificates
         rep["site"] = site_name or (certs or {}).get("site") or \
             os.path.splitext(os.path.basename(telemetry))[0]
         rep["region"] = region if grid_factor is None else "custom"
-        rep["scope2"] = s2.scope2(hours, days, rep["total"], dg / 10.0, residual_factor, certs,
+        rep["scope2"] = s2.scope2(hours, rep["total"], dg / 10.0, residual_factor, certs,
                                   recs[0]["ts"], recs[-1]["ts"], utc_offset, price, peak,
                                   s2.gateway_hours(recs))
         rep["hours"] = [dict(d, t0=t) for t, d in hours]

@@ -165,7 +165,7 @@ def cfe_pct(d):
 
 # ---- the figures -------------------------------------------------------------------------
 
-def scope2(hours, days, totals, loc_g_kwh, residual_g_kwh, certs, t0, t1, utc_offset_h,
+def scope2(hours, totals, loc_g_kwh, residual_g_kwh, certs, t0, t1, utc_offset_h,
            price, peak, gw=None):
     """Dual Scope 2, hourly CFE, reconciliation and cost, as one JSON-able dict."""
     imp_kwh = totals.get("grid_imp_wh", 0) / 1000.0
