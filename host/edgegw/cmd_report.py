@@ -274,6 +274,10 @@ def cli(telemetry, eval_file, out, region, grid_factor, utc_offset, certificates
         certs = s2.read_certificates(certificates) if certificates else None
         recs = read_telemetry(telemetry)
         days = daily_from_telemetry(recs, params, utc_offset)
+        if not days:
+            raise UserError("--telemetry %s: no two records within %d s of each other: "
+                            "nothing to integrate (longer holes are skipped)"
+                            % (telemetry, GAP_S))
         rep = {"source": telemetry, "records": len(recs), "grid_factor_g_kwh": dg / 10.0,
                "days": days, "total": totals(days)}
         hours, peak = s2.hourly_from_telemetry(recs, params)

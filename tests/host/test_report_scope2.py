@@ -128,6 +128,13 @@ def test_bad_certificate_ledger_one_error_line(tmp_path):
         err = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(err) == 1, (name, r.stderr)
         assert err[0].startswith("Error: --certificates") and word in err[0], err
+    # telemetry with only holes longer than 10 min: one line, not a KeyError traceback
+    gap = tmp_path / "gap.jsonl"
+    gap.write_text('{"ts": 1700000000, "it_w": 1}\n{"ts": 1700009000, "it_w": 1}\n')
+    r = subprocess.run([EDGEGW, "report", "--telemetry", str(gap)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nothing to integrate" in \
+        r.stderr, r.stderr
     p = tmp_path / "notjson.json"
     p.write_text("{oops")
     r = CliRunner().invoke(cli, ["report", "--telemetry", str(tel), "--certificates", str(p)])
