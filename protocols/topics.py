@@ -27,13 +27,6 @@ STATES = ("ONLINE", "GRACE", "FALLBACK", "RECOVERING")
 OUT_OF_BOUNDS = "out_of_bounds"
 INVALID = "invalid"
 
-# telemetry "g": the hourly green ledger (edgefw/ledger.py): "hour" = a closed UTC hour
-# (the last one in every other record, older ones in turn between), "cur" = the current
-# one so far, each these Wh fields plus t0 (the hour's start, unix s) and cfe_cpct
-# (it_green_wh / it_wh, 0.01 %: the hourly carbon-free share)
-LEDGER_FIELDS = ("pv_wh", "pv_load_wh", "pv_bat_wh", "bat_green_wh", "bat_load_wh",
-                 "grid_imp_wh", "grid_load_wh", "it_wh", "it_green_wh")
-
 MAX_WINDOWS = 48     # schedule windows (as Victron's Dynamic ESS)
 MAX_FC_STEPS = 288   # forecast points the gateway keeps
 P_ABS_MAX_W = 100000000  # 100 MW: anything beyond is a unit error
@@ -197,3 +190,11 @@ def check_telemetry(d):
             for k in LEDGER_FIELDS + ("t0", "cfe_cpct"):
                 _need_int(x, k, 0, 1 << 40, errs, "g.%s." % h)
     return errs
+
+
+# telemetry "g": the hourly green ledger (edgefw/ledger.py): "hour" = a closed UTC hour
+# (the last one in every other record, older ones in turn between), "cur" = the current
+# one so far, each these Wh fields plus t0 (the hour's start, unix s) and cfe_cpct
+# (it_green_wh / it_wh, 0.01 %: the hourly carbon-free share)
+LEDGER_FIELDS = ("pv_wh", "pv_load_wh", "pv_bat_wh", "bat_green_wh", "bat_load_wh",
+                 "grid_imp_wh", "grid_load_wh", "it_wh", "it_green_wh")
