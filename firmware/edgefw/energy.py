@@ -11,7 +11,6 @@ import os
 
 from edgefw.dispatch import _mdiv, _frac
 from edgefw.ledger import Ledger
-from protocols.topics import LEDGER_FIELDS
 
 try:
     from binascii import crc32
@@ -59,9 +58,12 @@ BAT_GREEN = const(15)         # the green (PV-charged) share of bat_load
 N = const(16)
 N_V1 = const(15)              # slots written before bat_green existed (read, padded)
 
-# the hourly ledger's columns (edgefw/ledger.py) and their telemetry names
+# the hourly ledger's columns (edgefw/ledger.py) and their telemetry names: the same as
+# protocols.topics.LEDGER_FIELDS (a test holds them equal), not imported from there, as a
+# site without a link would load topics for them alone (6.6 KB of RAM run from source)
 HOUR_COLS = (PV, PV_LOAD, PV_BAT, BAT_GREEN, BAT_LOAD, GRID_IMP, GRID_LOAD, IT, IT_GREEN)
-HOUR_NAMES = LEDGER_FIELDS
+HOUR_NAMES = ("pv_wh", "pv_load_wh", "pv_bat_wh", "bat_green_wh", "bat_load_wh",
+              "grid_imp_wh", "grid_load_wh", "it_wh", "it_green_wh")
 
 
 def grid_factor(region, g_kwh=None, dg_kwh=None):

@@ -154,6 +154,7 @@ def test_telemetry_record():
     for k in cur:
         assert isinstance(cur[k], int), k
     # the shared telemetry check (protocols/topics.py) knows the ledger's fields
+    assert E.HOUR_NAMES == T.LEDGER_FIELDS
     rec = {"seq": 1, "ts": 1800000000, "state": "ONLINE", "g": g}
     assert T.check_telemetry(rec) == []
     g["hour"]["it_wh"] = -1
