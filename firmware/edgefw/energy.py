@@ -10,7 +10,6 @@ import json
 import os
 
 from edgefw.dispatch import _mdiv, _frac
-from edgefw.ledger import Ledger
 
 try:
     from binascii import crc32
@@ -58,13 +57,6 @@ BAT_GREEN = const(15)         # the green (PV-charged) share of bat_load
 N = const(16)
 N_V1 = const(15)              # slots written before bat_green existed (read, padded)
 
-# the hourly ledger's columns (edgefw/ledger.py) and their telemetry names: the same as
-# protocols.topics.LEDGER_FIELDS (a test holds them equal), not imported from there, as a
-# site without a link would load topics for them alone (6.6 KB of RAM run from source)
-HOUR_COLS = (PV, PV_LOAD, PV_BAT, BAT_GREEN, BAT_LOAD, GRID_IMP, GRID_LOAD, IT, IT_GREEN)
-HOUR_NAMES = ("pv_wh", "pv_load_wh", "pv_bat_wh", "bat_green_wh", "bat_load_wh",
-              "grid_imp_wh", "grid_load_wh", "it_wh", "it_green_wh")
-
 
 def grid_factor(region, g_kwh=None, dg_kwh=None):
     """Grid factor in 0.1 g/kWh: explicit dg_kwh, else g_kwh x 10, else the region's."""
@@ -98,7 +90,7 @@ class Energy:
         self.seq = 0
         self.t_saved = None
         self.writes = 0
-        self.ledger = Ledger(HOUR_COLS, HOUR_NAMES)
+        self.ledger = _ledger()
 
     def _acc(self, i, w, dt):
         # exact: w*dt W*ms = 1000*(w//1000)*dt + (w%1000)*dt; w >= 0 (every flow is),
@@ -252,7 +244,7 @@ class Energy:
         b = best["b"]
         self.b = [b[0], b[1], b[2], b[3]]
         if not isinstance(best.get("l"), dict) or not self.ledger.restore(best["l"]):
-            self.ledger = Ledger(HOUR_COLS, HOUR_NAMES)  # older slot: hours start afresh
+            self.ledger = _ledger()  # older slot: the hours start afresh
         return True
 
     def persist(self, now_s, path):
@@ -294,6 +286,13 @@ def _read_slot(name):
         if not isinstance(v, list) or len(v) != N:
             return None
     return st
+
+
+def _ledger():
+    # imported at use: dispatch.validate_params imports this module during the boot's
+    # config check, whose peak must not grow (a 384k virtual gateway compiles from source)
+    from edgefw.ledger import for_energy
+    return for_energy()
 
 
 def _clamp(v, lo, hi):

@@ -19,6 +19,19 @@ except ImportError:
 HOURS = const(48)
 _MEGA = const(1000000)
 
+# telemetry names of the columns: the same as protocols.topics.LEDGER_FIELDS (a test holds
+# them equal), not imported from there: a site without a link would load topics for them
+NAMES = ("pv_wh", "pv_load_wh", "pv_bat_wh", "bat_green_wh", "bat_load_wh", "grid_imp_wh",
+         "grid_load_wh", "it_wh", "it_green_wh")
+
+
+def for_energy():
+    """The ledger of edgefw.energy's counters (imported here: energy imports this module
+    only when it makes an Energy)."""
+    from edgefw import energy as E
+    return Ledger((E.PV, E.PV_LOAD, E.PV_BAT, E.BAT_GREEN, E.BAT_LOAD, E.GRID_IMP,
+                   E.GRID_LOAD, E.IT, E.IT_GREEN), NAMES)
+
 
 class Ledger:
     def __init__(self, cols, names):
@@ -27,12 +40,13 @@ class Ledger:
         self.names = names
         k = len(cols)
         self.k = k
-        self.rv = array("i", [0] * (HOURS * k))   # ring: Wh per hour and column
-        self.rh = array("i", [0] * HOURS)         # ring: hour index (rel s // 3600)
+        # zeroed from bytes: a list of ints first would be a transient twice the size
+        self.rv = array("i", bytes(4 * HOURS * k))  # ring: Wh per hour and column
+        self.rh = array("i", bytes(4 * HOURS))      # ring: hour index (rel s // 3600)
         self.n = 0                                # closed hours held (<= HOURS)
         self.head = 0                             # next ring row to write
-        self.sw = array("i", [0] * k)             # counters at the current hour's start
-        self.sm = array("i", [0] * k)             # (Wh part, MWh part)
+        self.sw = array("i", bytes(4 * k))          # counters at the current hour's start
+        self.sm = array("i", bytes(4 * k))          # (Wh part, MWh part)
         self.cur_h = None                         # current hour index, None = not started
         self.valid_from = _VALID_REL              # earlier times: clock not set (host: any)
 

@@ -119,7 +119,7 @@ def hourly_from_telemetry(recs, params):
     from edgefw import clock, energy
     e = energy.Energy(params)
     e.ledger.valid_from = -clock.EPOCH        # recorded telemetry: any time after 1970
-    names = energy.HOUR_NAMES
+    names = e.ledger.names
     out = []
     nobat = {}
     peak = {"with_w": 0, "without_w": 0}

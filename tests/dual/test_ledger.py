@@ -94,7 +94,7 @@ def test_simulated_day_reconciles_with_daily_counters():
     assert sorted(hours) == [DAY0 // 3600 + i for i in range(24)]
     worst = 0
     for j in range(lg.k):
-        err = tot[j] - e.get(E.HOUR_COLS[j])
+        err = tot[j] - e.get(e.ledger.cols[j])
         worst = err if err > worst else (-err if -err > worst else worst)
     assert worst <= 1, worst          # exact by construction: 0
     c = e.counters()
@@ -114,7 +114,7 @@ def test_hourly_cfe_is_hourly_matching_not_netting():
     night = evening = None
     for b in range(24):
         h, v = lg.hour(b)
-        d = dict(zip(E.HOUR_NAMES, v))
+        d = dict(zip(L.NAMES, v))
         hod = h - DAY0 // 3600
         cfe = E._share(d["it_green_wh"], d["it_wh"])
         assert 0 <= cfe <= 10000 and d["it_green_wh"] <= d["it_wh"]
@@ -154,7 +154,7 @@ def test_telemetry_record():
     for k in cur:
         assert isinstance(cur[k], int), k
     # the shared telemetry check (protocols/topics.py) knows the ledger's fields
-    assert E.HOUR_NAMES == T.LEDGER_FIELDS
+    assert L.NAMES == T.LEDGER_FIELDS
     rec = {"seq": 1, "ts": 1800000000, "state": "ONLINE", "g": g}
     assert T.check_telemetry(rec) == []
     g["hour"]["it_wh"] = -1
@@ -195,7 +195,7 @@ def test_unset_clock_and_negative_times():
     e.step(60000, 0, 0, 3600, 0, 0, 3600)
     e.ledger.roll(0, e)
     h, v = e.ledger.hour(0)
-    assert h == -1 and v[E.HOUR_NAMES.index("it_wh")] == 60
+    assert h == -1 and v[L.NAMES.index("it_wh")] == 60
     assert e.ledger.hour(1) is None
 
 
@@ -242,7 +242,7 @@ def test_persisted_with_the_counters_bounded_writes():
         assert g.load(path) and g.ledger.n == 0 and g.get(E.BAT_GREEN) == 0
         assert g.get(E.IT) == e.get(E.IT)
         # a malformed ledger state: fresh ledger, nothing half-restored
-        lg = L.Ledger(E.HOUR_COLS, E.HOUR_NAMES)
+        lg = L.for_energy()
         bad = e.ledger.state()
         bad["rv"][5] = "x"
         assert not lg.restore(bad) and lg.n == 0 and lg.rv[0] == 0
