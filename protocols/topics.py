@@ -171,11 +171,28 @@ CHECKS = {"setpoint": check_setpoint, "schedule": check_schedule, "forecast": ch
           "config": check_config}
 
 
+# telemetry "g": the hourly green ledger (edgefw/ledger.py): "hour" = a closed UTC hour
+# (the last one in every other record, older ones in turn between), "cur" = the current
+# one so far, each these Wh fields plus t0 (the hour's start, unix s) and cfe_cpct
+# (it_green_wh / it_wh, 0.01 %: the hourly carbon-free share)
+LEDGER_FIELDS = ("pv_wh", "pv_load_wh", "pv_bat_wh", "bat_green_wh", "bat_load_wh",
+                 "grid_imp_wh", "grid_load_wh", "it_wh", "it_green_wh")
+
+
+def check_ledger(g, errs):
+    for h in ("hour", "cur") if isinstance(g, dict) else ():
+        if h in g:
+            x = g[h] if isinstance(g[h], dict) else {}
+            for k in LEDGER_FIELDS + ("t0", "cfe_cpct"):
+                _need_int(x, k, 0, 1 << 40, errs, "g.%s." % h)
+
+
 def check_telemetry(d):
     """For receivers: the fields every telemetry record carries."""
     errs = []
     if not isinstance(d, dict):
         return ["telemetry: must be an object"]
+    check_ledger(d.get("g"), errs)
     _need_int(d, "seq", 0, 1 << 62, errs)
     _need_int(d, "ts", 0, 1 << 40, errs)
     if d.get("state") not in STATES:

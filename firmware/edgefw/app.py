@@ -916,6 +916,7 @@ class App:
         if self.energy is not None:
             try:
                 rec["e"] = self.energy.counters()
+                rec["g"] = self.energy.hourly(self.telemetry_seq)  # hourly green ledger
             except Exception:
                 pass
         self.telemetry_seq += 1

@@ -3,7 +3,9 @@
 # CO2 from grid import; counters persisted at most once per persist interval (bounded
 # flash writes) to two slot files, each written atomically with a CRC-32, so a power cut
 # loses at most one interval. Flow split per step (PV first to the load, then to the
-# battery, the rest exported; the load takes PV, then battery, then grid).
+# battery, the rest exported; the load takes PV, then battery, then grid). The battery's
+# content is split green (from PV) / grey (from grid), so what it later delivers to the
+# load is green in that share (bat_green). Per-hour figures: edgefw/ledger.py.
 import json
 import os
 
@@ -34,7 +36,8 @@ FACTORS = {
 
 # counter names, in slot order
 NAMES = ("pv_load", "pv_bat", "pv_grid", "bat_load", "bat_grid", "grid_load", "grid_bat",
-         "curtail", "grid_imp", "grid_exp", "it", "aux", "pv", "it_green", "co2_dg")
+         "curtail", "grid_imp", "grid_exp", "it", "aux", "pv", "it_green", "co2_dg",
+         "bat_green")
 PV_LOAD = const(0)
 PV_BAT = const(1)
 PV_GRID = const(2)
@@ -50,7 +53,9 @@ AUX = const(11)
 PV = const(12)
 IT_GREEN = const(13)
 CO2 = const(14)               # unit: 0.1 g CO2 (fed with grid import W x factor / 1000)
-N = const(15)
+BAT_GREEN = const(15)         # the green (PV-charged) share of bat_load
+N = const(16)
+N_V1 = const(15)              # slots written before bat_green existed (read, padded)
 
 
 def grid_factor(region, g_kwh=None, dg_kwh=None):
@@ -80,13 +85,12 @@ class Energy:
         self.rms = [0] * N
         self.pw = [0] * N        # this step's flow powers (W), reused
         # battery content split green/grey (Wh, W*s remainders) for the renewable share
-        self.bg = 0
-        self.bx = 0
-        self.bgr = 0
-        self.bxr = 0
+        # [green Wh, grey Wh, green rem, grey rem] (one list: updated in place, no tuple)
+        self.b = [0, 0, 0, 0]
         self.seq = 0
         self.t_saved = None
         self.writes = 0
+        self.ledger = _ledger()
 
     def _acc(self, i, w, dt):
         # exact: w*dt W*ms = 1000*(w//1000)*dt + (w%1000)*dt; w >= 0 (every flow is),
@@ -141,10 +145,12 @@ class Energy:
         p[AUX] = aux
         p[PV] = pv
         # green share of what the battery delivers = green share of its content
-        tot = self.bg + self.bx
-        f = _frac(self.bg, tot) if 0 < tot <= 10000000 else (
-            _frac(self.bg >> 4, tot >> 4) if tot > 0 else 0)
-        green = p[PV_LOAD] + _mdiv(p[BAT_LOAD], f, 10000)
+        bg = self.b[0]
+        tot = bg + self.b[1]
+        f = _frac(bg, tot) if 0 < tot <= 10000000 else (
+            _frac(bg >> 4, tot >> 4) if tot > 0 else 0)
+        p[BAT_GREEN] = _mdiv(p[BAT_LOAD], f, 10000)
+        green = p[PV_LOAD] + p[BAT_GREEN]
         # the IT load gets the same mix as the whole load
         if load > 0:
             sh = _frac(it, load) if load <= 10000000 else _frac(it >> 2, load >> 2)
@@ -160,8 +166,8 @@ class Energy:
         # what the battery holds, split green (from PV) / grey (from grid), in Wh; only
         # its ratio is used, so efficiency losses are ignored here
         g_out = _mdiv(out, f, 10000)
-        self.bgr, self.bg = _carry(self.bgr, self.bg, g_in - g_out, dt)
-        self.bxr, self.bx = _carry(self.bxr, self.bx, x_in - (out - g_out), dt)
+        _carry(self.b, 0, g_in - g_out, dt)
+        _carry(self.b, 1, x_in - (out - g_out), dt)
 
     # ---- reading ----------------------------------------------------------------
 
@@ -186,6 +192,11 @@ class Energy:
         """Renewable share of the compute (IT) energy, 0.01 %."""
         return _share(self.get(IT_GREEN), self.get(IT))
 
+    def hourly(self, k=0):
+        """Telemetry dict of the hourly ledger (k: the record's seq): a closed hour and
+        the current one (edgefw/ledger.py record)."""
+        return self.ledger.record(self, _share, k)
+
     def pv_used_cpct(self):
         """Share of the produced PV used on site (load or battery), 0.01 %."""
         return _share(self.get(PV) - self.get(PV_GRID), self.get(PV))
@@ -194,7 +205,8 @@ class Energy:
 
     def state(self):
         return {"v": 1, "seq": self.seq, "wh": self.wh, "mwh": self.mwh, "rs": self.rs,
-                "rms": self.rms, "b": [self.bg, self.bx, self.bgr, self.bxr]}
+                "rms": self.rms, "b": self.b,
+                "l": self.ledger.state()}
 
     def save(self, path):
         """Write the counters to the older of two slots (path.0 / path.1), atomically."""
@@ -229,11 +241,16 @@ class Energy:
         self.mwh = best["mwh"]
         self.rs = best["rs"]
         self.rms = best["rms"]
-        self.bg, self.bx, self.bgr, self.bxr = best["b"]
+        b = best["b"]
+        self.b = [b[0], b[1], b[2], b[3]]
+        if not isinstance(best.get("l"), dict) or not self.ledger.restore(best["l"]):
+            self.ledger = _ledger()  # older slot: the hours start afresh
         return True
 
     def persist(self, now_s, path):
-        """Save if persist_s has passed since the last save (bounded flash writes)."""
+        """Close the ledger's hour if now_s (rel s) is in a new one, then save if persist_s
+        has passed since the last save (bounded flash writes: 86400 / persist_s a day)."""
+        self.ledger.roll(now_s, self)
         if self.t_saved is None:
             self.t_saved = now_s
             return False
@@ -264,18 +281,30 @@ def _read_slot(name):
         return None
     for k in ("wh", "mwh", "rs", "rms"):
         v = st.get(k)
+        if isinstance(v, list) and len(v) == N_V1:
+            v.append(0)           # a slot from before bat_green: that counter starts at 0
         if not isinstance(v, list) or len(v) != N:
             return None
     return st
+
+
+def _ledger():
+    # imported at use: dispatch.validate_params imports this module during the boot's
+    # config check, whose peak must not grow (a 384k virtual gateway compiles from source)
+    from edgefw.ledger import for_energy
+    return for_energy()
 
 
 def _clamp(v, lo, hi):
     return lo if v < lo else (hi if v > hi else v)
 
 
-def _carry(rem, wh, w, dt):
-    # integrate w W (any sign, |w| <= 2e7) for dt ms into wh with remainder in W*ms / 1000
-    # = W*s units kept exact: |w*dt| can reach 1.2e12, so do kW and W parts separately
+def _carry(b, k, w, dt):
+    # integrate w W (any sign, |w| <= 2e7) for dt ms into b[k] Wh with remainder b[k + 2]
+    # in W*s, updated in place (a returned tuple would allocate on every step): |w*dt| can
+    # reach 1.2e12, so do kW and W parts separately
+    rem = b[k + 2]
+    wh = b[k]
     neg = w < 0
     a = -w if neg else w
     wk = a // 1000
@@ -289,7 +318,8 @@ def _carry(rem, wh, w, dt):
     wh += q
     if wh < 0:
         wh = 0
-    return rem, wh
+    b[k + 2] = rem
+    b[k] = wh
 
 
 def _share(num, den):

@@ -5,7 +5,9 @@ from a dispatch evaluation (`edgegw dispatch eval --json > RUN.json`).
 Telemetry is accounted with the firmware's own edgefw.energy.Energy (the same integer flow
 split the gateway runs), stepped over the time between records, day by day (UTC, or
 --utc-offset hours). Scope 2 is location-based: grid import x the grid factor (default the
-China national average 2023, 0.5306 t/MWh; --region or --grid-factor G/KWH)."""
+China national average 2023, 0.5306 t/MWh; --region or --grid-factor G/KWH); market-based,
+hourly CFE, cost and the auditor's summary (--certificates, --price): report_scope2.py,
+report_doc.py."""
 import csv
 import json
 import math
@@ -16,7 +18,7 @@ import click
 from edgegw.cli import UserError, open_out, out_path, read_json, read_text
 
 FLOWS = ("pv_load", "pv_bat", "pv_grid", "bat_load", "bat_grid", "grid_load", "grid_bat",
-         "curtail", "grid_imp", "grid_exp", "it", "aux", "pv")
+         "curtail", "grid_imp", "grid_exp", "it", "aux", "pv", "bat_green")
 GAP_S = 600   # a hole longer than this in the telemetry is not integrated across
 
 
@@ -229,15 +231,28 @@ def plot_eval(pol, out):
 @click.option("--eval", "eval_file", type=click.Path(dir_okay=False),
               help="A `edgegw dispatch eval --json` result.")
 @click.option("--out", "-o", type=click.Path(file_okay=False),
-              help="Directory for report.json, daily.csv and PNG plots.")
+              help="Directory for report.json, daily.csv, hourly.csv, PNG plots and the "
+                   "one-page summary.html / summary.pdf.")
 @click.option("--region", default="national", show_default=True,
               help="Grid region for the Scope 2 factor (national, north, east, south, ...).")
 @click.option("--grid-factor", type=click.IntRange(0, 2000), metavar="G/KWH",
               help="Grid emission factor in g CO2/kWh (overrides --region).")
 @click.option("--utc-offset", type=click.FloatRange(-14, 14), default=0.0, show_default=True,
               help="Hours added to UTC to cut days (8 for China).")
+@click.option("--certificates", type=click.Path(dir_okay=False),
+              help="Green-electricity certificates / green power purchases of the period "
+                   "(JSON ledger, docs/esg.md): market-based Scope 2.")
+@click.option("--residual-factor", type=click.FloatRange(0, 2000), metavar="G/KWH",
+              default=609.6, show_default=True,
+              help="Market-based factor for consumption no certificate covers (China 2023 "
+                   "excl. market-traded green power).")
+@click.option("--price", type=click.FloatRange(0, 100), metavar="CNY/KWH",
+              help="Flat energy price for cost and savings (no tariff is configured).")
+@click.option("--site", "site_name", help="Site name for the summary (default: the "
+              "certificate ledger's, else the telemetry file's name).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def cli(telemetry, eval_file, out, region, grid_factor, utc_offset, as_json):
+def cli(telemetry, eval_file, out, region, grid_factor, utc_offset, certificates,
+        residual_factor, price, site_name, as_json):
     """Energy, renewable share and Scope 2 CO2 per day, with plots.
 
     \b
@@ -254,11 +269,25 @@ def cli(telemetry, eval_file, out, region, grid_factor, utc_offset, as_json):
         if out:
             rep["plots"] = plot_eval(rep["policies"], out)
     else:
+        from edgegw import report_scope2 as s2
         params, dg = _energy_params(region, grid_factor)
+        certs = s2.read_certificates(certificates) if certificates else None
         recs = read_telemetry(telemetry)
         days = daily_from_telemetry(recs, params, utc_offset)
+        if not days:
+            raise UserError("--telemetry %s: no two records within %d s of each other: "
+                            "nothing to integrate (longer holes are skipped)"
+                            % (telemetry, GAP_S))
         rep = {"source": telemetry, "records": len(recs), "grid_factor_g_kwh": dg / 10.0,
                "days": days, "total": totals(days)}
+        hours, peak = s2.hourly_from_telemetry(recs, params)
+        rep["site"] = site_name or (certs or {}).get("site") or \
+            os.path.splitext(os.path.basename(telemetry))[0]
+        rep["region"] = region if grid_factor is None else "custom"
+        rep["scope2"] = s2.scope2(hours, rep["total"], dg / 10.0, residual_factor, certs,
+                                  recs[0]["ts"], recs[-1]["ts"], utc_offset, price, peak,
+                                  s2.gateway_hours(recs))
+        rep["hours"] = [dict(d, t0=t) for t, d in hours]
         if out:
             with open_out(os.path.join(out, "daily.csv"), "--out") as f:
                 cols = ["day"] + sorted({k for d in days.values() for k in d})
@@ -267,6 +296,8 @@ def cli(telemetry, eval_file, out, region, grid_factor, utc_offset, as_json):
                 for n in sorted(days):
                     w.writerow([n] + [days[n].get(c) for c in cols[1:]])
             rep["plots"] = plot_telemetry(recs, days, out)
+            from edgegw import report_doc
+            rep["plots"] += report_doc.write(rep, out, utc_offset)
     if out:
         with open_out(os.path.join(out, "report.json"), "--out") as f:
             json.dump(rep, f, indent=2)
@@ -283,6 +314,10 @@ def cli(telemetry, eval_file, out, region, grid_factor, utc_offset, as_json):
                 click.echo("%-34s" % label + "".join(
                     "%17s" % ("-" if pol[n].get(k) is None else pol[n][k]) for n in names))
     else:
+        # the period's figures first; the daily table and its factor line stay last
+        from edgegw import report_doc
+        for line in report_doc.text(rep) + [""]:
+            click.echo(line)
         click.echo("%-11s %9s %9s %9s %9s %9s %7s %7s %8s" % (
             "day", "IT kWh", "PV kWh", "PV>load", "bat>load", "grid imp", "renew%", "PVuse%",
             "CO2 kg"))
