@@ -6,7 +6,7 @@ Options (pytest ... hil_tests):
   --bus NAME=URL       a bus adapter the simulated devices answer on (board; repeatable)
   --broker HOST:PORT   use this MQTT broker (else mosquitto on a free loopback port)
   --speed N            site clock speed-up for every test (default: each test's own)
-  --heap SIZE          sil: micropython heap (default 384k, as vgw)
+  --heap SIZE          sil: micropython heap (default 512k, as vgw)
 
 Fixtures: hil (the options), broker, cloud, site, launch (factory of DUTs), gateway (a
 DUT on the typical site), replayer (factory: a trace played as the slaves of one bus),
@@ -44,7 +44,7 @@ def pytest_addoption(parser):
     g.addoption("--speed", type=int, default=None,
                 help="site clock speed-up for every test (default: each test's own)")
     g.addoption("--heap", default=None, metavar="SIZE",
-                help="sil: micropython heap of the virtual gateway (default: vgw's 384k)")
+                help="sil: micropython heap of the virtual gateway (default: vgw's 512k)")
 
 
 class Options:

@@ -9,6 +9,7 @@ import click
 
 from edgegw.cli import UserError, read_json, read_text
 from edgegw.cli import read_config as read_cfg
+from edgegw.vgw import DEFAULT_HEAP
 
 # built-in scenarios: SimSite parameters (+ the start hour, site time UTC)
 SCENARIOS = {
@@ -166,8 +167,9 @@ def run_live(sim, duration, every=1.0, stats=None):
                    "plus pv/it/aux profiles, start_h, soc_init_cpct.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="Gateway config JSON (default: the typical two-bus site).")
-@click.option("--heapsize", default="384k", show_default=True, callback=heapsize_opt,
-              help="MicroPython heap (ESP32 class: 128k-384k).")
+@click.option("--heapsize", default=DEFAULT_HEAP, show_default=True, callback=heapsize_opt,
+              help="MicroPython heap of the 64-bit unix port compiling from source (not "
+                   "the board's figure: make bench mem measures that on 32-bit).")
 @click.option("--pace/--no-pace", default=False,
               help="Simulated devices answer at the bus baud rate's pace.")
 @click.option("--duration", type=click.FloatRange(0), help="Stop after this many real seconds.")
@@ -225,8 +227,8 @@ def cli(dirpath, speed, scenario, config_path, heapsize, pace, duration, broker,
     err = boot_error(gw)
     if err:
         gw.close()
-        raise UserError("the firmware did not start (%s)%s" % (
-            err, "; try a bigger --heapsize (384k)" if "MemoryError" in err else ""))
+        hint = "; try a bigger --heapsize (%s)" % DEFAULT_HEAP if "MemoryError" in err else ""
+        raise UserError("the firmware did not start (%s)%s" % (err, hint))
     try:
         click.echo("virtual gateway: %s (micropython heap %s, clock x%d)" % (gw.dir, heapsize, speed))
         if kept:
