@@ -325,7 +325,7 @@ class App:
         if not errs:
             errs = check_config(c)
         if not errs:
-            config.write_atomic(config.PATH, config.dumps(c))
+            config.write_json(config.PATH, c, True)  # in pieces: no 5-8 KB string
         return errs
 
     # ---- errors -------------------------------------------------------------

@@ -22,21 +22,50 @@ TOO_OLD = "too_old"    # no trusted seq record and ts before this boot (see Veri
 NO_CLOCK = "no_clock"  # no trusted seq record and the wall clock is not set yet
 
 
-def hmac_sha256(key, msg):
+def _pads(key):
     if len(key) > _BLOCK:
         key = hashlib.sha256(key).digest()
     key = key + b"\x00" * (_BLOCK - len(key))
-    ipad = bytes(b ^ 0x36 for b in key)
-    opad = bytes(b ^ 0x5C for b in key)
+    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+
+
+def hmac_sha256(key, msg):
+    ipad, opad = _pads(key)
     h = hashlib.sha256(ipad)
     h.update(msg)
-    inner = h.digest()
+    return _outer(opad, h)
+
+
+def _outer(opad, inner):
     h = hashlib.sha256(opad)
-    h.update(inner)
+    h.update(inner.digest())
     return h.digest()
 
 
-def _canon(v, out):
+class _Feed:
+    """Writer for _canon that hashes the text as it comes, in pieces of at most about
+    256 bytes: a command's canonical text (a forecast's 240 points: ~2 KB, its piece
+    list 8 KB on 64-bit) is never built whole on the gateway."""
+
+    def __init__(self, h):
+        self.h = h
+        self.parts = []
+        self.n = 0
+
+    def append(self, s):
+        self.parts.append(s)
+        self.n += len(s)
+        if self.n >= 256:
+            self.flush()
+
+    def flush(self):
+        if self.parts:
+            self.h.update("".join(self.parts).encode())
+            del self.parts[:]  # keeps the list's small allocation
+            self.n = 0
+
+
+def _canon(v, out, skip=None):
     # JSON with sorted keys and no spaces; text limited to printable ASCII so that
     # CPython and MicroPython produce the same bytes without relying on json.dumps options
     if v is None:
@@ -63,6 +92,8 @@ def _canon(v, out):
         out.append("{")
         first = True
         for k in sorted(v):
+            if k == skip:
+                continue
             if not isinstance(k, str):
                 raise ValueError("key %r is not text" % (k,))
             if not first:
@@ -76,18 +107,29 @@ def _canon(v, out):
         raise ValueError("%r cannot be signed (integers, text, lists, objects only)" % (v,))
 
 
+def _head(device_id, kind, cmd):
+    return "edgegw1|%s|%s|%d|%d|" % (device_id, kind, cmd["seq"], cmd["exp"])
+
+
 def canonical(device_id, kind, cmd):
     """Bytes that are signed: version, device, command kind, seq, exp and the whole
     command minus "sig". Device and kind inside stop a command signed for one gateway
     or topic from being replayed to another."""
-    body = {}
-    for k in cmd:
-        if k != "sig":
-            body[k] = cmd[k]
-    out = []
-    _canon(body, out)
-    return ("edgegw1|%s|%s|%d|%d|%s" % (device_id, kind, cmd["seq"], cmd["exp"],
-                                         "".join(out))).encode()
+    out = [_head(device_id, kind, cmd)]
+    _canon(cmd, out, "sig")
+    return "".join(out).encode()
+
+
+def signature(key, device_id, kind, cmd):
+    """hmac_sha256(key, canonical(...)) without building the canonical text: hashed in
+    pieces as _canon makes them (bounded allocations on the gateway)."""
+    ipad, opad = _pads(key)
+    h = hashlib.sha256(ipad)
+    f = _Feed(h)
+    f.append(_head(device_id, kind, cmd))
+    _canon(cmd, f, "sig")
+    f.flush()
+    return _outer(opad, h)
 
 
 def parse_key(hexkey):
@@ -246,7 +288,7 @@ class Verifier:
         if not isinstance(sig, str):
             return BAD_SIG
         try:
-            want = hexlify(hmac_sha256(self.key, canonical(self.device_id, kind, cmd))).decode()
+            want = hexlify(signature(self.key, self.device_id, kind, cmd)).decode()
         except ValueError:
             return MALFORMED
         if not _same(sig.lower(), want):

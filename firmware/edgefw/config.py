@@ -276,10 +276,33 @@ def _validate(cfg):
 
 # ---- files ------------------------------------------------------------------
 
-def _crc(text):
+_CHUNK = 512  # file and CRC pieces: no allocation of a config's size (5-8 KB)
+
+
+def _crc(text, crc=0):
+    # in pieces: text.encode() of a whole config would be one more copy of it
+    # (unsigned on CPython 3 and MicroPython: no mask, a long op on 32-bit)
     if isinstance(text, str):
-        text = text.encode()
-    return crc32(text)  # unsigned on CPython 3 and MicroPython: no mask (long op)
+        for i in range(0, len(text), _CHUNK):
+            crc = crc32(text[i:i + _CHUNK].encode(), crc)
+        return crc
+    return crc32(text, crc)
+
+
+def _file_crc(f, n=None):
+    """CRC-32 of an open binary file from where it is (n bytes, or to its end) read in
+    _CHUNK pieces into one buffer. Returns (crc, bytes read)."""
+    buf = bytearray(_CHUNK)
+    mv = memoryview(buf)
+    crc = 0
+    got = 0
+    while n is None or got < n:
+        k = f.readinto(buf if n is None or n - got >= _CHUNK else mv[:n - got])
+        if not k:
+            break
+        crc = crc32(mv[:k], crc)
+        got += k
+    return crc, got
 
 
 def parse(text):
@@ -322,14 +345,10 @@ def read(path):
 def dumps(cfg):
     """File text for cfg: JSON plus the CRC-32 trailer line."""
     body = json.dumps(cfg)
-    return "%s%s%08x\n" % (body, _TRAILER, _crc(body))
+    return "".join((body, _TRAILER, "%08x\n" % _crc(body)))  # one allocation of the whole
 
 
-def write_atomic(path, text):
-    """Write a whole file so that a power cut leaves either the old or the new one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
+def _replace(tmp, path):
     try:
         os.rename(tmp, path)
     except OSError:
@@ -341,11 +360,60 @@ def write_atomic(path, text):
         os.rename(tmp, path)
 
 
+def write_atomic(path, text):
+    """Write a whole file so that a power cut leaves either the old or the new one."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    _replace(tmp, path)
+
+
+def write_json(path, obj, trailer=False):
+    """write_atomic(path, json.dumps(obj)) (trailer: dumps(obj)) without the text in RAM:
+    json.dump writes it to the file in pieces, the CRC is read back in pieces. The same
+    bytes as the one-string forms."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    if trailer:
+        with open(tmp, "rb") as f:
+            crc = _file_crc(f)[0]
+        with open(tmp, "a") as f:
+            f.write(_TRAILER)
+            f.write("%08x\n" % crc)
+    _replace(tmp, path)
+
+
+def _copy(src, dst):
+    # file copy in pieces, atomically (confirm: config.json -> the last good copy)
+    buf = bytearray(_CHUNK)
+    mv = memoryview(buf)
+    tmp = dst + ".tmp"
+    with open(src, "rb") as a:
+        with open(tmp, "wb") as b:
+            while True:
+                k = a.readinto(buf)
+                if not k:
+                    break
+                b.write(mv[:k])
+    _replace(tmp, dst)
+
+
+def file_crc(path):
+    """"%08x" CRC-32 of a file's whole text (what _crc(_text(path)) gives), read in
+    pieces; None if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return "%08x" % _file_crc(f)[0]
+    except OSError:
+        return None
+
+
 def save(cfg, path=PATH):
     """Validate then write atomically; returns the errors (nothing written if any)."""
     errs = validate(cfg)
     if not errs:
-        write_atomic(path, dumps(cfg))
+        write_json(path, cfg, True)
     return errs
 
 
@@ -396,14 +464,13 @@ def confirm():
     global _trial
     if _trial is None:
         return False
-    text = _text(PATH)
-    if text is None or "%08x" % _crc(text) != _trial:
+    if file_crc(PATH) != _trial:
         # a newer config.json was written during the trial: it gets its own trial at the
         # next boot; the one running now is not on flash any more to be promoted
         _trial = None
         _status["state"] = "changed"
         return False
-    write_atomic(LAST_GOOD, text)
+    _copy(PATH, LAST_GOOD)
     _remove(TRIAL)
     _trial = None
     _status["state"] = "confirmed"
@@ -459,7 +526,7 @@ def boot(check=None):
                 report.append("%s: could not be written (%s)" % (LAST_GOOD, e))
             _status["state"] = "confirmed"
             return cfg, PATH, report
-        crc = "%08x" % _crc(text)
+        crc = file_crc(PATH) or "%08x" % _crc(text)  # as confirm() reads it
         exists, m = _marker()
         if m is not None and m["crc"] == crc:
             tries = m["tries"]

@@ -10,7 +10,7 @@ import json
 import os
 
 from edgefw import auth, clock
-from edgefw.config import write_atomic
+from edgefw.config import write_atomic, write_json
 from edgefw.hadisc import Discovery
 from edgefw.mqtt import NO_CA, MQTTClient
 from edgefw.ring import Ring
@@ -114,7 +114,7 @@ def validate_link_cfg(d):
 def _read_json(path):
     try:
         with open(path) as f:
-            return json.loads(f.read())
+            return json.load(f)  # from the file: not its whole text as one string
     except (OSError, ValueError):
         return None
 
@@ -456,7 +456,8 @@ class Link:
 
     def _save(self, name, d):
         try:
-            write_atomic("%s/link_%s.json" % (self.dir, name), json.dumps(d))
+            # json.dump to the file: a forecast's text (2 KB+) is never one string
+            write_json("%s/link_%s.json" % (self.dir, name), d)
         except OSError:
             pass
 

@@ -53,6 +53,58 @@ def _scan(buf, off=0):
         off = r[3]
 
 
+_PIECE = 256  # a segment (8-16 KB) is read a record header and a piece at a time
+
+
+class _Reader:
+    """Records of one open segment file read in place: a 12-byte header and the payload's
+    CRC in _PIECE pieces through one buffer, never the whole segment in RAM."""
+
+    def __init__(self, f, size):
+        self.f = f
+        self.size = size
+        self.buf = bytearray(_PIECE)
+        self.mv = memoryview(self.buf)
+
+    def _at(self, off, n):
+        # n <= _PIECE bytes at off into the buffer: a memoryview of what was read
+        self.f.seek(off)
+        k = self.f.readinto(self.mv[:n])
+        return self.mv[:k or 0]
+
+    def rec(self, off):
+        """(kind, seq, payload_start, end) of a valid record at off, or None."""
+        h = self._at(off, HDR_LEN)
+        if len(h) < HDR_LEN or h[0] != _MAGIC:
+            return None
+        magic, kind, n, seq, want = struct.unpack_from(_HDR, h, 0)
+        end = off + HDR_LEN + n
+        if end > self.size:
+            return None
+        crc = crc32(bytes(h[1:8]))
+        p = off + HDR_LEN
+        while p < end:
+            k = min(_PIECE, end - p)
+            d = self._at(p, k)
+            if len(d) < k:
+                return None
+            crc = crc32(d, crc)
+            p += k
+        if crc != want:
+            return None
+        return kind, seq, off + HDR_LEN, end
+
+    def scan(self, off=0):
+        """As _scan over the file: valid records from off, garbage skipped byte by byte."""
+        while off < self.size:
+            r = self.rec(off)
+            if r is None:
+                off += 1
+                continue
+            yield r
+            off = r[3]
+
+
 class Ring:
     def __init__(self, dirpath, max_bytes=65536, nseg=8):
         if nseg < 2:
@@ -79,21 +131,22 @@ class Ring:
         self.segs = []  # [num, size, records] oldest first
         self._wopen = True  # may the last segment take more records (no torn tail)?
         for num in nums:
-            buf = self._read(num, 0, None)
             cnt = 0
             last = 0
-            for r in _scan(buf):
-                cnt += 1
-                if r[2] - HDR_LEN != last:
-                    self.torn += 1
-                last = r[3]
-            if last != len(buf):
+            with open(self._path(num), "rb") as f:
+                size = f.seek(0, 2)
+                for r in _Reader(f, size).scan():
+                    cnt += 1
+                    if r[2] - HDR_LEN != last:
+                        self.torn += 1
+                    last = r[3]
+            if last != size:
                 self.torn += 1
             if cnt == 0:
                 self._rm(num)
                 continue
-            self.segs.append([num, len(buf), cnt])
-            self._wopen = last == len(buf)
+            self.segs.append([num, size, cnt])
+            self._wopen = last == size
         self.pending = 0  # records stored and not yet acked
         for s in self.segs:
             self.pending += s[2]
@@ -172,19 +225,21 @@ class Ring:
                 r = _parse(buf, 0)
                 if r is None:
                     # corrupt record: resynchronise on the next valid header in the segment
-                    rest = self._read(s[0], self._s_off, None)
                     self.torn += 1
-                    r = None
-                    for x in _scan(rest, 1):
-                        r = x
-                        break
+                    with open(self._path(s[0]), "rb") as f:
+                        r = None
+                        for x in _Reader(f, s[1]).scan(self._s_off + 1):
+                            r = x
+                            break
+                        if r is not None:
+                            f.seek(r[2])
+                            payload = f.read(r[3] - r[2])
                     if r is None:
                         self._s_off = s[1]
                         continue
-                    base = self._s_off
-                    self._s_off += r[3]
+                    self._s_off = r[3]
                     self._s_cnt += 1
-                    return (s[0], self._s_off), r[0], r[1], bytes(rest[r[2]:r[3]])
+                    return (s[0], self._s_off), r[0], r[1], payload
                 self._s_off += r[3]
                 self._s_cnt += 1
                 return (s[0], self._s_off), r[0], r[1], bytes(buf[r[2]:r[3]])
@@ -235,10 +290,11 @@ class Ring:
         self._s_off = 0
         if self._a_acked and self.segs:
             # skip what is already acked in the first segment
-            buf = self._read(self.segs[0][0], 0, None)
+            s = self.segs[0]
             k = 0
-            for r in _scan(buf):
-                k += 1
-                if k == self._a_acked:
-                    self._s_off = r[3]
-                    break
+            with open(self._path(s[0]), "rb") as f:
+                for r in _Reader(f, s[1]).scan():
+                    k += 1
+                    if k == self._a_acked:
+                        self._s_off = r[3]
+                        break
