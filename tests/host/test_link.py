@@ -255,6 +255,11 @@ def test_link_commands_outage_and_store_and_forward(broker, tmp_path):
         assert a["ok"] and a["reason"] == "ok" and a["kind"] == "setpoint"
         # bumpless: from the local 0 W up to 1500 W, then ONLINE
         state_at(drv, "ONLINE")
+        # the driver prints the step's setpoint after the state change it caused: on a
+        # busy host the 1500 W line can follow the ONLINE line a moment later
+        sps = [d["w"] for d in drv.lines if d["ev"] == "sp" and d["w"] is not None]
+        if sps[-1] != 1500:
+            drv.wait(lambda d: d["ev"] == "sp" and d["w"] == 1500, 10, "sp 1500")
         sps = [d["w"] for d in drv.lines if d["ev"] == "sp" and d["w"] is not None]
         assert sps[-1] == 1500 and sps[0] < 1500
         # rejections, each acked with its reason; the applied setpoint does not move
