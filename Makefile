@@ -41,8 +41,12 @@ test-micropython:
 test-micropython32:
 	$(MPY32) -X heapsize=2m tools/mpytest.py $(DUAL_TESTS)
 
+# two workers (CI has 2 cores): the lockstep tests wait on each other's processes as much
+# as they compute; results do not depend on it (simulated time, rule 4). PYTEST_WORKERS=0
+# runs them in one process.
+PYTEST_WORKERS ?= 2
 test-cpython:
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --durations=15
 
 bench:
 	$(PY) -m edgegw.bench --out bench.json

@@ -252,6 +252,21 @@ def gateway_time(broker, device, timeout_s=15.0):
     return got[0]
 
 
+# the default validity of a command timed by the gateway's own clock (site s): at
+# `edgegw sil --speed 10` a CLI start and an MQTT round trip of 6 s real are 60 s of its time
+GATEWAY_TS_EXP_S = 600
+
+
+def _resolve_ts(o):
+    """--ts gateway: the gateway's clock and the longer default validity that goes with it."""
+    if o["ts"] == "gateway":
+        o["ts"] = gateway_time(o["broker"], o["device"])
+        if o["exp_s"] is None:
+            o["exp_s"] = GATEWAY_TS_EXP_S
+    if o["exp_s"] is None:
+        o["exp_s"] = 60
+
+
 def _stale_hint(cmd, ack):
     """Why a signed command was stale: the clocks, when the ack says the gateway's."""
     g = ack.get("ts")
@@ -268,8 +283,10 @@ def _cmd_opts(f):
     f = _common(f)
     f = click.option("--key", envvar="EDGEGW_KEY", help="device key, hex (config link.key)")(f)
     f = click.option("--key-file", type=click.Path(), help="file holding the key as hex")(f)
-    f = click.option("--exp", "exp_s", type=click.IntRange(1, 7 * 86400), default=60,
-                     show_default=True, help="valid for S seconds from --ts")(f)
+    f = click.option("--exp", "exp_s", type=click.IntRange(1, 7 * 86400), default=None,
+                     help="valid for S seconds from --ts (default 60; with --ts gateway "
+                     "%d: a virtual gateway's clock may run --speed times faster than this "
+                     "host's while the command is on its way)" % GATEWAY_TS_EXP_S)(f)
     f = click.option("--ts", callback=_ts, metavar="EPOCH_S|gateway",
                      help="command time, epoch s (default: now); 'gateway' = the gateway's "
                      "own clock from its telemetry (a virtual gateway runs site time)")(f)
@@ -282,8 +299,7 @@ def _cmd_opts(f):
 
 def _send(o, leaf, payload):
     key = _key(o["key"], o["key_file"])
-    if o["ts"] == "gateway":
-        o["ts"] = gateway_time(o["broker"], o["device"])
+    _resolve_ts(o)
     cmd, a = send_command(o["broker"], o["device"], leaf, payload, key, o["seq"], o["ts"],
                           o["exp_s"], o["wait_s"])
     if not o["wait_s"]:
@@ -384,8 +400,7 @@ def forecast(load_w, step_s, t0, measured_w, source, **o):
         lw = [int(x) for x in load_w.split(",") if x.strip()]
     except ValueError:
         raise UserError("--load-w: %r is not a list of integers" % load_w) from None
-    if o["ts"] == "gateway":
-        o["ts"] = gateway_time(o["broker"], o["device"])
+    _resolve_ts(o)
     p = {"t0": t0 if t0 is not None else (o["ts"] or int(time.time())), "step_s": step_s,
          "load_w": lw, "measured_w": measured_w, "source": source}
     errs = T.check_forecast(p)

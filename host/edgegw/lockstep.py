@@ -188,7 +188,12 @@ class Lockstep:
         return 1 << 62
 
     def _reply(self):
-        os.write(self.grant, b"%d\n" % self.us)
+        try:
+            os.write(self.grant, b"%d\n" % self.us)
+        except OSError:
+            if not self._stop.is_set():
+                raise
+            # close() gave up waiting for this thread on a busy host and shut the FIFOs
 
     # ---- the FIFOs --------------------------------------------------------------------
 
