@@ -7,6 +7,7 @@ from protocols import modbus_rtu as rtu
 from protocols import regmap
 from edgefw import app as appmod
 from edgefw import clock, config, hal_unix
+from edgefw.nulls import NO_ENERGY
 
 SPEED = 10
 # polls a device may miss before it is stale: 3 (the default) at 100 ms periods trips on a
@@ -139,7 +140,7 @@ class Rig:
         errs = config.validate(cfg) + appmod.check_config(cfg)
         assert not errs, errs
         self.a = appmod.App(cfg, open_bus=self._open)
-        self.a.energy = None  # no energy.json in the test's directory
+        self.a.use_energy(NO_ENERGY)  # no energy.json in the test's directory
         clock.configure(SPEED)
 
     def physics(self):
@@ -289,7 +290,7 @@ def test_refused_stop_is_retried_until_acknowledged():
         assert r.pcs_at(1500, 1)  # the PCS really still runs: status must not say 0
         r.pcs.refuse = ()
         assert r.until(lambda: r.pcs_at(0, 0))
-        assert r.until(lambda: r.a.ack["p_set_w"] == 0 and r.a.ack["run"] == 0)
+        assert r.until(lambda: r.a.pcs.ack["p_set_w"] == 0 and r.a.pcs.ack["run"] == 0)
     finally:
         r.done()
 
@@ -300,10 +301,10 @@ def test_failed_run_is_retried():
         r.pcs.refuse = ("run",)
         assert r.until(lambda: not r.a.safety.tripped and r.pcs.get("p_set_w") == 1500)
         r.passes(200)
-        assert r.pcs.get("run") == 0 and r.a.ack["run"] is None
-        assert r.a.ack["p_set_w"] == 1500
+        assert r.pcs.get("run") == 0 and r.a.pcs.ack["run"] is None
+        assert r.a.pcs.ack["p_set_w"] == 1500
         r.pcs.refuse = ()
-        assert r.until(lambda: r.pcs_at(1500, 1) and r.a.ack["run"] == 1)
+        assert r.until(lambda: r.pcs_at(1500, 1) and r.a.pcs.ack["run"] == 1)
     finally:
         r.done()
 
@@ -324,9 +325,9 @@ def test_pcs_not_following_is_reported_once():
         r.running()
         r.pcs.on_write = None
         r.pcs.set({"p_w": 0})  # acknowledged 1500 W, delivers nothing (local mode)
-        assert r.until(lambda: r.a.mismatches == 1, 2000)
+        assert r.until(lambda: r.a.pcs.mismatches == 1, 2000)
         r.passes(500)
-        assert r.a.mismatches == 1
+        assert r.a.pcs.mismatches == 1
         assert [e for e in r.a.errors if "pcs mismatch" in e[1]]
     finally:
         r.done()
@@ -355,12 +356,12 @@ def test_hold_bounded_by_zero_export():
     r = _bounded_hold(8000, 1000)
     try:
         m = r.a.params["export_margin_w"]
-        assert r.until(lambda: not r.a.safety.tripped and r.a.ack["p_set_w"] == 1000 - m)
-        assert r.a.bound_by == "export" and r.pcs_at(1000 - m, 1)
+        assert r.until(lambda: not r.a.safety.tripped and r.a.pcs.ack["p_set_w"] == 1000 - m)
+        assert r.a.ctl.bound_by == "export" and r.pcs_at(1000 - m, 1)
         # the grid after the change stays an import of the margin, and stays there
         assert r.grid.get("p_w") == m
         r.passes(300)
-        assert r.a.sp_w == 1000 - m and r.grid.get("p_w") == m, r.a.status(False)
+        assert r.a.ctl.sp_w == 1000 - m and r.grid.get("p_w") == m, r.a.status(False)
     finally:
         r.done()
 
@@ -368,13 +369,13 @@ def test_hold_bounded_by_zero_export():
 def test_export_max_and_export_allowed():
     r = _bounded_hold(8000, 1000, site={"export_allowed": True}, limits={"export_max_w": 500})
     try:
-        assert r.until(lambda: r.a.ack["p_set_w"] == 1500)
-        assert r.a.bound_by == "export"
+        assert r.until(lambda: r.a.pcs.ack["p_set_w"] == 1500)
+        assert r.a.ctl.bound_by == "export"
     finally:
         r.done()
     r = _bounded_hold(3000, 1000, site={"export_allowed": True})
     try:
-        assert r.until(lambda: r.a.ack["p_set_w"] == 3000)  # export allowed: no bound
+        assert r.until(lambda: r.a.pcs.ack["p_set_w"] == 3000)  # export allowed: no bound
     finally:
         r.done()
 
@@ -384,12 +385,12 @@ def test_stale_grid_means_no_new_discharge():
     try:
         r.grid.silent = True
         r.pv.silent = True  # two powers unknown: grid cannot be derived either
-        assert r.until(lambda: not r.a.site.ok("grid_w") and r.a.ack["p_set_w"] == 0, 4000)
+        assert r.until(lambda: not r.a.site.ok("grid_w") and r.a.pcs.ack["p_set_w"] == 0, 4000)
         r.passes(300)
-        assert r.a.sp_w == 0 and r.a.bound_by == "export"
+        assert r.a.ctl.sp_w == 0 and r.a.ctl.bound_by == "export"
         # charging on request is still allowed (it only adds import)
         r.a.cfg["control"]["hold_w"] = -1000
-        assert r.until(lambda: r.a.ack["p_set_w"] == -1000)
+        assert r.until(lambda: r.a.pcs.ack["p_set_w"] == -1000)
     finally:
         r.done()
 
@@ -403,14 +404,14 @@ def test_dispatcher_told_what_the_pcs_got():
     try:
         r.bms.set({"alarm": 1})
         r.passes(400)
-        assert r.a.safety.tripped and r.a.sp_w == 0
+        assert r.a.safety.tripped and r.a.ctl.sp_w == 0
         d = r.a.disp
         assert d.sp_w == 0 and d._sp == 0, (d.sp_w, d._sp)
         # hold mode: the dispatcher follows what the PCS gets too
         r.bms.set({"alarm": 0})
         r.a.cfg["control"]["mode"] = "hold"
         r.a.cfg["control"]["hold_w"] = 700
-        assert r.until(lambda: r.a.ack["p_set_w"] == 700)
+        assert r.until(lambda: r.a.pcs.ack["p_set_w"] == 700)
         assert d.sp_w == 700
     finally:
         r.done()
@@ -423,7 +424,7 @@ def test_stop_ends_with_pcs_at_zero():
         r.a.stopping = True  # app.stop()
         r.a.run()            # the loop ends at once; its exit stops the PCS
         assert r.pcs_at(0, 0)
-        assert r.a.ack["p_set_w"] == 0 and r.a.ack["run"] == 0
+        assert r.a.pcs.ack["p_set_w"] == 0 and r.a.pcs.ack["run"] == 0
     finally:
         r.done()
 

@@ -10,6 +10,7 @@ import json
 from protocols import topics as T
 from edgefw import app as appmod
 from edgefw import auth, clock, config
+from edgefw.nulls import NO_ENERGY, NO_LINK
 from edgefw.pvlimit import tol_w
 from test_app_bounds import MemBus, Slave
 
@@ -85,13 +86,13 @@ def _app(site, tmp, link_cfg=None):
     errs = config.validate(cfg) + appmod.check_config(cfg)
     assert not errs, errs
     a = appmod.App(cfg, open_bus=site.open)
-    a.energy = None  # no energy.json in the test's directory
+    a.use_energy(NO_ENERGY)  # no energy.json in the test's directory
     if link_cfg is not None:
-        return a, a.link
+        return a, (None if a.link is NO_LINK else a.link)
     assert a.params["export_margin_w"] == MARGIN_W
     from edgefw import link
     lk = link.Link({"key": KEY_HEX}, DEV, tmp, cfg["limits"])
-    a.link = lk
+    a.use_link(lk)
     return a, lk
 
 
@@ -165,9 +166,9 @@ def test_cloud_setpoint_on_zero_export_charges_then_curtails():
         _control_steps(a, site, 30)
         _cloud_setpoint(lk, 2000)
         _control_steps(a, site, 20)
-        assert a.sp_src == "cloud", a.status(False)
+        assert a.ctl.sp_src == "cloud", a.status(False)
         # PV below the load: the cloud's discharge is bounded by export, as before
-        assert a.sp_w < 2000 and a.bound_by == "export", a.status(False)
+        assert a.ctl.sp_w < 2000 and a.ctl.bound_by == "export", a.status(False)
 
         def rise(i):
             # +500 W of available PV every 15 control steps, 1000 -> 7000 W
@@ -175,7 +176,7 @@ def test_cloud_setpoint_on_zero_export_charges_then_curtails():
                 site.pv_avail += 500
         rec = _control_steps(a, site, 15 * 13 + 40, rise)
         assert site.pv_avail == 7000
-        assert a.sp_src == "cloud", a.status(False)
+        assert a.ctl.sp_src == "cloud", a.status(False)
         # zero export holds: each PV step may show in a meter reading or two (read
         # before the next control step), never longer
         assert _longest_export_run(rec, -MARGIN_W) <= 2, rec
@@ -198,10 +199,10 @@ def test_cloud_setpoint_on_zero_export_charges_then_curtails():
         site.pv_avail = 3000
         rec = _control_steps(a, site, 60)
         assert _longest_export_run(rec, -MARGIN_W) <= 2, rec
-        assert site.inv.get("lim_ena") == 0 and a.pv_limit_w is None, a.status(False)
+        assert site.inv.get("lim_ena") == 0 and a.pv.limit_w is None, a.status(False)
         site.pv_avail = 0
         rec = _control_steps(a, site, 60)
         assert site.pcs.get("p_set_w") == IT_W - MARGIN_W, a.status(False)
-        assert a.bound_by == "export"
+        assert a.ctl.bound_by == "export"
     finally:
         clock.configure(1)

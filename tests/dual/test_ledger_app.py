@@ -10,7 +10,7 @@ def test_app_telemetry_carries_the_hourly_ledger():
     try:
         e = E.Energy(r.a.params)
         e.persist_s = 1 << 29       # no energy.json written in the test's directory
-        r.a.energy = e
+        r.a.use_energy(e)
         r.running()
         r.passes(300)
         rec = r.a.telemetry()
