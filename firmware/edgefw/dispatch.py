@@ -13,7 +13,6 @@
 # Every intermediate stays below 2**30: inputs are clamped to +-WMAX (10 MW), energies to
 # 10 MWh, and products that could be larger go through _mdiv (split multiply).
 from edgefw.fx import div_trunc, clamp, mdiv as _mdiv, frac as _frac
-from edgefw.profile import Profiles
 
 try:
     from micropython import const
@@ -303,6 +302,9 @@ class Dispatcher:
         self._free = 0
         self._kfail = 0
         self._kclip = 0
+        self._low = 0            # lowest energy before the battery first fills (_feasible)
+        self._ks = 0             # _feasible holds _ts in blocks before _ks, T after
+        self._ts = 0
         self._jit = _max(1, div_trunc(p["precharge_s"], _BLOCK))
         self._nb = _max(1, div_trunc(p["horizon_s"], _BLOCK))
         self._pvx = p["pv_peak_w"]
@@ -330,11 +332,8 @@ class Dispatcher:
         # charge -> later discharge efficiency, 0.001 units
         self._keff = div_trunc(p["eta_c_milli"] * p["eta_d_milli"], 1000)
         self._lastit = 0
-        # learned time-of-day profiles (IT, aux) the plan uses where no forecast covers
-        self.prof = Profiles()
         # the peak already set this billing period: highest mean import over peak_window_s
-        # measured. Shaving below it buys nothing for the peak and spends the energy a
-        # later, higher peak needs.
+        # measured (a precharge charges no higher than it or the plan level)
         self._pkw = p["peak_window_s"]
         self._pkd = p["peak_period_days"] * 86400   # <= 31.6e6 s
         self._pk = 0             # peak so far (W)
@@ -481,12 +480,7 @@ class Dispatcher:
         if fcok:
             for i in range(self._nfc):
                 itx = _min(itx, self._fc[i])
-        itb = itx
-        pr = self.prof
         for k in range(n):
-            # learned profile slot of this block's middle (tod < 86400, k * 900 < 1 day)
-            sl = pr.slot_of(tod + k * _BLOCK + 450)
-            itx = pr.it[sl] if pr.seen[sl] else itb
             tot = 0
             for j in range(m):
                 v = itx
@@ -497,7 +491,7 @@ class Dispatcher:
                         if i < self._nfc:
                             v = self._fc[i]
                 tot += v
-            f = div_trunc(tot, m) + (pr.aux[sl] if k > 0 and pr.seen[sl] else aux)
+            f = div_trunc(tot, m) + aux
             # PV: the present value, handing over linearly (pv_persist_s) to the clear-sky
             # expectation (a parabola between sunrise and sunset, pv_expect_milli of peak)
             mm = k * 15 + 7              # block middle, minutes from now
@@ -579,7 +573,13 @@ class Dispatcher:
         cmax = self._cmax
         k2 = self._keff
         pf = self._pu
+        T1 = T
+        ks = self._ks
+        if ks > 0:
+            T = self._ts          # the self-consumption level before the first fill
         for k in range(n):
+            if k == ks:
+                T = T1
             f = pf[k]
             if f > T:
                 d = f - T
@@ -612,6 +612,7 @@ class Dispatcher:
         # never below the lowest point before that (the plan's peaks stay covered)
         self._free = _min(low, clip)
         self._clip = clip
+        self._low = low
         return need
 
     def _bisect(self, lo, hi, n, e0, emax, grid):
@@ -645,6 +646,19 @@ class Dispatcher:
             c = self._bisect(c, T, n, e0, emax, n)
             if c > self._ecap + self._db:
                 self._ecap = c
+
+    def _self_level(self, T, n, e0, emax, lo):
+        self._ks = self._kclip
+        hi = T
+        while hi - lo > self._tol:
+            mid = lo + ((hi - lo) >> 1)           # hi > lo: non-negative shift
+            self._ts = mid
+            if self._feasible(T, n, e0, emax, 0) >= 0:
+                hi = mid
+            else:
+                lo = mid
+        self._ks = 0
+        return hi
 
     def _choose(self, n, e0, emax, fcok):
         # the plan level on the profile _pu; sets _gc0 when it needs grid charging
@@ -735,8 +749,6 @@ class Dispatcher:
             self._pu = self._po
             self._raise_cap(n, soc, T)
             self._pu = pu
-        if T < self._pk:
-            T = self._pk          # the peak already set: never spend energy below it
         if self._tg > _max(T, self._pk):
             self._tg = _max(T, self._pk)   # a precharge never sets a new peak
         self._kclip = 0
@@ -745,9 +757,10 @@ class Dispatcher:
         r = self._feasible(T, n, e0, emax, 0)
         self._gc = gc and r < 0
         if not self._gc and self._free > 0 and self._kclip > 0:
-            # energy the battery would spill later is spread evenly over the blocks until
-            # then as extra self-consumption: the level drops, smoothly (no on/off)
-            T = _max(lo, T - div_trunc(self._free, self._kclip))
+            # the battery would fill up and spill PV later: until then, the lowest level
+            # that still lasts to the fill with T after it (bisection): energy that would
+            # be spilled goes to self-consumption now, the later peaks stay covered
+            T = self._self_level(T, n, e0, emax, lo)
         self._pu = self._pf
 
         # hysteresis on the level: a small re-plan does not move the setpoint
@@ -768,7 +781,6 @@ class Dispatcher:
         first = self._first
         dt = 1 if first else clamp(now_s - self._t, 0, 86400)
         sp0 = self._sp
-        self.prof.learn(self._tod(now_s), it, aux, True)
         self._peak(now_s, grid_w)
 
         # grid meter vs model: slowly learn a bias (unmetered load, meter offset). Low
@@ -879,9 +891,8 @@ class Dispatcher:
                 hi = x
                 hi_r = R_EXPORT
 
-        # 3 import cap: sp >= net - cap; a peak already set this period is the cap too
-        # (shaving below it buys nothing), unless the cap is a hard contract limit
-        c = net - (self._ecap if self._hard else _max(self._ecap, self._pk))
+        # 3 import cap: sp >= net - cap
+        c = net - self._ecap
         if c > hi:
             lo = hi          # cap out of reach: whatever limits hi is the binding reason
             lo_r = hi_r
