@@ -12,7 +12,7 @@
 # state set up in __init__, reason strings are interned constants.
 # Every intermediate stays below 2**30: inputs are clamped to +-WMAX (10 MW), energies to
 # 10 MWh, and products that could be larger go through _mdiv (split multiply).
-from edgefw.fx import div_trunc, clamp
+from edgefw.fx import div_trunc, clamp, mdiv as _mdiv, frac as _frac
 
 try:
     from micropython import const
@@ -32,7 +32,6 @@ KCI_FAST = const(8)           # plans a day that learn the PV index fast (gain 1
 _TSAT = const(268435456)    # 2**28 s
 
 # reason strings (interned constants: assigning them does not allocate)
-R_SAFETY = "safety"
 R_SOC = "soc"
 R_BMS = "bms"
 R_RAMP = "ramp"
@@ -76,6 +75,8 @@ _SPEC = (
     ("sun_rise_s", 0, 86400, 23400),     # local time of day (s) PV starts / ends
     ("sun_set_s", 0, 86400, 70200),
     ("tz_s", -50400, 50400, 28800),      # local time = now_s + tz_s (China: +8 h)
+    ("peak_window_s", 60, 3600, 900),    # the billed peak: highest mean import over this
+    ("peak_period_days", 0, 366, 31),    # billing period (days; 0: never reset)
     ("grid_factor_g_kwh", 0, 1000, None),
     ("grid_factor_dg_kwh", 0, 10000, None),
 )
@@ -154,25 +155,6 @@ def validate_params(site):
     if "schedule" in p:
         _windows(p["schedule"], "site.schedule")
     return p
-
-
-def _mdiv(a, m, d):
-    """floor(a * m / d) for 0 <= a < 2**30, 0 <= m <= 10000, 1 <= d <= 10000, without an
-    intermediate above 2**30: a = ah * 2**15 + al. The result must itself fit."""
-    ah = a >> 15            # a >= 0 here, so the shift is a plain floor
-    al = a - (ah << 15)
-    x = ah * m
-    q1 = x // d
-    r1 = x - q1 * d
-    return (q1 << 15) + (r1 * 32768 + al * m) // d
-
-
-def _frac(e, bat):
-    """floor(e * 10000 / bat) for 0 <= e <= bat <= 10**7, in two x100 steps (< 2**30)."""
-    a = e * 100
-    q = a // bat
-    r = a - q * bat
-    return q * 100 + (r * 100) // bat
 
 
 def _wh(w, s):
@@ -296,7 +278,6 @@ class Dispatcher:
         self._ramp_full_s = div_trunc(2 * p["pcs_w"], p["ramp_w_s"]) + 1
         self._db = p["deadband_w"]
         self._hyst = p["hyst_cpct"]
-        self._hor = p["horizon_s"]
         self._pvp = div_trunc(p["pv_persist_s"], 60)
         self._plan_s = p["plan_s"]
         self._tol = _max(10, div_trunc(p["pcs_w"], 200))
@@ -315,13 +296,15 @@ class Dispatcher:
         self._curt = 0
         self._level = 0          # plan level T: import the battery shaves down to (W)
         self._gc = False         # grid (pre)charging needed to hold the plan level
-        self._need = 0           # Wh the plan needs above the floor
         self._tplan = 0
         self._replan = True
         self._fl = self._smin
         self._free = 0
         self._kfail = 0
         self._kclip = 0
+        self._low = 0            # lowest energy before the battery first fills (_feasible)
+        self._ks = 0             # _feasible holds _ts in blocks before _ks, T after
+        self._ts = 0
         self._jit = _max(1, div_trunc(p["precharge_s"], _BLOCK))
         self._nb = _max(1, div_trunc(p["horizon_s"], _BLOCK))
         self._pvx = p["pv_peak_w"]
@@ -349,6 +332,15 @@ class Dispatcher:
         # charge -> later discharge efficiency, 0.001 units
         self._keff = div_trunc(p["eta_c_milli"] * p["eta_d_milli"], 1000)
         self._lastit = 0
+        # the peak already set this billing period: highest mean import over peak_window_s
+        # measured (a precharge charges no higher than it or the plan level)
+        self._pkw = p["peak_window_s"]
+        self._pkd = p["peak_period_days"] * 86400   # <= 31.6e6 s
+        self._pk = 0             # peak so far (W)
+        self._pkm = 0            # running mean import of the present window (W)
+        self._pkn = 0            # samples in it
+        self._pki = 0            # index of the present window (since the caller's epoch)
+        self._pkp = 0            # index of the present billing period
         self.curtail_w = 0
         self.reason = R_IDLE
         self.sp_w = 0
@@ -433,10 +425,6 @@ class Dispatcher:
         sunset or a full battery) when the plan showed it could not be held."""
         return self._ecap
 
-    def clear_forecast(self):
-        self._nfc = 0
-        self._replan = True
-
     # ---- the plan: level T that the available energy can hold over the horizon -------
     # The horizon is cut into 15 min blocks; energies are in W x block (1 Wh = 4 Wblk)
     # so the inner loop is adds and compares only.
@@ -453,11 +441,7 @@ class Dispatcher:
         m = 1 if st >= _BLOCK else div_trunc(_BLOCK, st)
         sub = _BLOCK if m == 1 else st
         pvp = self._pvp
-        tod = now + self._tz          # local time of day (s), folded without a bare %
-        if tod < 0 or tod >= 86400:
-            tod = tod - div_trunc(tod, 86400) * 86400
-            if tod < 0:
-                tod += 86400
+        tod = self._tod(now)
         dark = True
         nxt = 0
         if self._pvx > 0:
@@ -529,6 +513,41 @@ class Dispatcher:
                 self._po[k] = f - xo
         return fcok
 
+    def _tod(self, now):
+        # local time of day (s), folded without a bare %
+        tod = now + self._tz
+        if tod < 0 or tod >= 86400:
+            tod = tod - div_trunc(tod, 86400) * 86400
+            if tod < 0:
+                tod += 86400
+        return tod
+
+    def _peak(self, now, grid_w):
+        # the peak-so-far floor: window means of the measured import, reset per period
+        if self._pkd > 0:
+            q = div_trunc(now + self._tz, self._pkd)
+            if q != self._pkp:
+                self._pkp = q
+                self._pk = 0
+        w = div_trunc(now, self._pkw)
+        if w != self._pki:
+            if self._pkn > 0 and self._pkm > self._pk:
+                self._pk = self._pkm
+            self._pki = w
+            self._pkm = 0
+            self._pkn = 0
+        if grid_w is None:
+            return
+        n = self._pkn + 1
+        if n > 10000:
+            n = 10000
+        self._pkn = n
+        self._pkm += div_trunc(clamp(grid_w, 0, WMAX) - self._pkm, n)
+
+    def peak_w(self):
+        """The highest window-mean import measured this billing period (W)."""
+        return self._pk
+
     def _pv_expect(self, tod):
         # expected PV (W) at local time of day tod (s, may run past midnight)
         while tod >= 86400:
@@ -554,7 +573,13 @@ class Dispatcher:
         cmax = self._cmax
         k2 = self._keff
         pf = self._pu
+        T1 = T
+        ks = self._ks
+        if ks > 0:
+            T = self._ts          # the self-consumption level before the first fill
         for k in range(n):
+            if k == ks:
+                T = T1
             f = pf[k]
             if f > T:
                 d = f - T
@@ -587,6 +612,7 @@ class Dispatcher:
         # never below the lowest point before that (the plan's peaks stay covered)
         self._free = _min(low, clip)
         self._clip = clip
+        self._low = low
         return need
 
     def _bisect(self, lo, hi, n, e0, emax, grid):
@@ -620,6 +646,19 @@ class Dispatcher:
             c = self._bisect(c, T, n, e0, emax, n)
             if c > self._ecap + self._db:
                 self._ecap = c
+
+    def _self_level(self, T, n, e0, emax, lo):
+        self._ks = self._kclip
+        hi = T
+        while hi - lo > self._tol:
+            mid = lo + ((hi - lo) >> 1)           # hi > lo: non-negative shift
+            self._ts = mid
+            if self._feasible(T, n, e0, emax, 0) >= 0:
+                hi = mid
+            else:
+                lo = mid
+        self._ks = 0
+        return hi
 
     def _choose(self, n, e0, emax, fcok):
         # the plan level on the profile _pu; sets _gc0 when it needs grid charging
@@ -710,15 +749,18 @@ class Dispatcher:
             self._pu = self._po
             self._raise_cap(n, soc, T)
             self._pu = pu
+        if self._tg > _max(T, self._pk):
+            self._tg = _max(T, self._pk)   # a precharge never sets a new peak
         self._kclip = 0
         # always run: it also measures the spill the self-consumption rule below spreads
         # (review 5: short-circuited, that rule read what an earlier run left)
         r = self._feasible(T, n, e0, emax, 0)
         self._gc = gc and r < 0
         if not self._gc and self._free > 0 and self._kclip > 0:
-            # energy the battery would spill later is spread evenly over the blocks until
-            # then as extra self-consumption: the level drops, smoothly (no on/off)
-            T = _max(lo, T - div_trunc(self._free, self._kclip))
+            # the battery would fill up and spill PV later: until then, the lowest level
+            # that still lasts to the fill with T after it (bisection): energy that would
+            # be spilled goes to self-consumption now, the later peaks stay covered
+            T = self._self_level(T, n, e0, emax, lo)
         self._pu = self._pf
 
         # hysteresis on the level: a small re-plan does not move the setpoint
@@ -739,6 +781,7 @@ class Dispatcher:
         first = self._first
         dt = 1 if first else clamp(now_s - self._t, 0, 86400)
         sp0 = self._sp
+        self._peak(now_s, grid_w)
 
         # grid meter vs model: slowly learn a bias (unmetered load, meter offset). Low
         # gain, and only once the model inputs and the setpoint have been steady for two

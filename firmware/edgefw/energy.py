@@ -9,7 +9,7 @@
 import json
 import os
 
-from edgefw.dispatch import _mdiv, _frac
+from edgefw.fx import mdiv as _mdiv, frac as _frac
 
 try:
     from binascii import crc32
