@@ -38,17 +38,13 @@ def parse_bus(spec):
 
 
 def parse_broker(spec):
-    """'HOST:PORT' -> (host, port); DutError naming the option."""
-    host, _, port = (spec or "").rpartition(":")
-    if not host:
-        raise DutError("--broker %r: expected HOST:PORT" % (spec,))
+    """'HOST[:PORT]' -> (host, port), the port 1883 when missing (edgegw.broker, as every
+    command reads it); DutError naming the option."""
+    from edgegw.broker import parse_broker as parse
     try:
-        p = int(port)
-    except ValueError:
-        raise DutError("--broker %r: port %r is not a number" % (spec, port))
-    if not 0 < p < 65536:
-        raise DutError("--broker %r: port %d out of range 1..65535" % (spec, p))
-    return host, p
+        return parse(spec, "--broker")
+    except ValueError as e:
+        raise DutError(str(e))
 
 
 class SilGateway(VirtualGateway):

@@ -34,11 +34,11 @@ def UserError(msg):
 
 def parse_broker(s):
     """'host:port' or 'host' -> (host, port); a bad port is a user error naming --broker."""
-    from edgegw.tracker.publish import parse_broker as parse
+    from edgegw.broker import parse_broker as parse
     try:
         return parse(s)
     except ValueError as e:
-        raise UserError("--%s" % e) from None
+        raise UserError(str(e)) from None
 
 
 def connect(broker, client_id="", timeout_s=5, on_connect=None):

@@ -7,6 +7,8 @@ import time
 
 import paho.mqtt.client as mqtt
 
+from edgegw.broker import parse_broker  # noqa: F401 (re-exported: callers use pub.parse_broker)
+
 from protocols import topics
 
 MAX_STEPS = topics.MAX_FC_STEPS   # 288: the points the gateway keeps (dispatch.MAX_FC)
@@ -48,20 +50,6 @@ def sign(msg, key, device_id, kind=KIND):
     if isinstance(key, str):
         key = auth.parse_key(key.strip())
     return auth.sign(key, device_id, kind, dict(msg))
-
-
-def parse_broker(s):
-    """'host:port' or 'host' -> (host, port)."""
-    host, _, port = s.rpartition(":")
-    if not host:
-        return s, 1883
-    try:
-        p = int(port)
-    except ValueError:
-        raise ValueError("broker: port %r is not a number" % port) from None
-    if not 0 < p < 65536:
-        raise ValueError("broker: port %d out of range 1..65535" % p)
-    return host, p
 
 
 class Publisher:
