@@ -11,7 +11,6 @@ VERSION = 1
 DIRS = ("req", "rsp", "junk")
 # Framer flag bits -> names, in a fixed order so both runtimes write identical lines
 FLAG_NAMES = ((rtu.F_CRC, "crc"), (rtu.F_GAP, "gap"), (rtu.F_LEN, "len"), (rtu.F_SHORT, "short"))
-_KNOWN = ("crc", "gap", "len", "short")
 T_MAX = 1 << 53  # us (285 years): bounds what a reader must represent (floats stay exact)
 
 

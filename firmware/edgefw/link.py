@@ -372,7 +372,6 @@ class Link:
         self._spill()
         self.inflight = []
         self.ring.rewind()
-        self._last_reason = reason
 
     # ---- incoming commands ----------------------------------------------------------------
 

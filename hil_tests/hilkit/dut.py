@@ -184,14 +184,14 @@ class BoardGateway(ReplConsole):
             self._t.join(2)
         try:
             self.t.close()
-        except Exception:
+        except OSError:      # the board went away: nothing left to close
             pass
         for b in self.buses.values():
             b.stop()
         for p in self._ports:
             try:
                 p.close()
-            except Exception:
+            except OSError:
                 pass
         if self._clock is not None:
             self._clock.set()

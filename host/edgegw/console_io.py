@@ -157,10 +157,6 @@ class Device:
         if self.stop_requested:
             raise Interrupted()
 
-    def eval_json(self, expr):
-        out = self.exec("import json\nprint(json.dumps(%s))" % expr).strip()
-        return json.loads(out.splitlines()[-1]) if out else None
-
     def read(self, path):
         """File contents (bytes) or None when it does not exist."""
         import binascii
@@ -216,21 +212,23 @@ class Device:
 
     def soft_reset(self):
         """Restart the firmware (friendly REPL Ctrl-D)."""
+        from mpremote.transport import TransportError
         try:
             self.t.exit_raw_repl()
             self.t.serial.write(b"\x04")
-        except Exception:
+        except (OSError, TransportError):     # the board reset by itself: it reset anyway
             pass
 
     def close(self):
+        from mpremote.transport import TransportError
         try:
             if self.t.in_raw_repl:
                 self.t.exit_raw_repl()
-        except Exception:
+        except (OSError, TransportError):     # a board that went away: nothing to leave
             pass
         try:
             self.t.close()
-        except Exception:
+        except OSError:
             pass
 
     def __enter__(self):
