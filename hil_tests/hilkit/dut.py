@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 
-from edgegw.console_io import ReplConsole
+from edgegw.console_io import ReplConsole, replace_code
 from edgegw.simdev import SimBus, SimDevice
 from edgegw.vgw import VirtualGateway
 
@@ -247,8 +247,7 @@ class BoardGateway(ReplConsole):
         self.exec("_f=open(%r,'wb')" % tmp)
         for i in range(0, len(data), 512):
             self.exec("_f.write(%r)" % data[i:i + 512])
-        self.exec("_f.close()\nimport os\ntry:\n os.rename(%r,%r)\nexcept OSError:\n"
-                  " os.remove(%r)\n os.rename(%r,%r)\ndel _f" % (tmp, path, path, tmp, path))
+        self.exec("_f.close()\n" + replace_code(tmp, path) + "del _f")
 
 
 def _dumps_config(cfg):
