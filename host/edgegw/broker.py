@@ -23,3 +23,13 @@ def parse_broker(text, option="--broker"):
     if not 0 < p < 65536:
         raise ValueError("%s %r: port %d out of range 1..65535" % (option, text, p))
     return host, p
+
+
+def start(client, host, port, keepalive=30):
+    """Connect a paho client and start its network thread; ConnectionError('broker H:P:
+    why') when the broker cannot be reached (callers add the option or wrap it)."""
+    try:
+        client.connect(host, port, keepalive=keepalive)
+    except OSError as e:
+        raise ConnectionError("broker %s:%d: %s" % (host, port, e)) from None
+    client.loop_start()

@@ -52,11 +52,11 @@ def connect(broker, client_id="", timeout_s=5, on_connect=None):
             on_connect(cl)
         up.set()
     c.on_connect = _on_connect
+    from edgegw.broker import start
     try:
-        c.connect(host, port, keepalive=30)
-    except OSError as e:
-        raise UserError("--broker %s:%d: %s" % (host, port, e)) from None
-    c.loop_start()
+        start(c, host, port)
+    except ConnectionError as e:
+        raise UserError("--%s" % e) from None
     if not up.wait(timeout_s):
         c.loop_stop()
         raise UserError("--broker %s:%d: no CONNACK within %d s" % (host, port, timeout_s))
