@@ -19,8 +19,6 @@ WRITE_REGISTER = const(6)
 WRITE_COILS = const(15)
 WRITE_REGISTERS = const(16)
 
-FUNCTIONS = (1, 2, 3, 4, 5, 6, 15, 16)
-
 MAX_READ_REGS = const(125)
 MAX_WRITE_REGS = const(123)
 MAX_READ_BITS = const(2000)

@@ -11,7 +11,6 @@ VERSION = 1
 DIRS = ("req", "rsp", "junk")
 # Framer flag bits -> names, in a fixed order so both runtimes write identical lines
 FLAG_NAMES = ((rtu.F_CRC, "crc"), (rtu.F_GAP, "gap"), (rtu.F_LEN, "len"), (rtu.F_SHORT, "short"))
-_KNOWN = ("crc", "gap", "len", "short")
 T_MAX = 1 << 53  # us (285 years): bounds what a reader must represent (floats stay exact)
 
 
@@ -211,28 +210,38 @@ def transactions(records):
         yield pend[0], None, pend[1], None, pend[2] or "no response"
 
 
+def _lines_of(path_or_lines):
+    if not isinstance(path_or_lines, str):
+        return path_or_lines
+    try:
+        with open(path_or_lines) as f:
+            return f.read().split("\n")
+    except OSError:
+        raise TraceError("%s: cannot open" % path_or_lines)
+    except ValueError:  # UnicodeError
+        raise TraceError("%s: not UTF-8 text" % path_or_lines)
+
+
+def _data_lines(lines):
+    """(line number, stripped text) of the lines that carry data: blank lines and '#'
+    comments skipped."""
+    n = 0
+    for line in lines:
+        n += 1
+        s = line.strip()
+        if s and s[0] != "#":
+            yield n, s
+
+
 def import_dotted(path_or_lines, bus="rs485", baud=19200, turnaround_us=5000, idle_us=50000):
     """Records from a dotted-hex capture: '>>> 00.04.20.00...' requests and '<<< ...'
     responses, one frame a line ('#' comments and blank lines skipped). The capture has no
     timestamps: t_us is synthesised from the baud rate (frame end = start + bytes x 11 bits),
     turnaround_us before a response and idle_us before the next request."""
-    if isinstance(path_or_lines, str):
-        try:
-            with open(path_or_lines) as f:
-                lines = f.read().split("\n")
-        except OSError:
-            raise TraceError("%s: cannot open" % path_or_lines)
-    else:
-        lines = path_or_lines
     cu = rtu.char_us(baud)
     t = 0
     out = []
-    n = 0
-    for line in lines:
-        n += 1
-        s = line.strip()
-        if not s or s[0] == "#":
-            continue
+    for n, s in _data_lines(_lines_of(path_or_lines)):
         if s[:3] == ">>>":
             d = "req"
             t += idle_us if out else 0
@@ -258,18 +267,6 @@ def import_dotted(path_or_lines, bus="rs485", baud=19200, turnaround_us=5000, id
 # ---- sniffer formats: '0x..' hex and plain hex dumps -----------------------------------------
 
 FORMATS = ("jsonl", "dotted", "0x", "hex")
-
-
-def _lines_of(path_or_lines):
-    if not isinstance(path_or_lines, str):
-        return path_or_lines
-    try:
-        with open(path_or_lines) as f:
-            return f.read().split("\n")
-    except OSError:
-        raise TraceError("%s: cannot open" % path_or_lines)
-    except ValueError:  # UnicodeError
-        raise TraceError("%s: not UTF-8 text" % path_or_lines)
 
 
 def detect(lines):
@@ -314,12 +311,7 @@ def _hex_line(s, n):
 
 def _stream_bytes(lines, fmt):
     out = bytearray()
-    n = 0
-    for line in lines:
-        n += 1
-        s = line.strip()
-        if not s or s[0] == "#":
-            continue
+    for n, s in _data_lines(lines):
         if fmt == "0x":
             for tok in s.replace(",", " ").split():
                 if tok[:2] not in ("0x", "0X") or not 3 <= len(tok) <= 4:

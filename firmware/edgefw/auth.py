@@ -3,10 +3,10 @@
 # rejects unsigned, forged, stale and replayed commands. Spec: docs/mqtt.md "Signing".
 import hashlib
 import json
-import os
-from binascii import crc32, hexlify, unhexlify
+from binascii import hexlify, unhexlify
 
 from edgefw import clock
+from edgefw import store
 
 _BLOCK = 64  # SHA-256 block size
 
@@ -168,24 +168,11 @@ def _is_int(v):
 SKEW_S = 120           # allowed clock difference sender vs gateway for that floor
 
 
-def _slot_text(rec):
-    body = json.dumps(rec)
-    return "%s\n#crc32 %08x\n" % (body, crc32(body.encode()))
-
-
 def _read_slot(name):
     """(exists, record or None): a record is {"n", "floor", "last"} with a good CRC."""
-    try:
-        with open(name) as f:
-            text = f.read()
-    except OSError:
-        return False, None
-    i = text.rfind("\n#crc32 ")
-    if i < 0:
-        return True, None
-    body = text[:i]
-    if text[i + 8:].strip() != "%08x" % crc32(body.encode()):
-        return True, None
+    exists, body = store.read_checked(name)
+    if body is None:
+        return exists, None
     try:
         r = json.loads(body)
         last = {}
@@ -198,21 +185,6 @@ def _read_slot(name):
         return True, (r["n"], fl, last)
     except (ValueError, KeyError, TypeError, AttributeError):
         return True, None
-
-
-def _write_file(name, text):
-    tmp = name + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    try:
-        os.rename(tmp, name)
-    except OSError:
-        # some filesystems refuse to rename onto a file; the other slot covers the gap
-        try:
-            os.remove(name)
-        except OSError:
-            pass
-        os.rename(tmp, name)
 
 
 class Verifier:
@@ -313,5 +285,6 @@ class Verifier:
         self.last[kind] = cmd["seq"]
         if self.path:
             self.n += 1
-            _write_file("%s.%d" % (self.path, self.n & 1),
-                        _slot_text({"n": self.n, "floor": self.floor, "last": self.last}))
+            store.write_atomic("%s.%d" % (self.path, self.n & 1),
+                               store.seal(json.dumps({"n": self.n, "floor": self.floor,
+                                                      "last": self.last})))

@@ -7,17 +7,13 @@ import json
 import os
 
 from edgefw import hal
-
-try:
-    from binascii import crc32
-except ImportError:  # pragma: no cover
-    crc32 = None
+from edgefw import store
+from edgefw.store import write_atomic, write_json  # noqa: F401 (config.write_*: callers, REPL)
 
 PATH = "config.json"
 LAST_GOOD = "config.last_good.json"
 TRIAL = "config.trial.json"  # marker: which config.json is on trial, boots it was given
 TRIALS = 1                   # boots a new config gets; a restart before confirm() = failed
-_TRAILER = "\n#crc32 "
 
 ROLES = ("bms", "pcs", "pv_meter", "grid_meter", "load_meter", "aux_meter", "pv_inverter")
 # the others may repeat and are summed; pv_inverter: one PV inverter the gateway limits
@@ -276,46 +272,12 @@ def _validate(cfg):
 
 # ---- files ------------------------------------------------------------------
 
-_CHUNK = 512  # file and CRC pieces: no allocation of a config's size (5-8 KB)
-
-
-def _crc(text, crc=0):
-    # in pieces: text.encode() of a whole config would be one more copy of it
-    # (unsigned on CPython 3 and MicroPython: no mask, a long op on 32-bit)
-    if isinstance(text, str):
-        for i in range(0, len(text), _CHUNK):
-            crc = crc32(text[i:i + _CHUNK].encode(), crc)
-        return crc
-    return crc32(text, crc)
-
-
-def _file_crc(f, n=None):
-    """CRC-32 of an open binary file from where it is (n bytes, or to its end) read in
-    _CHUNK pieces into one buffer. Returns (crc, bytes read)."""
-    buf = bytearray(_CHUNK)
-    mv = memoryview(buf)
-    crc = 0
-    got = 0
-    while n is None or got < n:
-        k = f.readinto(buf if n is None or n - got >= _CHUNK else mv[:n - got])
-        if not k:
-            break
-        crc = crc32(mv[:k], crc)
-        got += k
-    return crc, got
-
-
 def parse(text):
     """Parse file text (JSON, optional CRC trailer); returns (cfg or None, errors)."""
-    i = text.rfind(_TRAILER)
-    if i >= 0:
-        body = text[:i]
-        want = text[i + len(_TRAILER):].strip()
-        got = "%08x" % _crc(body)
-        if want != got:
-            return None, ["checksum: file says %s, content gives %s (torn or edited write)"
-                          % (want, got)]
-        text = body
+    text, want, got = store.unseal(text)
+    if want is not None and want != got:
+        return None, ["checksum: file says %s, content gives %s (torn or edited write)"
+                      % (want, got)]
     try:
         cfg = json.loads(text)
     except ValueError as e:
@@ -344,67 +306,15 @@ def read(path):
 
 def dumps(cfg):
     """File text for cfg: JSON plus the CRC-32 trailer line."""
-    body = json.dumps(cfg)
-    return "".join((body, _TRAILER, "%08x\n" % _crc(body)))  # one allocation of the whole
-
-
-def _replace(tmp, path):
-    try:
-        os.rename(tmp, path)
-    except OSError:
-        # some filesystems refuse to rename onto an existing file
-        try:
-            os.remove(path)
-        except OSError:
-            pass
-        os.rename(tmp, path)
-
-
-def write_atomic(path, text):
-    """Write a whole file so that a power cut leaves either the old or the new one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    _replace(tmp, path)
-
-
-def write_json(path, obj, trailer=False):
-    """write_atomic(path, json.dumps(obj)) (trailer: dumps(obj)) without the text in RAM:
-    json.dump writes it to the file in pieces, the CRC is read back in pieces. The same
-    bytes as the one-string forms."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    if trailer:
-        with open(tmp, "rb") as f:
-            crc = _file_crc(f)[0]
-        with open(tmp, "a") as f:
-            f.write(_TRAILER)
-            f.write("%08x\n" % crc)
-    _replace(tmp, path)
-
-
-def _copy(src, dst):
-    # file copy in pieces, atomically (confirm: config.json -> the last good copy)
-    buf = bytearray(_CHUNK)
-    mv = memoryview(buf)
-    tmp = dst + ".tmp"
-    with open(src, "rb") as a:
-        with open(tmp, "wb") as b:
-            while True:
-                k = a.readinto(buf)
-                if not k:
-                    break
-                b.write(mv[:k])
-    _replace(tmp, dst)
+    return store.seal(json.dumps(cfg))
 
 
 def file_crc(path):
-    """"%08x" CRC-32 of a file's whole text (what _crc(_text(path)) gives), read in
+    """"%08x" CRC-32 of a file's whole text (what store.crc(_text(path)) gives), read in
     pieces; None if it cannot be read."""
     try:
         with open(path, "rb") as f:
-            return "%08x" % _file_crc(f)[0]
+            return "%08x" % store.file_crc(f)[0]
     except OSError:
         return None
 
@@ -470,7 +380,7 @@ def confirm():
         _trial = None
         _status["state"] = "changed"
         return False
-    _copy(PATH, LAST_GOOD)
+    store.copy(PATH, LAST_GOOD)
     _remove(TRIAL)
     _trial = None
     _status["state"] = "confirmed"
@@ -526,7 +436,7 @@ def boot(check=None):
                 report.append("%s: could not be written (%s)" % (LAST_GOOD, e))
             _status["state"] = "confirmed"
             return cfg, PATH, report
-        crc = file_crc(PATH) or "%08x" % _crc(text)  # as confirm() reads it
+        crc = file_crc(PATH) or "%08x" % store.crc(text)  # as confirm() reads it
         exists, m = _marker()
         if m is not None and m["crc"] == crc:
             tries = m["tries"]

@@ -7,14 +7,9 @@
 # content is split green (from PV) / grey (from grid), so what it later delivers to the
 # load is green in that share (bat_green). Per-hour figures: edgefw/ledger.py.
 import json
-import os
 
+from edgefw import store
 from edgefw.fx import mdiv as _mdiv, frac as _frac
-
-try:
-    from binascii import crc32
-except ImportError:  # pragma: no cover
-    crc32 = None
 
 try:
     from micropython import const
@@ -211,20 +206,7 @@ class Energy:
     def save(self, path):
         """Write the counters to the older of two slots (path.0 / path.1), atomically."""
         self.seq += 1
-        body = json.dumps(self.state())
-        text = "%s\n#crc32 %08x\n" % (body, crc32(body.encode()))
-        slot = "%s.%d" % (path, self.seq & 1)
-        tmp = slot + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        try:
-            os.rename(tmp, slot)
-        except OSError:
-            try:
-                os.remove(slot)
-            except OSError:
-                pass
-            os.rename(tmp, slot)
+        store.write_atomic("%s.%d" % (path, self.seq & 1), store.seal(json.dumps(self.state())))
         self.writes += 1
 
     def load(self, path):
@@ -262,16 +244,8 @@ class Energy:
 
 
 def _read_slot(name):
-    try:
-        with open(name) as f:
-            text = f.read()
-    except OSError:
-        return None
-    i = text.rfind("\n#crc32 ")
-    if i < 0:
-        return None
-    body = text[:i]
-    if text[i + 8:].strip() != "%08x" % crc32(body.encode()):
+    body = store.read_checked(name)[1]
+    if body is None:
         return None
     try:
         st = json.loads(body)

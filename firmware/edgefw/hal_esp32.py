@@ -53,7 +53,7 @@ class Bus:
     def close(self):
         try:
             self.uart.deinit()
-        except Exception:
+        except OSError:      # deinit of a UART the driver already dropped
             pass
 
 

@@ -113,7 +113,7 @@ class Bus:
     def close(self):
         try:
             self.stream.close()
-        except Exception:
+        except OSError:      # already closed by the peer: nothing left to release
             pass
 
 

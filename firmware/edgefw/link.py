@@ -10,10 +10,10 @@ import json
 import os
 
 from edgefw import auth, clock
-from edgefw.config import write_atomic, write_json
 from edgefw.hadisc import Discovery
 from edgefw.mqtt import NO_CA, MQTTClient
 from edgefw.ring import Ring
+from edgefw.store import write_atomic, write_json
 from protocols import topics as T
 
 ONLINE = "ONLINE"
@@ -372,7 +372,6 @@ class Link:
         self._spill()
         self.inflight = []
         self.ring.rewind()
-        self._last_reason = reason
 
     # ---- incoming commands ----------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import time
 
 import paho.mqtt.client as paho
 
-from edgefw import auth
+from edgegw import pairing
 from protocols import topics as T
 
 KEY_HEX = "48494c2d62656e63682d6b65792d30303031323334353637383961626364656600"
@@ -74,14 +74,12 @@ class Cloud:
         (None if none came within wait_ack real seconds)."""
         self.seq += 1
         now = int(self.clock())
-        cmd = dict(payload, seq=self.seq, ts=now, exp=now + exp_s)
-        if sign:
-            auth.sign(self.key, self.device, T.COMMANDS[leaf], cmd)
+        cmd = pairing.command(self.key, self.device, leaf, payload, self.seq, now, exp_s, sign)
         self.c.publish(T.topic(self.device, leaf), json.dumps(cmd, separators=(",", ":")), 1)
         if not wait_ack:
             return None
-        return self.wait(lambda: next((a for a in self.acks if isinstance(a, dict)
-                                       and a.get("seq") == cmd["seq"]), None), wait_ack,
+        ack = pairing.is_ack_of(cmd)
+        return self.wait(lambda: next((a for a in self.acks if ack(a)), None), wait_ack,
                          "ack of %s seq %d" % (leaf, cmd["seq"]), fail=False)
 
     def schedule(self, windows, exp_s=86400, **kw):
@@ -134,5 +132,5 @@ class Cloud:
         self.c.loop_stop()
         try:
             self.c.disconnect()
-        except Exception:
+        except OSError:      # the broker is already gone (a test stopped it)
             pass

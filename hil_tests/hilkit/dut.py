@@ -18,7 +18,7 @@ import signal
 import threading
 import time
 
-from edgegw.console_io import ReplConsole
+from edgegw.console_io import ReplConsole, replace_code
 from edgegw.simdev import SimBus, SimDevice
 from edgegw.vgw import VirtualGateway
 
@@ -38,17 +38,13 @@ def parse_bus(spec):
 
 
 def parse_broker(spec):
-    """'HOST:PORT' -> (host, port); DutError naming the option."""
-    host, _, port = (spec or "").rpartition(":")
-    if not host:
-        raise DutError("--broker %r: expected HOST:PORT" % (spec,))
+    """'HOST[:PORT]' -> (host, port), the port 1883 when missing (edgegw.broker, as every
+    command reads it); DutError naming the option."""
+    from edgegw.broker import parse_broker as parse
     try:
-        p = int(port)
-    except ValueError:
-        raise DutError("--broker %r: port %r is not a number" % (spec, port))
-    if not 0 < p < 65536:
-        raise DutError("--broker %r: port %d out of range 1..65535" % (spec, p))
-    return host, p
+        return parse(spec, "--broker")
+    except ValueError as e:
+        raise DutError(str(e))
 
 
 class SilGateway(VirtualGateway):
@@ -188,14 +184,14 @@ class BoardGateway(ReplConsole):
             self._t.join(2)
         try:
             self.t.close()
-        except Exception:
+        except OSError:      # the board went away: nothing left to close
             pass
         for b in self.buses.values():
             b.stop()
         for p in self._ports:
             try:
                 p.close()
-            except Exception:
+            except OSError:
                 pass
         if self._clock is not None:
             self._clock.set()
@@ -251,8 +247,7 @@ class BoardGateway(ReplConsole):
         self.exec("_f=open(%r,'wb')" % tmp)
         for i in range(0, len(data), 512):
             self.exec("_f.write(%r)" % data[i:i + 512])
-        self.exec("_f.close()\nimport os\ntry:\n os.rename(%r,%r)\nexcept OSError:\n"
-                  " os.remove(%r)\n os.rename(%r,%r)\ndel _f" % (tmp, path, path, tmp, path))
+        self.exec("_f.close()\n" + replace_code(tmp, path) + "del _f")
 
 
 def _dumps_config(cfg):

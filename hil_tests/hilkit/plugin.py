@@ -16,6 +16,7 @@ gateway's filesystem or process). Results: hil_tests/results/summary.md + summar
 """
 import json
 import os
+import sys
 import time
 
 import pytest
@@ -187,8 +188,9 @@ def launch(hil, tmp_path):
     for g in made:
         try:
             g.close()
-        except Exception:
-            pass
+        except Exception as e:     # teardown goes on with the others; say what failed
+            print("hil: closing %s failed: %s: %s" % (type(g).__name__, type(e).__name__, e),
+                  file=sys.stderr)
 
 
 @pytest.fixture

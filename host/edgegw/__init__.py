@@ -2,6 +2,5 @@
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FIRMWARE_DIR = os.path.join(REPO, "firmware")
 PROTOCOLS_DIR = os.path.join(REPO, "protocols")
 MAPS_DIR = os.path.join(PROTOCOLS_DIR, "maps")

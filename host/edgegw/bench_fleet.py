@@ -18,6 +18,8 @@ import shutil
 import tempfile
 import time
 
+from edgegw.pairing import Inbox
+
 GROUP = "collectors"
 
 
@@ -139,25 +141,6 @@ def _cpu(p):
     return t.user + t.system
 
 
-class _Inbox:
-    """The workers' queue; messages of another kind than awaited are kept for later."""
-
-    def __init__(self, q):
-        self.q = q
-        self.kept = []
-
-    def get(self, kind, timeout):
-        for i in range(len(self.kept)):
-            if self.kept[i][0] == kind:
-                return self.kept.pop(i)
-        t_end = time.monotonic() + timeout
-        while True:
-            x = self.q.get(timeout=max(0.01, t_end - time.monotonic()))
-            if x[0] == kind:
-                return x
-            self.kept.append(x)
-
-
 def _outage(m, run, inbox, cols, nworkers, outage_s, timeout):
     """SIGKILL the broker (clients see their sockets die), keep it down outage_s, then,
     with the gateways standing still, start it on the same port and let the collectors
@@ -167,7 +150,7 @@ def _outage(m, run, inbox, cols, nworkers, outage_s, timeout):
     time.sleep(outage_s)
     run.clear()
     for _ in range(nworkers):
-        inbox.get("held", timeout)
+        inbox.wait(lambda x: x[0] == "held", timeout, "held")
     m.start()
     t_end = time.monotonic() + timeout
     while not all(c.ready.is_set() for c in cols):
@@ -189,7 +172,7 @@ def fleet(gateways=500, procs=2, count=20, period_ms=1000, collectors=2, deadlin
     ctx = mp.get_context("spawn")
     go, run, end = ctx.Event(), ctx.Event(), ctx.Event()
     run.set()
-    inbox = _Inbox(ctx.Queue())
+    inbox = Inbox(ctx.Queue(), keep=True)   # workers' replies of several kinds interleave
     workers = []
     t_start = time.monotonic()
     try:
@@ -207,7 +190,7 @@ def fleet(gateways=500, procs=2, count=20, period_ms=1000, collectors=2, deadlin
                     tmp, (go, run, end), inbox.q, deadline_s))
                 p.start()
                 workers.append(p)
-            up = sum(inbox.get("up", deadline_s)[2] for _ in workers)
+            up = sum(inbox.wait(lambda x: x[0] == "up", deadline_s, "up")[2] for _ in workers)
             connect_s = time.monotonic() - t_start
             cpu0 = _cpu(bp)
             cpu_old = 0
@@ -221,7 +204,7 @@ def fleet(gateways=500, procs=2, count=20, period_ms=1000, collectors=2, deadlin
             done = []
             per = {}
             for _ in workers:
-                _, _, st, pd = inbox.get("done", deadline_s + 30)
+                _, _, st, pd = inbox.wait(lambda x: x[0] == "done", deadline_s + 30, "done")
                 done.append(st)
                 per.update(pd)
             sent = sum(s["sent"] for s in done)

@@ -4,64 +4,14 @@ QoS 1 publish rate of the firmware MQTT client. The soak (tests/host/test_link_s
 runs the same cycles 20 times."""
 import json
 import os
-import queue
-import subprocess
 import tempfile
-import threading
 import time
 
 from edgegw.cmd_link import Collector
+from edgegw.linkproc import LinkProc as _Driver
 from edgegw.mosq import Mosquitto
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MICROPYTHON = os.path.join(REPO, ".venv", "bin", "micropython")
-MICROPYPATH = ".frozen:%s:%s" % (REPO, os.path.join(REPO, "firmware"))
-DRIVER = os.path.join(REPO, "tests", "host", "link_driver.py")
 DEV = "gw-bench"
-
-
-class _Driver:
-    def __init__(self, *args):
-        env = dict(os.environ, MICROPYPATH=MICROPYPATH)
-        self.p = subprocess.Popen([MICROPYTHON, "-X", "heapsize=2m", DRIVER] + list(args),
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                  env=env, cwd=REPO)
-        self.q = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for ln in self.p.stdout:
-            try:
-                d = json.loads(ln)
-            except ValueError:
-                continue
-            d["_t"] = time.monotonic()
-            self.q.put(d)
-
-    def send(self, s):
-        self.p.stdin.write(s + "\n")
-        self.p.stdin.flush()
-
-    def wait(self, pred, timeout=15):
-        t_end = time.monotonic() + timeout
-        while True:
-            left = t_end - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("link driver: expected event missing")
-            try:
-                d = self.q.get(timeout=left)
-            except queue.Empty:
-                continue
-            if pred(d):
-                return d
-
-    def state(self, st, timeout=15):
-        return self.wait(lambda d: d["ev"] == "state" and d["state"] == st, timeout)
-
-    def close(self):
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait()
 
 
 def cycles(n=3, outage_s=0.5, online_s=0.5, keepalive_s=2, telemetry_ms=100):

@@ -129,6 +129,16 @@ def read_manifest(dev):
         return {}  # a torn manifest: copy everything again
 
 
+def _folders(rels):
+    """Every folder on the way to the device paths rels ("a/b/c.py" -> "a", "a/b")."""
+    out = set()
+    for rel in rels:
+        parts = rel.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            out.add("/".join(parts[:i]))
+    return out
+
+
 def deploy(dev, files, force=False, dry_run=False, echo=click.echo, progress=True):
     manifest = read_manifest(dev)
     sizes = dev.sizes(list(files)) if manifest and not force else None
@@ -138,11 +148,7 @@ def deploy(dev, files, force=False, dry_run=False, echo=click.echo, progress=Tru
                                                               for r in copy)}
     if dry_run:
         return result
-    dirs = set()
-    for rel in copy:
-        parts = rel.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            dirs.add("/".join(parts[:i]))
+    dirs = _folders(copy)
     if dirs:
         dev.makedirs(dirs)
     show = progress and result["bytes"] > 0
@@ -179,11 +185,7 @@ def deploy(dev, files, force=False, dry_run=False, echo=click.echo, progress=Tru
     if delete:
         dev.write(MANIFEST, json.dumps({"version": 1, "files": want}).encode())
         # folders left empty go too: an empty protocols/ still shadows a frozen package
-        gone = set()
-        for rel in delete:
-            parts = rel.split("/")[:-1]
-            for i in range(1, len(parts) + 1):
-                gone.add("/".join(parts[:i]))
+        gone = _folders(delete)
         if gone:
             dev.rmdirs(gone)
     return result

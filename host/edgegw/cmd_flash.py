@@ -161,7 +161,7 @@ def run(p, port, baud, erase=True, verify=True, echo=click.echo):
         cl.close()
         try:
             esp._port.close()
-        except Exception:
+        except OSError:      # the port went away with the failure being reported
             pass
 
 

@@ -21,6 +21,7 @@ import click
 import paho.mqtt.client as paho
 
 from edgefw import auth
+from edgegw import pairing
 from protocols import topics as T
 
 
@@ -34,11 +35,11 @@ def UserError(msg):
 
 def parse_broker(s):
     """'host:port' or 'host' -> (host, port); a bad port is a user error naming --broker."""
-    from edgegw.tracker.publish import parse_broker as parse
+    from edgegw.broker import parse_broker as parse
     try:
         return parse(s)
     except ValueError as e:
-        raise UserError("--%s" % e) from None
+        raise UserError(str(e)) from None
 
 
 def connect(broker, client_id="", timeout_s=5, on_connect=None):
@@ -51,11 +52,11 @@ def connect(broker, client_id="", timeout_s=5, on_connect=None):
             on_connect(cl)
         up.set()
     c.on_connect = _on_connect
+    from edgegw.broker import start
     try:
-        c.connect(host, port, keepalive=30)
-    except OSError as e:
-        raise UserError("--broker %s:%d: %s" % (host, port, e)) from None
-    c.loop_start()
+        start(c, host, port)
+    except ConnectionError as e:
+        raise UserError("--%s" % e) from None
     if not up.wait(timeout_s):
         c.loop_stop()
         raise UserError("--broker %s:%d: no CONNACK within %d s" % (host, port, timeout_s))
@@ -163,35 +164,30 @@ def send_command(broker, device, leaf, payload, key, seq=None, ts=None, exp_s=60
                  wait_s=5.0, sign=True):
     """Sign and publish a command; returns the gateway's ack (dict) or None on timeout."""
     now = int(time.time()) if ts is None else ts
-    cmd = dict(payload, seq=int(time.time() * 1000) if seq is None else seq, ts=now,
-               exp=now + exp_s)
-    if sign:
-        auth.sign(key, device, T.COMMANDS[leaf], cmd)
-    got = []
-    ev = threading.Event()
+    cmd = pairing.command(key, device, leaf, payload,
+                          int(time.time() * 1000) if seq is None else seq, now, exp_s, sign)
+    acks = pairing.Inbox()
 
     def on_msg(c, u, m):
         try:
-            a = json.loads(m.payload)
+            acks.put(json.loads(m.payload))
         except ValueError:
             return
-        if a.get("seq") == cmd["seq"]:
-            got.append(a)
-            ev.set()
     subbed = threading.Event()
     c = connect(broker, on_connect=lambda cl: cl.subscribe(T.topic(device, T.ACK), 1))
     c.on_subscribe = lambda *a: subbed.set()
     c.on_message = on_msg
+    ack = None
     try:
         subbed.wait(wait_s)
         info = c.publish(T.topic(device, leaf), json.dumps(cmd, separators=(",", ":")), qos=1)
         info.wait_for_publish(wait_s)
         if wait_s:
-            ev.wait(wait_s)
+            ack = acks.wait(pairing.is_ack_of(cmd), wait_s, fail=False)
     finally:
         c.loop_stop()
         c.disconnect()
-    return cmd, (got[0] if got else None)
+    return cmd, ack
 
 
 def _one_device(ctx, param, value):

@@ -41,7 +41,7 @@ class Master:
     def close(self):
         try:
             self.ser.close()
-        except Exception:
+        except OSError:      # unplugged: nothing left to close
             pass
 
     def line(self):

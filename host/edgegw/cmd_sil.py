@@ -112,11 +112,11 @@ def existing_config(dirpath):
 
 def link_section(broker, key_file):
     """The config's link section for --broker HOST:PORT [--key-file F]."""
-    from edgegw.tracker.publish import parse_broker
+    from edgegw.broker import parse_broker
     try:
         host, port = parse_broker(broker)
     except ValueError as e:
-        raise UserError("--%s" % e)
+        raise UserError(str(e))
     link = {"host": host, "port": port}
     if key_file:
         from edgefw import auth

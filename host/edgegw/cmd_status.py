@@ -57,11 +57,11 @@ def from_repl(port, baud=115200, points=True, timeout=10.0):
 
 
 def parse_broker(text):
-    host, _, port = text.partition(":")
+    from edgegw.broker import parse_broker as parse
     try:
-        return host or "127.0.0.1", int(port) if port else 1883
-    except ValueError:
-        raise UserError("--mqtt %r: use HOST or HOST:PORT" % text)
+        return parse(text, "--mqtt")
+    except ValueError as e:
+        raise UserError(str(e))
 
 
 def from_mqtt(broker, device_id, timeout=15.0, username=None, password=None):

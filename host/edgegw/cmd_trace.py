@@ -530,7 +530,7 @@ def capture_cmd(port, baud, parity, out, bus, duration, max_frames):
         signal.signal(signal.SIGTERM, old)
         try:
             ser.close()
-        except Exception:
+        except OSError:      # unplugged during the capture: what was read is kept
             pass
         f.flush()
         if out:

@@ -14,6 +14,14 @@ OUTPUT_MAX = 1000000    # keep memory bounded on long runs: past this, keep the 
 OUTPUT_KEEP = 500000    # OUTPUT_KEEP characters
 
 
+def replace_code(tmp, path):
+    """Board-side code that renames tmp over path: the atomic step of every write the host
+    makes on a gateway's filesystem, as edgefw.store.replace does it (written out: a board
+    being deployed may run firmware from before store.py)."""
+    return ("import os\ntry:\n os.rename(%r,%r)\nexcept OSError:\n try:\n  os.remove(%r)\n"
+            " except OSError:\n  pass\n os.rename(%r,%r)\n" % (tmp, path, path, tmp, path))
+
+
 class ReplConsole:
     console_name = "gateway"    # expect()'s timeout message: "no ... in the <it> output"
 
@@ -157,10 +165,6 @@ class Device:
         if self.stop_requested:
             raise Interrupted()
 
-    def eval_json(self, expr):
-        out = self.exec("import json\nprint(json.dumps(%s))" % expr).strip()
-        return json.loads(out.splitlines()[-1]) if out else None
-
     def read(self, path):
         """File contents (bytes) or None when it does not exist."""
         import binascii
@@ -191,8 +195,7 @@ class Device:
         except Interrupted:
             self.exec("_f.close()\ntry:\n os.remove(%r)\nexcept OSError:\n pass\ndel _f" % tmp)
             raise
-        self.exec("_f.close()\ntry:\n os.rename(%r,%r)\nexcept OSError:\n os.remove(%r)\n"
-                  " os.rename(%r,%r)\ndel _f" % (tmp, path, path, tmp, path))
+        self.exec("_f.close()\n" + replace_code(tmp, path) + "del _f")
 
     def remove(self, path):
         self.exec("import os\ntry:\n os.remove(%r)\nexcept OSError:\n pass" % path)
@@ -216,21 +219,23 @@ class Device:
 
     def soft_reset(self):
         """Restart the firmware (friendly REPL Ctrl-D)."""
+        from mpremote.transport import TransportError
         try:
             self.t.exit_raw_repl()
             self.t.serial.write(b"\x04")
-        except Exception:
+        except (OSError, TransportError):     # the board reset by itself: it reset anyway
             pass
 
     def close(self):
+        from mpremote.transport import TransportError
         try:
             if self.t.in_raw_repl:
                 self.t.exit_raw_repl()
-        except Exception:
+        except (OSError, TransportError):     # a board that went away: nothing to leave
             pass
         try:
             self.t.close()
-        except Exception:
+        except OSError:
             pass
 
     def __enter__(self):

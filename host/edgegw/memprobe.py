@@ -80,35 +80,11 @@ class Slave:
         return rtu.encode_response(self.slave, q.fc, addr=q.addr, qty=q.qty)
 
 
-class MemBus:
-    def __init__(self, slaves):
-        self.slaves = {}
-        for s in slaves:
-            self.slaves[s.slave] = s
-        self.rx = bytearray()
-        self.stream = None  # not pollable: the loop polls it on its timer
-
-    def write(self, frame):
-        q = rtu.decode_request(bytes(frame))
-        s = self.slaves.get(q.slave)
-        if s is not None:
-            self.rx.extend(s.answer(q))
-        return len(frame)
-
-    def readinto(self, buf):
-        n = min(len(buf), len(self.rx))
-        buf[:n] = self.rx[:n]
-        self.rx = self.rx[n:]
-        return n
-
-    def close(self):
-        pass
-
-
 def _sim():
     global regmap, rtu
     from protocols import modbus_rtu as rtu
     from protocols import regmap
+    from protocols.membus import MemBus    # (in the "sim" figure, not the gateway's)
     return {
         "bus0": MemBus([Slave("sunspec_pcs", 1, {"p_w": 0, "fault": 0, "state": 4, "run": 1}),
                         Slave("sdm630", 2, {"p_w": 1200}), Slave("sdm630", 3, {"p_w": 3000}),

@@ -431,7 +431,7 @@ class Replayer:
         if self.ser is not None:
             try:
                 self.ser.close()
-            except Exception:
+            except OSError:      # the adapter was unplugged: nothing left to close
                 pass
             self.ser = None
 

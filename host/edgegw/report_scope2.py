@@ -14,7 +14,6 @@ import math
 
 from edgegw.cli import UserError, read_json
 
-RESIDUAL_G_KWH = 609.6     # t/MWh 0.6096: China national 2023 excl. market-traded green power
 KINDS = ("GEC", "green_power")
 GAP_S = 600                # as cmd_report: a telemetry hole longer than this is not integrated
 SOURCES = {

@@ -25,8 +25,6 @@ import time
 from protocols import modbus_rtu as rtu
 from protocols import regmap
 
-MODES = ("ok", "silent", "crc", "exception")
-
 
 class SimDevice:
     def __init__(self, map_name, slave, role, site=None, values=None, name=None):

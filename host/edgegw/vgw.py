@@ -212,7 +212,6 @@ class VirtualGateway(ReplConsole):
         th = threading.Thread(target=self._relay, args=(m1, m2), name="repl-relay", daemon=True)
         th.start()
         self._threads.append(th)
-        self._m1 = m1
         if self.clock is not None:
             self.clock.hold_more(1)  # site time stands still while it boots: a fixed start
         try:

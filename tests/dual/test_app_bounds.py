@@ -5,6 +5,7 @@ import socket
 
 from protocols import modbus_rtu as rtu
 from protocols import regmap
+from protocols.membus import MemBus
 from edgefw import app as appmod
 from edgefw import clock, config, hal_unix
 from edgefw.nulls import NO_ENERGY
@@ -67,39 +68,6 @@ class Slave:
         return rtu.encode_response(self.slave, fc, addr=q.addr, qty=q.qty)
 
 
-class MemBus:
-    """A byte-stream bus with slaves behind it; broken = the stream raises (a TCP
-    RS-485 gateway that went away)."""
-
-    def __init__(self, slaves):
-        self.slaves = {}
-        for s in slaves:
-            self.slaves[s.slave] = s
-        self.rx = bytearray()
-        self.broken = False
-        self.stream = self
-
-    def write(self, frame):
-        if self.broken:
-            raise OSError(104, "mem bus closed by peer")
-        q = rtu.decode_request(bytes(frame))
-        s = self.slaves.get(q.slave)
-        if s is not None:
-            self.rx.extend(s.answer(q))
-        return len(frame)
-
-    def readinto(self, buf):
-        if self.broken:
-            raise OSError(104, "mem bus closed by peer")
-        n = min(len(buf), len(self.rx))
-        buf[:n] = self.rx[:n]
-        self.rx = self.rx[n:]
-        return n
-
-    def close(self):
-        pass
-
-
 class Rig:
     """An App on two in-memory buses: meters (grid, pv, it) and batt (pcs, bms)."""
 
@@ -115,8 +83,8 @@ class Rig:
         self.it = Slave("sdm630", 5, {"p_w": it_w})
         self.load = [it_w - pv_w - grid_w]  # what the meters do not explain (aux)
         self.pcs.on_write = self.physics
-        self.buses = {"meters": MemBus([self.grid, self.pv, self.it]),
-                      "batt": MemBus([self.pcs, self.bms])}
+        self.buses = {"meters": MemBus([self.grid, self.pv, self.it], pollable=True),
+                      "batt": MemBus([self.pcs, self.bms], pollable=True)}
         self.opens = {"meters": 0, "batt": 0}
         self.can_open = True
         bms = {"name": "bms", "role": "bms", "map": "seplos_v3", "slave": 2, "bus": "batt",

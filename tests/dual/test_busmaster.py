@@ -2,6 +2,7 @@
 from protocols import modbus_rtu as rtu
 from edgefw import clock
 from edgefw.busmaster import BusMaster
+from protocols.membus import MemBus as LoopBus
 
 
 class Slave:
@@ -32,33 +33,6 @@ class Slave:
         if self.mode == "crc":
             f = f[:-1] + bytes(((f[-1] ^ 0x55),))
         return f
-
-
-class LoopBus:
-    """A byte-stream bus with slaves behind it: what the master writes is decoded and
-    the addressed slave's answer becomes readable."""
-
-    def __init__(self, slaves):
-        self.slaves = {}
-        for s in slaves:
-            self.slaves[s.slave] = s
-        self.rx = bytearray()
-
-    def write(self, frame):
-        req = rtu.decode_request(bytes(frame))
-        s = self.slaves.get(req.slave)
-        if s is not None:
-            self.rx.extend(s.answer(req))
-        return len(frame)
-
-    def readinto(self, buf):
-        n = min(len(buf), len(self.rx))
-        buf[:n] = self.rx[:n]
-        self.rx = self.rx[n:]
-        return n
-
-    def close(self):
-        pass
 
 
 class Dev:

@@ -16,6 +16,7 @@ from edgegw import cmd_trace
 from edgefw import clock
 from edgefw.busmaster import BusMaster
 from protocols import modbus_rtu as rtu
+from protocols.membus import MemBus
 from protocols import trace
 
 SEED_FRAMES = [
@@ -73,26 +74,17 @@ def _codec(rng, f, reqs):
             pass
 
 
-class _AnswerBus:
+class _AnswerBus(MemBus):
     """A bus whose device answers every request with the next fuzzed frame."""
 
     def __init__(self):
-        self.rx = b""
+        MemBus.__init__(self, [])
         self.next = b""
 
     def write(self, frame):
         rtu.decode_request(bytes(frame))  # the master only ever sends valid requests
         self.rx = self.next
         return len(frame)
-
-    def readinto(self, buf):
-        n = min(len(buf), len(self.rx))
-        buf[:n] = self.rx[:n]
-        self.rx = self.rx[n:]
-        return n
-
-    def close(self):
-        pass
 
 
 class _Dev:

@@ -1,8 +1,7 @@
 """The northbound link against a real mosquitto: the firmware MQTT client and Link run
-under MicroPython as real processes (tests/host/link_driver.py), paho plays the cloud."""
+under MicroPython as real processes (host/edgegw/link_driver.py), paho plays the cloud."""
 import json
 import os
-import queue
 import subprocess
 import sys
 import threading
@@ -13,65 +12,10 @@ import pytest
 
 # (not `from conftest import`: with tests/dual collected too, that name can be the other one)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MICROPYTHON = os.path.join(REPO, ".venv", "bin", "micropython")
-MICROPYPATH = ".frozen:%s:%s" % (REPO, os.path.join(REPO, "firmware"))
 
 sys.path.insert(0, os.path.join(REPO, "host"))
+from edgegw.linkproc import LinkProc as Driver  # noqa: E402
 from edgegw.mosq import Mosquitto  # noqa: E402
-
-DRIVER = os.path.join(REPO, "tests", "host", "link_driver.py")
-
-
-class Driver:
-    """A link_driver.py process; lines of JSON from its stdout land in a queue."""
-
-    def __init__(self, *args):
-        env = dict(os.environ, MICROPYPATH=MICROPYPATH)
-        self.p = subprocess.Popen([MICROPYTHON, "-X", "heapsize=2m", DRIVER] + list(args),
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                  env=env, cwd=REPO)
-        self.q = queue.Queue()
-        self.lines = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for ln in self.p.stdout:
-            try:
-                d = json.loads(ln)
-            except ValueError:
-                d = {"ev": "text", "text": ln.rstrip()}
-            d["_t"] = time.monotonic()
-            self.lines.append(d)
-            self.q.put(d)
-
-    def send(self, line):
-        self.p.stdin.write(line + "\n")
-        self.p.stdin.flush()
-
-    def wait(self, pred, timeout=10.0, what="event"):
-        t_end = time.monotonic() + timeout
-        while True:
-            left = t_end - time.monotonic()
-            if left <= 0:
-                raise AssertionError("no %s within %.1f s; driver said: %s"
-                                     % (what, timeout, self.lines[-15:]))
-            try:
-                d = self.q.get(timeout=left)
-            except queue.Empty:
-                continue
-            if pred(d):
-                return d
-
-    def quit(self):
-        self.send("quit")
-        d = self.wait(lambda d: d["ev"] == "bye", what="bye")
-        self.p.wait(5)
-        return d
-
-    def kill(self):
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait()
 
 
 class Cloud:

@@ -7,6 +7,9 @@ import time
 
 import paho.mqtt.client as mqtt
 
+from edgegw.broker import parse_broker  # noqa: F401 (re-exported: callers use pub.parse_broker)
+from edgegw.broker import start as broker_start
+
 from protocols import topics
 
 MAX_STEPS = topics.MAX_FC_STEPS   # 288: the points the gateway keeps (dispatch.MAX_FC)
@@ -50,20 +53,6 @@ def sign(msg, key, device_id, kind=KIND):
     return auth.sign(key, device_id, kind, dict(msg))
 
 
-def parse_broker(s):
-    """'host:port' or 'host' -> (host, port)."""
-    host, _, port = s.rpartition(":")
-    if not host:
-        return s, 1883
-    try:
-        p = int(port)
-    except ValueError:
-        raise ValueError("broker: port %r is not a number" % port) from None
-    if not 0 < p < 65536:
-        raise ValueError("broker: port %d out of range 1..65535" % p)
-    return host, p
-
-
 class Publisher:
     """Connected paho client; `send(device_id, msg)` publishes a forecast with QoS 1."""
 
@@ -74,11 +63,7 @@ class Publisher:
         self._up = threading.Event()
         self.c.on_connect = lambda c, u, f, rc, p=None: rc == 0 and self._up.set()
         self.c.on_disconnect = lambda *a: self._up.clear()
-        try:
-            self.c.connect(self.host, self.port, keepalive=60)
-        except OSError as e:
-            raise ConnectionError("broker %s:%d: %s" % (self.host, self.port, e)) from None
-        self.c.loop_start()
+        broker_start(self.c, self.host, self.port, keepalive=60)
         if not self._up.wait(timeout_s):
             self.close()
             raise ConnectionError("broker %s:%d: no CONNACK in %d s" % (self.host, self.port, timeout_s))
@@ -115,11 +100,7 @@ def read_topic(broker, tpc, timeout_s=3):
 
     c.on_connect = on_connect
     c.on_message = on_message
-    try:
-        c.connect(host, port, keepalive=30)
-    except OSError as e:
-        raise ConnectionError("broker %s:%d: %s" % (host, port, e)) from None
-    c.loop_start()
+    broker_start(c, host, port)
     try:
         ev.wait(timeout_s)
     finally:
@@ -147,11 +128,7 @@ class GatewayClock:
         t = topic(device_id, topics.TELEMETRY)
         self.c.on_connect = lambda c, u, f, rc, p=None: c.subscribe(t, qos=0)
         self.c.on_message = self._msg
-        try:
-            self.c.connect(host, port, keepalive=30)
-        except OSError as e:
-            raise ConnectionError("broker %s:%d: %s" % (host, port, e)) from None
-        self.c.loop_start()
+        broker_start(self.c, host, port)
 
     def _msg(self, c, u, m):
         try:

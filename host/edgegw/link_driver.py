@@ -1,11 +1,11 @@
 # Runs the firmware MQTT client / Link as a real MicroPython (or CPython) process for the
-# host tests and benches. Prints one JSON object per line on stdout; reads commands
-# (one per line) on stdin without blocking.
-#   micropython tests/host/link_driver.py mqtt HOST PORT KEEPALIVE_S N [CA]
+# host tests and benches (edgegw.linkproc starts it and reads it). Prints one JSON object
+# per line on stdout; reads commands (one per line) on stdin without blocking.
+#   micropython host/edgegw/link_driver.py mqtt HOST PORT KEEPALIVE_S N [CA]
 #       (CA given: TLS, broker verified against that CA file; "" = TLS without verifying)
 #       publish N QoS 1 messages on drv/out, echo drv/in messages to drv/echo,
 #       print {"ev": "done", ...} when all are acked; "quit" on stdin ends.
-#   micropython tests/host/link_driver.py link CFG.json
+#   micropython host/edgegw/link_driver.py link CFG.json
 #       run Link with injected telemetry every link.telemetry_ms; prints state changes,
 #       setpoint changes, counters. stdin: "hold" (stop polling the link), "run", "mute"
 #       (stop making telemetry), "stats", "quit".
@@ -185,4 +185,5 @@ def main(argv):
         raise SystemExit("usage: link_driver.py mqtt|link ...")
 
 
-main(sys.argv)
+if __name__ == "__main__":
+    main(sys.argv)
