@@ -326,7 +326,7 @@ def test_hold_bounded_by_zero_export():
         m = r.a.params["export_margin_w"]
         assert r.until(lambda: not r.a.safety.tripped and r.a.pcs.ack["p_set_w"] == 1000 - m)
         # the ack can be seen a poll before the device's register reads back: wait, bounded
-    assert r.a.ctl.bound_by == "export" and r.until(lambda: r.pcs_at(1000 - m, 1))
+        assert r.a.ctl.bound_by == "export" and r.until(lambda: r.pcs_at(1000 - m, 1))
         # the grid after the change stays an import of the margin, and stays there
         assert r.grid.get("p_w") == m
         r.passes(300)
