@@ -23,7 +23,7 @@ pytestmark = pytest.mark.sil_only
     (["--target", "board", "--port", "/dev/ttyACM0", "--bus", "bus0=/dev/ttyUSB0",
       "--speed", "60"], "--speed 60"),
     (["--port", "/dev/ttyACM0"], "--port/--bus"),
-    (["--broker", "localhost"], "--broker 'localhost'"),
+    (["--broker", "localhost:x"], "--broker 'localhost:x'"),
     (["--heap", "lots"], "--heap 'lots'"),
 ])
 def test_bad_options_named(args, named):
