@@ -198,8 +198,9 @@ def check_telemetry(d):
     if d.get("state") not in STATES:
         errs.append("state: %r is not one of %s" % (d.get("state"), ", ".join(STATES)))
     for k in d:
-        if k.endswith("_w") and not _int(d[k]):
-            errs.append("%s: %r is not an integer W" % (k, d[k]))
+        # null: not known now (a point missing, no PV inverter limit)
+        if k.endswith("_w") and d[k] is not None and not _int(d[k]):
+            errs.append("%s: %r is not an integer W (or null)" % (k, d[k]))
     return errs
 
 
@@ -226,15 +227,20 @@ def ha_config_topic(prefix, device_id, object_id, component="sensor"):
 
 def telemetry_fields():
     """The fields of a telemetry record (edgefw/app.py App.telemetry + the link's seq, ts,
-    boot, state); "e." = the energy counters (edgefw/energy.py counters()). For receivers
-    and the checks of what HA discovery and the dashboard read. Optional ones (headroom
-    without params, e without energy) may be missing from a record."""
+    boot, state); "e." = the energy counters (edgefw/energy.py counters()), "g." = the
+    hourly green ledger (check_ledger; "g.hour" only in every other record). For
+    receivers and the checks of what HA discovery and the dashboard read. Optional ones
+    (headroom without params, e and g without energy) may be missing from a record."""
     f = ["seq", "ts", "boot", "state", "sp_w", "curtail_w", "pv_limit_w", "safety",
          "grid_w", "pv_w", "it_w", "aux_w", "bat_w", "soc_cpct", "ccl_w", "dcl_w",
          "headroom_w", "headroom_1h_w"]
     for n in ("pv_load", "pv_bat", "pv_grid", "bat_load", "bat_grid", "grid_load",
-              "grid_bat", "curtail", "grid_imp", "grid_exp", "it", "aux", "pv", "it_green"):
+              "grid_bat", "curtail", "grid_imp", "grid_exp", "it", "aux", "pv", "it_green",
+              "bat_green"):
         f.append("e." + n + "_wh")
     f.append("e.co2_kg")
     f.append("e.renewable_cpct")
+    for h in ("cur", "hour"):
+        for n in ("t0", "cfe_cpct") + LEDGER_FIELDS:
+            f.append("g.%s.%s" % (h, n))
     return f

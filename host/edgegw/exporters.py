@@ -4,7 +4,8 @@ record of each gateway as Prometheus metrics (prometheus_client, built on each s
 
 Names: a telemetry field `grid_w` becomes the Influx field `grid_w` and the Prometheus
 gauge `edgegw_grid_w{device="<id>"}`; an energy counter `e.pv_wh` becomes the Influx field
-`e_pv_wh` and the gauge `edgegw_e_pv_wh`. Only the fields of protocols.topics
+`e_pv_wh` and the gauge `edgegw_e_pv_wh`, a ledger field `g.cur.cfe_cpct` the field
+`g_cur_cfe_cpct`. Only the fields of protocols.topics
 .telemetry_fields() that hold integers are exported (text: `state` is an Influx tag and
 the gauge `edgegw_link_state{state=...}` = 1). docs/mqtt.md "Outputs for the ecosystem".
 """
@@ -15,7 +16,7 @@ from protocols import topics as T
 MEASUREMENT = "edgegw"
 PROM_PREFIX = "edgegw_"
 
-# the integer fields a record may carry, in telemetry_fields() order ("e." kept)
+# the integer fields a record may carry, in telemetry_fields() order ("e.", "g." kept)
 _NUMERIC = [f for f in T.telemetry_fields() if f not in ("state", "safety")]
 
 
@@ -27,11 +28,9 @@ def numeric(rec):
     """[(name, value)] of the record's integer fields, "e.pv_wh" named "e_pv_wh"."""
     out = []
     for f in _NUMERIC:
-        if f.startswith("e."):
-            e = rec.get("e")
-            v = e.get(f[2:]) if isinstance(e, dict) else None
-        else:
-            v = rec.get(f)
+        v = rec
+        for part in f.split("."):   # "e.pv_wh", "g.cur.cfe_cpct": nested objects
+            v = v.get(part) if isinstance(v, dict) else None
         if _int(v):
             out.append((f.replace(".", "_"), v))
     return out

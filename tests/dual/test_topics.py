@@ -67,6 +67,17 @@ def test_telemetry_check_and_json_round_trip():
     d["pv_w"] = 1.0
     e = T.check_telemetry(d)
     assert len(e) == 2
+    # null W: not known now (no PV inverter limit, a point missing)
+    assert T.check_telemetry({"seq": 1, "ts": 2, "state": "FALLBACK", "pv_limit_w": None,
+                              "aux_w": None}) == []
+
+
+def test_telemetry_fields_name_every_counter_and_ledger_field():
+    f = T.telemetry_fields()
+    assert "e.bat_green_wh" in f and "e.it_green_wh" in f
+    assert "g.cur.cfe_cpct" in f and "g.hour.cfe_cpct" in f
+    for n in T.LEDGER_FIELDS:
+        assert "g.hour." + n in f
 
 
 def test_builders():

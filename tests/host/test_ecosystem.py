@@ -123,7 +123,7 @@ def test_gateway_announces_itself_to_ha_and_the_exporters_serve_its_telemetry(br
     rec = json.loads(recs[-1][1])
     # (topics.check_telemetry calls the documented pv_limit_w null "not an integer W":
     # reported, not changed here)
-    assert [e for e in T.check_telemetry(rec) if not e.startswith("pv_limit_w")] == []
+    assert T.check_telemetry(rec) == []
     topics = sorted(t for t, p, r in got)
     assert topics == sorted(T.ha_config_topic(T.HA_PREFIX, DEV, p[0]) for p in hadisc.POINTS)
     assert all(r for t, p, r in got)    # retained
@@ -167,13 +167,14 @@ def test_influx_line_protocol_exact():
     s = exporters.InfluxSink(out)
     rec = {"seq": 7, "ts": 1764000000, "boot": 2, "state": "ONLINE", "grid_w": -120,
            "pv_w": 3400, "soc_cpct": 8320, "pv_limit_w": None, "safety": "",
-           "flag": True, "e": {"pv_wh": 1234, "co2_kg": 5}}
+           "flag": True, "e": {"pv_wh": 1234, "co2_kg": 5},
+           "g": {"cur": {"cfe_cpct": 9100}}}
     s.record("site a,1", T.TELEMETRY, rec)
     s.record("site a,1", T.EVENTS, {"seq": 8, "ts": 1, "kind": "state"})  # not telemetry
     assert out.getvalue() == (
         # (Point sorts fields by name; integers get the i suffix; null, text, bool dropped)
         "edgegw,device=site\\ a\\,1,state=ONLINE boot=2i,e_co2_kg=5i,e_pv_wh=1234i,"
-        "grid_w=-120i,pv_w=3400i,seq=7i,soc_cpct=8320i 1764000000\n")
+        "g_cur_cfe_cpct=9100i,grid_w=-120i,pv_w=3400i,seq=7i,soc_cpct=8320i 1764000000\n")
 
 
 def test_dashboard_asks_only_for_exported_metrics():
