@@ -3,6 +3,7 @@
 # the last good copy -> the factory default. A new config.json runs on trial until the
 # application confirms it (confirm()); a restart while on trial falls back to the last
 # good copy. See docs/config.md for the schema and the trial boot.
+import gc
 import json
 import os
 
@@ -472,5 +473,17 @@ def boot(check=None):
     # the factory default failed the check (e.g. maps missing): run it without devices
     cfg = default()
     cfg["devices"] = []
-    validate(cfg)
+    errs = validate(cfg)
+    if errs:
+        # not even that could be filled in (out of memory while checking): collect and
+        # fill in one without buses, so no part reads a bus field the check did not set
+        gc.collect()
+        cfg = default()
+        cfg["devices"] = []
+        cfg["buses"] = []
+        validate(cfg)  # fills in the rest; its one error is the empty bus list
+        for e in errs:
+            report.append("factory default: %s" % e)
+        report.append("factory default: runs without buses (check free memory)")
+        return cfg, "factory default without buses", report
     return cfg, "factory default without devices", report

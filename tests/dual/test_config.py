@@ -172,3 +172,26 @@ def test_trial_s_validated():
     c = _cfg("gw")
     c["trial_s"] = 5
     assert config.validate(c) == ["trial_s: 5 out of range 10..86400"]
+
+
+def test_factory_default_that_cannot_be_checked_boots_without_buses():
+    # out of memory while checking the factory default's buses: the last resort is the
+    # factory default without buses, every field filled in (no part reads a missing one)
+    real = config._validate
+
+    def short_of_memory(c):
+        if isinstance(c, dict) and c.get("buses"):
+            raise MemoryError("memory allocation failed")
+        return real(c)
+
+    def run():
+        config._validate = short_of_memory
+        try:
+            cfg, src, rep = config.boot()
+        finally:
+            config._validate = real
+        assert src == "factory default without buses", src
+        assert cfg["buses"] == [] and cfg["devices"] == []
+        assert cfg["status_s"] == 10 and cfg["trial_s"] == 600
+        assert [r for r in rep if "MemoryError" in r], rep
+    _in_dir(run)
