@@ -145,19 +145,12 @@ def set_time():
     return True
 
 
-try:
-    import _thread
-    _MAIN = _thread.get_ident()
-except ImportError:
-    _thread = None
-
-
 def reset():
-    # sys.exit in the loop's thread (config "console") would end only that thread: the
-    # virtual gateway takes SIGUSR1 to the process as the same reset
-    if _thread is not None and _thread.get_ident() != _MAIN:
-        import os
-        os.system("kill -USR1 $PPID")
+    # sys.exit in the loop's thread (config "console") would end only that thread, and
+    # under `micropython -i` only drop to the REPL: the virtual gateway takes SIGUSR1 to
+    # the process as the same reset
+    import os
+    os.system("kill -USR1 $PPID")
     sys.exit(3)
 
 

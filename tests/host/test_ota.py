@@ -151,7 +151,7 @@ def test_power_cut_mid_switch_boots(tmp_path, broker, good_bundle, cut):
         n = 0 if cut == "tmp_0" else len(rec) // 2
         (d / "ota" / "boot.json.tmp").write_text(rec[:n])
     elif cut.startswith("torn_"):  # a filesystem without atomic rename: a torn record
-        n = {"torn_1": 1, "torn_half": len(rec) // 2, "torn_last": len(rec) - 1}[cut]
+        n = {"torn_1": 1, "torn_half": len(rec) // 2, "torn_last": len(rec) - 2}[cut]
         (d / "ota" / "boot.json").write_text(rec[:n])
     elif cut == "whole":
         (d / "ota" / "boot.json").write_text(rec)
