@@ -327,7 +327,11 @@ class App:
             while not self.stopping:
                 try:
                     wait = self.step()
-                    h.err_run = h.err_run + 1 if h.pass_err else 0
+                    if h.pass_err:
+                        h.err_run += 1
+                        h.npass_err += 1
+                    else:
+                        h.err_run = 0
                 except MemoryError:
                     gc.collect()
                     h.nloop_err += 1

@@ -25,6 +25,8 @@ class Health:
         self.err_run = 0        # passes in error in a row (the watchdog resets a stuck loop)
         self.pass_err = False   # this pass had an error
         self.nloop_err = 0      # errors of the loop itself (the config trial fails on any)
+        self.npass_err = 0      # passes where a part (control, PCS, interlock) raised: a
+                                # firmware trial fails on any, a config trial does not
         self.link = NO_LINK
         self.wdt = _NoWatchdog()
         self.net_cfg = cfg.get("net") or {}

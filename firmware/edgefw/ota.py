@@ -247,8 +247,10 @@ class Ota:
     def _trial_end(self, now):
         h = self.health
         why = None
-        if h.nloop_err:
-            why = "%d loop errors" % h.nloop_err
+        if h.nloop_err or h.npass_err:
+            # a part that raises every pass (control, PCS) is caught per pass, so the loop
+            # itself runs on: its errors fail the trial too
+            why = "%d loop errors" % (h.nloop_err + h.npass_err)
         elif not self.buses.healthy():
             why = "buses not healthy"
         elif not self.link.connected:

@@ -53,11 +53,11 @@ def _linked(gw):
     return gw.wait(lambda s: (s["link"] or {}).get("connected"), 30, points=False)
 
 
-def _publish(m, bundle, timeout=120):
+def _publish(m, bundle, timeout=120, group=None):
     from click.testing import CliRunner
+    who = ["--group", group] if group else ["--device", DEV]
     r = CliRunner().invoke(cmd_ota.cli, ["publish", bundle, "--broker", "%s:%d" % (m.host, m.port),
-                                         "--device", DEV, "--key", KEY,
-                                         "--timeout", str(timeout)])
+                                         "--key", KEY, "--timeout", str(timeout)] + who)
     return r.exit_code, r.output
 
 
@@ -66,13 +66,14 @@ def _power_cut(gw):
     gw.proc.wait(5)
 
 
-def _broken_bundle(tmp_path, version="v-broken"):
+def _broken_bundle(tmp_path, version="v-broken", module="app.py",
+                   tail="\nraise ImportError('broken on purpose')\n"):
     src = tmp_path / "src"
     for top in ("firmware", "protocols"):
         shutil.copytree(os.path.join(REPO, top), str(src / top),
                         ignore=shutil.ignore_patterns("__pycache__"))
-    app = src / "firmware" / "edgefw" / "app.py"
-    app.write_text(app.read_text() + "\nraise ImportError('broken on purpose')\n")
+    f = src / "firmware" / "edgefw" / module
+    f.write_text(f.read_text() + tail)
     p = str(tmp_path / "broken.tar")
     cmd_ota.build(cmd_ota.bundle_files(str(src)), version, p, trial_s=10)
     return p
@@ -103,6 +104,24 @@ def test_broken_bundle_rolls_back_by_itself(tmp_path, broker):
         s = _linked(gw)
         assert s["ota"]["running"] == "base" and s["ota"]["step"] == "rolled_back"
         assert s["buses"]["bus1"]["bms"]["ok"] >= 0
+
+
+def test_bundle_whose_control_raises_fails_its_trial(tmp_path, broker):
+    # it boots and the loop runs on (each pass catches the control error), so only the
+    # trial's error count can send it back
+    tail = ("\ndef _broken_tick(self, now):\n    raise ValueError('control broken on purpose')"
+            "\nControl.tick = _broken_tick\n")
+    bundle = _broken_bundle(tmp_path, "v-badctl", "control.py", tail)
+    group = tmp_path / "groups.json"   # a staged rollout stops at the first failed group
+    group.write_text(json.dumps([[DEV], ["gw-never-offered"]]))
+    with _gw(tmp_path / "gw", broker) as gw:
+        _linked(gw)
+        rc, out = _publish(broker, bundle, group=str(group))
+        assert rc == 2 and "loop errors" in out and "group 1: %s" % DEV in out, out
+        assert "rollout stopped" in out and "gw-never-offered" not in out, out
+        s = gw.wait(lambda s: (s["ota"] or {}).get("step") == "rolled_back", 60, points=False)
+        assert s["ota"]["running"] == "base"
+        assert "otaboot: firmware slot a" in gw.output
 
 
 def test_power_cut_mid_download_resumes(tmp_path, broker, good_bundle):
