@@ -221,9 +221,9 @@ def _ts(ctx, param, value):
         raise click.BadParameter("%r: epoch seconds, or 'gateway'" % value) from None
 
 
-def gateway_time(broker, device, timeout_s=15.0):
-    """The gateway's own clock: the ts of its next telemetry record (a virtual gateway runs
-    site time, not this host's)."""
+def first_message(broker, topic, qos, timeout_s, accept=lambda d: True):
+    """The first JSON message on topic that accept() takes (a retained one counts), or
+    None after timeout_s."""
     got = []
     ev = threading.Event()
 
@@ -232,20 +232,28 @@ def gateway_time(broker, device, timeout_s=15.0):
             d = json.loads(m.payload)
         except ValueError:
             return
-        if isinstance(d, dict) and isinstance(d.get("ts"), int):
-            got.append(d["ts"])
+        if accept(d):
+            got.append(d)
             ev.set()
-    c = connect(broker, on_connect=lambda cl: cl.subscribe(T.topic(device, T.TELEMETRY), 0))
+    c = connect(broker, on_connect=lambda cl: cl.subscribe(topic, qos))
     c.on_message = on_msg
     try:
         ev.wait(timeout_s)
     finally:
         c.loop_stop()
         c.disconnect()
-    if not got:
+    return got[0] if got else None
+
+
+def gateway_time(broker, device, timeout_s=15.0):
+    """The gateway's own clock: the ts of its next telemetry record (a virtual gateway runs
+    site time, not this host's)."""
+    d = first_message(broker, T.topic(device, T.TELEMETRY), 0, timeout_s,
+                      lambda d: isinstance(d, dict) and isinstance(d.get("ts"), int))
+    if d is None:
         raise UserError("--ts gateway: no telemetry from %s within %g s (is its link up with "
                         "status_s > 0?)" % (device, timeout_s))
-    return got[0]
+    return d["ts"]
 
 
 # the default validity of a command timed by the gateway's own clock (site s): at

@@ -20,7 +20,7 @@ import click
 
 from edgegw import pairing
 from edgegw.cli import UserError, read_bytes, read_json
-from edgegw.cmd_link import _key, connect
+from edgegw.cmd_link import _key, connect, first_message
 from protocols import topics as T
 
 BOOT_CHAIN = ("boot.py", "main.py", "otaboot.py")
@@ -228,23 +228,8 @@ def publish(bundle, broker, devices, group_file, key, key_file, ts, exp_s, timeo
 @click.option("--timeout", type=click.FloatRange(0.1), default=3.0, show_default=True)
 def status(broker, device, timeout):
     """The gateway's last OTA step (retained ota/status)."""
-    got = []
-    ev = threading.Event()
-
-    def on_msg(c, u, m):
-        try:
-            got.append(json.loads(m.payload))
-        except ValueError:
-            return
-        ev.set()
-    c = connect(broker, on_connect=lambda cl: cl.subscribe(T.topic(device, T.OTA_STATUS), 1))
-    c.on_message = on_msg
-    try:
-        ev.wait(timeout)
-    finally:
-        c.loop_stop()
-        c.disconnect()
-    if not got:
+    d = first_message(broker, T.topic(device, T.OTA_STATUS), 1, timeout)
+    if d is None:
         raise UserError("no OTA status from %s within %g s (no update yet, or wrong --device)"
                         % (device, timeout))
-    click.echo(json.dumps(got[0]))
+    click.echo(json.dumps(d))

@@ -93,6 +93,10 @@ def test_bundle_goes_in_and_is_confirmed(tmp_path, broker, good_bundle):
         assert "otaboot: firmware slot a" in gw.output
         rec = (tmp_path / "gw" / "ota" / "boot.json").read_text()
         assert '"trial": false' in rec and '"active": "a"' in rec
+        from click.testing import CliRunner
+        r = CliRunner().invoke(cmd_ota.cli, ["status", "--broker", "%s:%d" % (broker.host,
+                               broker.port), "--device", DEV, "--timeout", "10"])
+        assert r.exit_code == 0 and '"step": "confirmed"' in r.output, r.output
 
 
 def test_broken_bundle_rolls_back_by_itself(tmp_path, broker):
