@@ -10,7 +10,6 @@ import json
 import os
 
 from edgefw import auth, clock
-from edgefw.hadisc import Discovery
 from edgefw.mqtt import NO_CA, MQTTClient
 from edgefw.ring import Ring
 from edgefw.store import write_atomic, write_json
@@ -123,6 +122,18 @@ def _bound(v, m):
     return m if v is None else min(m, v)
 
 
+
+def _forget(name):
+    """Drop a module used once per boot (edgefw.NAME) so its code and tables are
+    collected: HA discovery is about 4.7 KB on 32-bit with the code as .mpy."""
+    import sys
+    sys.modules.pop("edgefw." + name, None)
+    import edgefw
+    try:
+        delattr(edgefw, name)
+    except AttributeError:
+        pass
+
 class Link:
     def __init__(self, cfg, device_id, fs_dir, limits=None):
         errs = validate_link_cfg(cfg)
@@ -174,7 +185,8 @@ class Link:
         self.n = {"tx": 0, "tx_ring": 0, "acked": 0, "spilled": 0, "cmd_ok": 0,
                   "cmd_rejected": 0, "lost_fs": 0}
         self.client = None
-        self.hadisc = None
+        self.hadisc = None      # the discovery under way (hadisc.py: imported only then)
+        self.ha_due = False
         if self.enabled:
             st_topic = T.topic(device_id, T.STATUS)
             will = json.dumps(T.status(False, clock.time(), self.boot))
@@ -193,7 +205,7 @@ class Link:
             c.subscribe(T.topic(device_id, T.OTA_OFFER), 1)
             c.subscribe(T.topic(device_id, T.OTA_CHUNK), 1)
             self.client = c
-            self.hadisc = Discovery(device_id)  # Home Assistant discovery, once per boot
+            self.ha_due = True  # Home Assistant discovery, once per boot when connected
             w = self.tls_warning()
             if w:
                 self.event("tls", {"tls": self.tls_mode(), "why": w})  # the cloud hears too
@@ -208,11 +220,21 @@ class Link:
             return
         self.client.poll(now_ms)
         self._drain()
-        if self.hadisc is not None:
-            self.hadisc.poll(self.client)
-            if self.hadisc.done:
-                self.hadisc = None
+        if self.ha_due:
+            self._discovery()
         self._step(dt)
+
+    def _discovery(self):
+        if self.hadisc is None:
+            if not self.client.connected:
+                return  # an offline gateway holds no discovery code
+            from edgefw.hadisc import Discovery
+            self.hadisc = Discovery(self.device_id)
+        self.hadisc.poll(self.client)
+        if self.hadisc.done:
+            self.hadisc = None
+            self.ha_due = False
+            _forget("hadisc")
 
     @property
     def connected(self):
