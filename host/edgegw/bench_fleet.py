@@ -93,7 +93,7 @@ def _worker(first, n, host, port, count, period_ms, tmp, ev, out, deadline_s):
                     lk.telemetry(_record(j, sent[j]))
                     sent[j] += 1
                     due[j] += period_ms / 1000
-            elif lk.inflight or len(lk.ring):
+            elif lk.outbox.inflight or len(lk.outbox.ring):
                 busy = True
         polls += 1
         if not busy:
@@ -113,7 +113,7 @@ def _worker(first, n, host, port, count, period_ms, tmp, ev, out, deadline_s):
         st["fails"] += s["fails"]
         st["ring_dropped"] += s["ring_dropped"]
         st["spilled"] += s["spilled"]
-        st["left_inflight"] += len(lk.inflight)
+        st["left_inflight"] += len(lk.outbox.inflight)
         st["left_ring"] += s["ring_n"]
     st["send_s"] = t1 - t0
     st["polls"] = polls

@@ -151,7 +151,7 @@ def run_link(path):
                 mute = True
             elif ln == "stats":
                 out({"ev": "stats", "stats": lk.stats(), "mem_peak": mem_peak(), "n": n,
-                     "heap_live_max": _live[0], "inflight": len(lk.inflight)})
+                     "heap_live_max": _live[0], "inflight": len(lk.outbox.inflight)})
         now = clock.ticks_ms()
         if not hold:
             lk.poll(now)

@@ -152,7 +152,7 @@ def _paths(appmod, app, clock, mqtt):
             c._flush()
         finally:
             c.state, c.sock, lk.state = st, sock, lst
-            del lk.inflight[:]
+            del lk.outbox.inflight[:]
             del c.inflight[:]
 
     def status():

@@ -417,7 +417,7 @@ def test_link_tls_mode_in_status_and_boot_errors(tmp_path):
         w = lk.tls_warning()
         assert (w is None) if warn is None else w.startswith(warn), (mode, w)
         if warn:  # queued for the cloud as an event, too
-            assert len(lk.ring) == 1
+            assert len(lk.outbox.ring) == 1
     assert link.validate_link_cfg({"host": "h", "insecure": True}) == [
         "link.insecure: true only with tls true (it turns off the broker's certificate "
         "check)"]
@@ -518,13 +518,13 @@ def test_setpoint_from_a_clock_ahead_of_the_gateway_lives_exp_minus_ts(tmp_path)
     lk = _offline_link(tmp_path, None)
     now = clock.time()
     assert _deliver(lk, T.CMD_SETPOINT, {"p_w": 100}, ts=now + 3600, exp_in=30)
-    assert now + 29 <= lk.sp["exp"] <= now + 32
+    assert now + 29 <= lk.hold.sp["exp"] <= now + 32
     lk.state = link.ONLINE
     assert lk.setpoint(now + 10) == 100 and lk.setpoint(now + 33) is None
     r = now - clock.EPOCH       # the control loop's time base (clock.rel(), issue 19)
     assert lk.setpoint(r + 10, None, True) == 100 and lk.setpoint(r + 33, None, True) is None
     # a normal command: exp as sent
     assert _deliver(lk, T.CMD_SETPOINT, {"p_w": 200}, ts=now - 5, exp_in=30)
-    assert lk.sp["exp"] == now + 25
+    assert lk.hold.sp["exp"] == now + 25
     # a command already expired on the gateway's clock is still refused as stale
     assert not _deliver(lk, T.CMD_SETPOINT, {"p_w": 300}, ts=now - 100, exp_in=30)
