@@ -73,7 +73,7 @@ _SPEC = (
     ("grid_factor_g_kwh", 0, 1000, None),
     ("grid_factor_dg_kwh", 0, 10000, None),
 )
-_OTHER = ("export_allowed", "grid_cap_hard", "region", "schedule", "name", "note")
+_OTHER = ("export_allowed", "grid_cap_hard", "region", "schedule", "name", "note", "tariff")
 
 
 def _isint(v):
@@ -147,6 +147,12 @@ def validate_params(site):
             p[k] = site[k]
     if "schedule" in p:
         _windows(p["schedule"], "site.schedule")
+    if site.get("tariff") is not None:
+        from edgefw import tariff
+        t, errs = tariff.validate(site["tariff"], "site.tariff", ea)
+        if errs:
+            raise ValueError(errs[0])
+        p["tariff"] = t
     return p
 
 
