@@ -368,6 +368,11 @@ class Dispatcher:
         # inputs from the cloud
         self.schedule = Schedule()
         self.forecast = LoadForecast()
+        # rule 5b, time-of-use arbitrage: only with a site tariff (none: today's rules)
+        self.tou = None
+        if "tariff" in p:
+            from edgefw import tariff
+            self.tou = tariff.TouRule(p, self.plan)
         if "schedule" in p:
             self.set_schedule(p["schedule"])
 
@@ -542,6 +547,8 @@ class Dispatcher:
             self.t_plan = now_s
             self.replan = False
         self._local_want(net)
+        if self.tou is not None:
+            self.tou.want(self, now_s, net, soc)
         if wi >= 0:
             self._schedule_want(wi, net, m, soc)
         sp = self._pick(sp0, db, first)

@@ -4,7 +4,7 @@
 # in 0.01 fen/kWh (cfen; 1 CNY = 10,000 cfen), so 0.6218 CNY/kWh, as provinces publish
 # them to four decimals, is exactly 6218 and the firmware stays integer. No I/O; the
 # lookups allocate nothing and stay below 2**30 on a 32-bit port.
-from edgefw.fx import div_trunc
+from edgefw.fx import div_trunc, mdiv
 
 try:
     from micropython import const
@@ -231,3 +231,172 @@ class Tariff:
                 h = 0
                 d += 1
                 m = month_of_day(d)
+
+
+# ---- rule 5b: time-of-use arbitrage (docs/dispatch.md, "Tariff") ----------------------
+
+R_TOU = "tou"          # reason (an interned constant: assigning it does not allocate)
+_BLOCK_S = const(900)  # the planner's block
+WMAX_CAP = const(10000000)   # grid_cap_w at this (dispatch.WMAX): no cap configured
+_NONE = const(0)
+_DISCHARGE = const(1)
+_CHARGE = const(2)
+
+
+class TouRule:
+    """Charge in the valley, discharge in the peak, from the price schedule of the next
+    24 h and the planner's forecast net load per block (plan.profile.net_w, level_w). A
+    cycle is made only where it pays: gain(lo, hi) > 0, the round-trip efficiency and the
+    wear of both legs (cycle_cost_cfen) counted. It only moves the wanted setpoint (the
+    Dispatcher's hook after rule 5): rules 1-4 (SOC window, BMS limits, zero export, the
+    cap, the reserve) still bound it, and a cloud schedule window still replaces it. The
+    decision is made once per plan; step() allocates nothing."""
+
+    def __init__(self, p, plan):
+        self.tariff = Tariff(p["tariff"], p["tz_s"])
+        self.plan = plan
+        self.margin_w = p["export_margin_w"]
+        self.n = plan.n_blocks
+        # energy arbitrage leaves for the import cap (W x block): 30 min at full power
+        self.cap_keep = plan.bat.discharge_max_w * 2 if p["grid_cap_w"] < WMAX_CAP else 0
+        self.pb = [0] * self.n                  # price per plan block (cfen/kWh)
+        self.hp = [0] * (div_trunc(self.n, 4) + 2)   # price per hour from now's hour
+        self.eta_cd = plan.eta_cd
+        self.wear = div_trunc(self.tariff.cycle_cost_cfen * (1000 + plan.eta_cd), 1000)
+        self.mode = _NONE
+        self.charge_to_w = 0     # charging: grid import it fills up to (W)
+        self.seen = -1           # the plan (Dispatcher.t_plan) the decision was made for
+        self.fresh = True
+
+    def gain(self, lo, hi):
+        """cfen per kWh charged at price lo and given back at price hi, less the losses and
+        the wear of both legs; > 0: the cycle pays."""
+        return div_trunc(hi * self.eta_cd, 1000) - lo - self.wear
+
+    def _prices(self, now):
+        t = self.tariff
+        t.prices_ahead(now, self.hp)
+        loc = now + t.tz_s
+        s = loc - _floor_div(loc, 3600) * 3600      # seconds into the hour
+        for k in range(self.n):
+            self.pb[k] = self.hp[div_trunc(s + k * _BLOCK_S, 3600)]
+
+    def _arb(self, k0, k1, T, lo, hi):
+        # W x block beyond the plan's shave (above T) that the dear blocks k0..k1-1 (price
+        # above hi, a cycle charged at lo pays) ask of the battery to import no more than
+        # the margin
+        f = self.plan.profile.net_w
+        dmax = self.plan.bat.discharge_max_w
+        m = self.margin_w
+        tot = 0
+        for k in range(k0, k1):
+            q = self.pb[k]
+            if q > hi and self.gain(lo, q) > 0:
+                x = f[k] - m
+                y = f[k] - T
+                tot += (0 if x <= 0 else (dmax if x > dmax else x)) - \
+                    (0 if y <= 0 else (dmax if y > dmax else y))
+        return tot
+
+    def _emax(self, d):
+        # deliverable energy of a full battery above the reserve floor (W x block)
+        b = self.plan.bat
+        e = mdiv(b.wh, b.soc_max - d.floor if b.soc_max > d.floor else 0, 10000)
+        return mdiv(e, b.eta_d, 1000) * 4
+
+    def _decide(self, d, now, soc):
+        self._prices(now)
+        pl = self.plan
+        b = pl.bat
+        n = self.n
+        p0 = self.tariff.price_cfen(now)
+        T = pl.level_w
+        e0 = 0
+        if soc > d.floor:
+            e0 = mdiv(b.wh, soc - d.floor, 10000)
+            e0 = mdiv(e0, b.eta_d, 1000) * 4            # deliverable, W x block
+        emax = self._emax(d)
+        lo = p0
+        R = n
+        for k in range(1, n):
+            if self.pb[k] < lo:
+                lo = self.pb[k]
+        for k in range(1, n):
+            if self.pb[k] == lo and self.pb[k - 1] != lo:
+                R = k                                   # the next refill starts
+                break
+        self.mode = _NONE
+        if lo < p0 and self.gain(lo, p0) > 0:
+            # discharge now if, with the energy the dearer blocks up to the refill want
+            # kept (and a quarter of the battery for forecast error: a missed evening load
+            # must not leave the cap to an empty battery; with a cap, half an hour at full
+            # power more for surges no forecast shows), the plan's level still holds
+            # until the refill (the planner's own walk, PV included)
+            x = self._arb(0, R, T, lo, p0) + (emax >> 2) + self.cap_keep
+            if e0 > x and pl.feasible(T, R, e0 - x, emax, 0) >= 0:
+                self.mode = _DISCHARGE
+            return
+        # charge now if a block ahead pays for it and none cheaper comes before it
+        e1 = 0
+        for k in range(1, n):
+            q = self.pb[k]
+            if q < p0:
+                return
+            if self.gain(p0, q) > 0:
+                e1 = k
+                break
+        if e1 == 0:
+            return
+        r2 = n
+        for k in range(e1, n):
+            if self.pb[k] <= p0:
+                r2 = k
+                break
+        # enough for the plan's level and the dear blocks until the next cheap period
+        need = pl.feasible(T, r2, emax, emax, 0)
+        want = self._arb(e1, r2, T, p0, p0) + (emax if need < 0 else need)
+        want = (emax if want > emax else want) - e0
+        if want <= pl.tol_w:
+            return
+        # but no grid energy that would only make the battery spill PV later: where the
+        # plan's walk fills the battery (PV), no more than the dear blocks before that
+        # fill draw from it (grid energy stored beyond that is PV turned away)
+        pl.fill_block = r2
+        pl.feasible(T, r2, e0, emax, 0)
+        if pl.spill > pl.tol_w * 4 and pl.fill_block < r2:       # tol W for an hour
+            kf = pl.fill_block
+            x = pl.feasible(T, kf, emax, emax, 0)                # the plan's shave to it
+            x = self._arb(e1, kf, T, p0, p0) + (0 if x < 0 else x) - e0
+            want = x if x < want else want
+        if want <= pl.tol_w:
+            return
+        self.mode = _CHARGE
+        c = T if T > d.peak.peak_w else d.peak.peak_w
+        if self.tariff.demand_cfen_kw == 0:
+            # no demand charge: spread over the cheap blocks left, whatever the import
+            # (with one, the charge never sets a new billed demand)
+            cmax = b.charge_max_w
+            pw = div_trunc(want, e1)
+            pw = pl.profile.net_w[0] + (cmax if pw > cmax else pw)
+            c = pw if pw > c else c
+        # never up to the import cap: a surge while charging there would pass it
+        top = div_trunc(pl.cap_w * 9, 10)
+        c = top if c > top else c
+        self.charge_to_w = c if c > self.margin_w else self.margin_w
+
+    def want(self, d, now, net, soc):
+        """The hook (Dispatcher.step after rule 5): move d.want for the arbitrage."""
+        if self.fresh or d.t_plan != self.seen:
+            self.fresh = False
+            self.seen = d.t_plan
+            self._decide(d, now, soc)
+        if self.mode == _DISCHARGE and not self.plan.grid_charge:
+            x = net - self.margin_w
+            if x > d.want:
+                d.want = x
+                d.want_why = R_TOU
+        elif self.mode == _CHARGE:
+            x = net - self.charge_to_w
+            if x < d.want:
+                d.want = x
+                d.want_why = R_TOU

@@ -41,7 +41,7 @@ FC_REFRESH_S = 900      # the old realised-load forecast's period (forecast_at)
 FC_SEND_S = 300         # tracker: resend an unchanged forecast after this (tracker run default)
 FC_VALID_S = 3600       # tracker: forecast valid this long (tracker run --valid default)
 REASONS = ("idle", "safety", "soc", "bms", "ramp", "export", "cap", "reserve", "shave",
-           "self", "hold", "precharge", "schedule", "deadband", "outage")
+           "self", "hold", "precharge", "schedule", "deadband", "outage", "tou")
 
 
 class ScenarioError(ValueError):

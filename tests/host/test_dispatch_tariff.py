@@ -132,3 +132,38 @@ def test_eval_cli_bad_tariff_is_one_line_exit_2(tmp_path):
         assert r.exit_code == 2, (args, r.output)
         assert msg in r.output and "Traceback" not in r.output, (args, r.output)
         assert len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_tou_rule_intermediates_stay_31_bit():
+    # rule 5b at the extremes: 10 MW, 10 MWh, a 24 h horizon, the highest prices, wear and
+    # demand charge the validation admits; every int local of dispatch, planner, rules,
+    # fx and tariff stays a small int on a 32-bit port (the loop tracer of issue 19)
+    import sys
+    sys.path.insert(0, os.path.join(REPO, "tests", "dual"))
+    import test_loop_small_ints as tls
+    from edgefw import tariff
+    from _helpers import Rand
+    t = two_price(0, tariff.PRICE_MAX, cycle=0, demand=tariff.DEMAND_MAX)
+    t["seasons"] = [{"months": list(range(1, 13)), "hours": [0, 1] * 12}]
+    site = {"battery_wh": 10000000, "pcs_w": 10000000, "grid_cap_w": 10000000,
+            "reserve_s": 86400, "horizon_s": 86400, "ramp_w_s": 10000000, "tariff": t,
+            "pv_peak_w": 10000000, "tz_s": 50400}
+    big = 10000000
+    old = tls.TRACED
+    tls.TRACED = old + (tariff.__file__,)
+    try:
+        for now0 in (33000000, (1 << 29) - 86400 * 30, -(1 << 29) + 86400):
+            d = dispatch.Dispatcher(dispatch.validate_params(site))
+            d.set_forecast(now0, 300, [big] * 288, now0 + 10 ** 6)
+            r = Rand(5)
+
+            def run():
+                for i in range(60):
+                    d.step(now0 + i * 60, r.below(2 * big) - big // 2, r.below(2 * big),
+                           r.below(big), r.below(4 * big) - 2 * big, r.below(10001),
+                           r.below(big), r.below(big))
+            bad = tls._trace(run)
+            assert not bad, (now0, sorted(set(bad))[:5])
+            assert d.tou.seen == d.t_plan
+    finally:
+        tls.TRACED = old
