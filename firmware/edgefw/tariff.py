@@ -379,9 +379,12 @@ class TouRule:
             pw = div_trunc(want, e1)
             pw = pl.profile.net_w[0] + (cmax if pw > cmax else pw)
             c = pw if pw > c else c
-        # never up to the import cap: a surge while charging there would pass it
+        # never up to the import cap: a surge while charging there would pass it; and a
+        # tenth below the level, for the load's noise (at the level, every upward wiggle
+        # before the ramp catches it would be a new billed 15-min peak)
         top = div_trunc(pl.cap_w * 9, 10)
         c = top if c > top else c
+        c -= div_trunc(c, 10)
         self.charge_to_w = c if c > self.margin_w else self.margin_w
 
     def want(self, d, now, net, soc):
