@@ -24,6 +24,13 @@ Every scenario is one spec (a dict, `specs()`), drawn from random.Random(seed * 
            grid outages (0.5-6 h, on 15 min boundaries) in about 30 %
 Climates and load kinds are dealt round-robin (5 climates x 4 load kinds, twice in 40),
 battery hours cycle 0.5, 1, 2, 3, 4, so every combination appears.
+  tariff   about 60 % of the weeks get a site.tariff (`tariff_spec`, from its own RNG stream,
+           so the weather and load draws of every week are what they were without it):
+           the Guangdong 1-10 kV shape (scenarios/tariffs/guangdong_1_10kv.json, flat price
+           0.55-0.75 CNY/kWh), a two-peak shape (valley 0-8, peaks 8-11 and 17-22, Jul-Aug
+           sharp 14-15 and 20-21) or a flat price with a heavy demand charge; demand 20-45
+           CNY/kW.month, wear 0.02-0.08 CNY/kWh, an export price where export is allowed;
+           with `start_date` (the week's date) so the tariff knows the month
 """
 import json
 import os
@@ -73,7 +80,45 @@ def specs(n=40, days=7, seed=1):
             "battery_h": bh, "cap_ratio": rng.uniform(0.7, 0.9) if rng.random() < 0.5 else None,
             "export_allowed": rng.random() < 0.3, "outages": outages,
         })
+        out[-1]["tariff"] = tariff_spec(seed, i, out[-1]["export_allowed"])
     return out
+
+
+# ---- tariffs ---------------------------------------------------------------------------
+
+_REST = [0] * 8 + [1, 1, 2, 2, 1, 1, 2, 2, 2, 2, 2] + [1] * 5     # Guangdong, not Jul-Sep
+_SUMMER = [0] * 8 + [1, 1, 2, 3, 1, 1, 2, 3, 3, 2, 2] + [1] * 5
+_TWO_PEAK = [0] * 8 + [2, 2, 2] + [1] * 6 + [2] * 5 + [1, 1]
+_TWO_PEAK_SUMMER = [0] * 8 + [2, 2, 2] + [1, 1, 1, 3, 1, 1] + [2, 2, 2, 3, 2] + [1, 1]
+
+
+def tariff_spec(seed, i, export_allowed):
+    """The week's site.tariff or None, from random.Random("tariff:SEED:I"): a stream of
+    its own, so adding tariffs changed no weather or load draw."""
+    rng = random.Random("tariff:%d:%d" % (seed, i))
+    if rng.random() >= 0.6:
+        return None
+    kind = rng.choice(("guangdong", "two_peak", "demand"))
+    flat = rng.uniform(0.55, 0.75)
+    if kind == "demand":
+        ratios, seasons = (1.0,), [(list(range(1, 13)), [0] * 24)]
+    elif kind == "guangdong":
+        ratios = (0.38, 1.0, 1.7, 1.7 * 1.25)
+        seasons = [([7, 8, 9], _SUMMER), ([1, 2, 3, 4, 5, 6, 10, 11, 12], _REST)]
+    else:
+        ratios = (0.35, 1.0, 1.6, 1.6 * 1.2)
+        seasons = [([7, 8], _TWO_PEAK_SUMMER), ([1, 2, 3, 4, 5, 6, 9, 10, 11, 12], _TWO_PEAK)]
+    names = ("valley", "flat", "peak", "sharp") if len(ratios) > 1 else ("flat",)
+    t = {"name": "family %s, flat %.4f CNY/kWh" % (kind, flat),
+         "periods": [{"name": n, "price_cfen": int(round(flat * r * 10000))}
+                     for n, r in zip(names, ratios)],
+         "seasons": [{"months": m, "hours": list(h)} for m, h in seasons],
+         "demand_cfen_kw": int(round(rng.uniform(20, 45) * (2 if kind == "demand" else 1))
+                               * 10000),
+         "cycle_cost_cfen": int(round(rng.uniform(0.02, 0.08) * 10000))}
+    if export_allowed:
+        t["export_cfen"] = int(round(rng.uniform(0.30, 0.40) * 10000))
+    return t
 
 
 # ---- weather ---------------------------------------------------------------------------
@@ -295,6 +340,9 @@ def build(sp):
                 ", outages %s" % sp["outages"] if sp["outages"] else "", sp["seed"])}
     if sp["cap_ratio"] is not None:
         site["grid_cap_w"] = int(round(sp["cap_ratio"] * peak_nb, -2))
+    if sp.get("tariff") is not None:
+        site["tariff"] = sp["tariff"]
+        site["start_date"] = sp["date"]     # t_s 0 is this local midnight: the month
     cols = {"t_s": np.arange(n) * 60, "pv_w": np.round(pv).astype(int),
             "it_load_w": np.round(it).astype(int), "aux_load_w": np.round(aux).astype(int)}
     if sp["outages"]:

@@ -264,6 +264,12 @@ def _validate(cfg):
 
     for k in ("site", "link", "net"):
         cfg[k] = v.dict_(cfg, k, "")
+    site = cfg["site"]
+    if site.get("tariff") is not None:
+        # the time-of-use / demand tariff (edgefw/tariff.py): every problem, named
+        from edgefw import tariff
+        v.errs.extend(tariff.validate(site["tariff"], "site.tariff",
+                                      site.get("export_allowed") is True)[1])
     net = cfg["net"]
     for k in ("ssid", "psk"):  # ESP32 WLAN station (hal_esp32.net_connect)
         if net.get(k) is not None:

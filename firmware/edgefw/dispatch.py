@@ -73,7 +73,7 @@ _SPEC = (
     ("grid_factor_g_kwh", 0, 1000, None),
     ("grid_factor_dg_kwh", 0, 10000, None),
 )
-_OTHER = ("export_allowed", "grid_cap_hard", "region", "schedule", "name", "note")
+_OTHER = ("export_allowed", "grid_cap_hard", "region", "schedule", "name", "note", "tariff")
 
 
 def _isint(v):
@@ -147,6 +147,12 @@ def validate_params(site):
             p[k] = site[k]
     if "schedule" in p:
         _windows(p["schedule"], "site.schedule")
+    if site.get("tariff") is not None:
+        from edgefw import tariff
+        t, errs = tariff.validate(site["tariff"], "site.tariff", ea)
+        if errs:
+            raise ValueError(errs[0])
+        p["tariff"] = t
     return p
 
 
@@ -362,6 +368,11 @@ class Dispatcher:
         # inputs from the cloud
         self.schedule = Schedule()
         self.forecast = LoadForecast()
+        # rule 5b, time-of-use arbitrage: only with a site tariff (none: today's rules)
+        self.tou = None
+        if "tariff" in p:
+            from edgefw import tariff
+            self.tou = tariff.TouRule(p, self.plan)
         if "schedule" in p:
             self.set_schedule(p["schedule"])
 
@@ -536,6 +547,8 @@ class Dispatcher:
             self.t_plan = now_s
             self.replan = False
         self._local_want(net)
+        if self.tou is not None:
+            self.tou.want(self, now_s, net, soc)
         if wi >= 0:
             self._schedule_want(wi, net, m, soc)
         sp = self._pick(sp0, db, first)

@@ -8,7 +8,8 @@ queue), never the realised load; `b_realised` beside each shipped scenario is th
 perfect-forecast figure, kept to show what that was worth. Targets (issues 4, 15): b >= 85 %
 of the optimum's peak reduction and >= 90 % of its PV-use gain; zero export, SOC and limit
 violations; the sandstorm job without import; family median >= 85 %, worst >= 70 %, ENS no
-higher than the LP's.
+higher than the LP's. On the family's tariff weeks (issue 17): (b)'s share of the LP's cost
+saving over no battery, target median >= 90 %, worst >= 75 % (summary b_cost_share).
 
 Knobs (environment): EDGEGW_BENCH_FAMILY_N scenarios (40; 0 skips the family),
 EDGEGW_BENCH_FAMILY_DAYS (7), EDGEGW_BENCH_JOBS worker processes (2), EDGEGW_BENCH_LP_BLOCK
@@ -171,7 +172,24 @@ def _family_row(args):
         "outage_min": r["outage_min"], "jobs": r["jobs"],
         "ens_wh": {"a": a["ens_wh"], "b": b["ens_wh"], "d": d["ens_wh"]},
         "throughput_kwh": {"b": b["throughput_kwh"], "d": d["throughput_kwh"]},
-        "wall_s": round(time.time() - t0, 1), **ref}
+        "wall_s": round(time.time() - t0, 1), **ref, **_cost_cells(r)}
+
+
+def _cost_cells(r):
+    # a week with a site.tariff: (b)'s share of the LP's cost saving over no battery (on
+    # the total with the stored-energy change valued, evalbench.cost_metrics) and the costs
+    if not r.get("tariff"):
+        return {"tariff": None, "cost_share_pct": None}
+    pol = r["policies"]
+    a, d = pol["a"]["total_adj_cny"], pol["d"]["total_adj_cny"]
+    ok = a - d > 0.005 * max(1.0, abs(a))    # meaningful only where the LP saves at all
+    out = {"tariff": r["tariff"],
+           "cost_share_pct": pol["b"]["cost_saving_share_pct"] if ok else None,
+           "cost_cny": {k: pol[k]["total_adj_cny"] for k in pol},
+           "demand_kw": {k: pol[k]["demand_kw"] for k in pol}}
+    if "r" in pol:
+        out["r_cost_share_pct"] = pol["r"]["cost_saving_share_pct"] if ok else None
+    return out
 
 
 def _dist(rows, key):
@@ -234,8 +252,18 @@ def family(n=40, days=7, seed=1, jobs=2, lp_block_min=1, outdir=None, forecast="
             "max": round(thr[-1][0], 2) if thr else None,
             "max_scenario": thr[-1][1] if thr else None},
         "wall_s": round(time.time() - t0, 1),
+        **_cost_summary(rows, reference),
     }
     return {"summary": summary, "scenarios": rows}
+
+
+def _cost_summary(rows, reference):
+    # the tariff weeks (issue 17): (b)'s share of the LP's cost saving, median and worst
+    tw = {k: r for k, r in rows.items() if r.get("tariff")}
+    out = {"tariff_weeks": len(tw), "b_cost_share": _dist(tw, "cost_share_pct")}
+    if reference:
+        out["r_cost_share"] = _dist(tw, "r_cost_share_pct")
+    return out
 
 
 def holdout(outdir=None):

@@ -28,6 +28,17 @@ ROWS = (
     ("peak_reduction_share_pct", "share of optimum peak reduction %"),
     ("pv_use_improvement_share_pct", "share of optimum PV-use gain %"),
 )
+# with a tariff (site.tariff or --tariff): cost in CNY (evalbench.cost_metrics)
+COST_ROWS = (
+    ("energy_cny", "energy cost CNY"),
+    ("export_cny", "export income CNY"),
+    ("demand_kw", "billed demand (15-min mean) kW"),
+    ("demand_cny", "demand charge CNY (days/30)"),
+    ("cycle_cny", "battery wear CNY"),
+    ("total_cny", "total cost CNY"),
+    ("total_adj_cny", "total, stored energy change valued"),
+    ("cost_saving_share_pct", "share of optimum cost saving %"),
+)
 NAMES = {"a": "a no battery", "b": "b fallback", "c": "c schedule+lost",
          "r": "r ref perfect-fc", "d": "d LP optimum"}
 FORECASTS = {"tracker": "the tracker's forecast (queue jobs + its base estimate)",
@@ -53,7 +64,14 @@ def cli():
               help="skip r, the rolling perfect-forecast LP (faster)")
 @click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
               help="override a site field (VALUE as JSON: 300, true), repeatable")
-def eval_cmd(scenario, site, as_json, plot, no_forecast, queue, no_reference, sets):
+@click.option("--tariff", "tariff_file", type=click.Path(dir_okay=False),
+              help="a site.tariff JSON (e.g. scenarios/tariffs/guangdong_1_10kv.json): "
+                   "cost for every policy, the LP minimises it")
+@click.option("--start-date", "start_date", metavar="YYYY-MM-DD",
+              help="local date of the scenario's t_s = 0 (the tariff's month; default the "
+                   "site's start_date, else 2025-01-01)")
+def eval_cmd(scenario, site, as_json, plot, no_forecast, queue, no_reference, sets,
+             tariff_file, start_date):
     """Run SCENARIO.csv (t_s,pv_w,it_load_w,aux_load_w[,grid_ok]) under five policies: a no
     battery, b the firmware fallback dispatch with what the gateway would know, c the cloud
     schedule then link loss, r reference: perfect forecast (rolling 24 h LP on the realised
@@ -84,6 +102,7 @@ def eval_cmd(scenario, site, as_json, plot, no_forecast, queue, no_reference, se
         except ValueError:
             raise UserError("--set: %s: %r is not a JSON value (a number, true/false)"
                             % (k.strip(), v))
+    over.update(_tariff_overrides(tariff_file, start_date))
     try:
         res = evalbench.evaluate(scenario, site, use_forecast=not no_forecast,
                                  keep_runs=bool(plot), overrides=over, queue_path=queue,
@@ -107,8 +126,10 @@ def eval_cmd(scenario, site, as_json, plot, no_forecast, queue, no_reference, se
                % (FORECASTS[res["forecast"]], res["jobs"],
                   ", grid down %d min" % res["outage_min"] if res["outage_min"] else "",
                   "; r = reference: perfect forecast" if "r" in pol else ""))
+    if res.get("tariff"):
+        click.echo("tariff: %s" % res["tariff"])
     click.echo("%-34s" % "" + "".join("%17s" % NAMES[k] for k in keys))
-    for k, label in ROWS:
+    for k, label in ROWS + COST_ROWS:
         if not any(k in pol[p] for p in keys):
             continue
         cells = []
@@ -116,6 +137,28 @@ def eval_cmd(scenario, site, as_json, plot, no_forecast, queue, no_reference, se
             v = pol[p].get(k)
             cells.append("%17s" % ("-" if v is None else v))
         click.echo("%-34s" % label + "".join(cells))
+
+
+def _tariff_overrides(path, start_date):
+    # --tariff FILE / --start-date as site overrides, checked by the firmware's validator
+    over = {}
+    if path is not None:
+        if not os.path.isfile(path):
+            raise UserError("--tariff: %s not found" % path)
+        from edgefw import tariff
+        doc = read_json(path, "--tariff")
+        errs = tariff.validate(doc, "tariff", True)[1]
+        if errs:
+            raise UserError("--tariff: %s: %s" % (path, errs[0]))
+        over["tariff"] = doc
+    if start_date is not None:
+        import datetime
+        try:
+            datetime.date.fromisoformat(start_date)
+        except ValueError:
+            raise UserError("--start-date: %r is not a date YYYY-MM-DD" % start_date)
+        over["start_date"] = start_date
+    return over
 
 
 def _plot(res, path):

@@ -41,7 +41,7 @@ FC_REFRESH_S = 900      # the old realised-load forecast's period (forecast_at)
 FC_SEND_S = 300         # tracker: resend an unchanged forecast after this (tracker run default)
 FC_VALID_S = 3600       # tracker: forecast valid this long (tracker run --valid default)
 REASONS = ("idle", "safety", "soc", "bms", "ramp", "export", "cap", "reserve", "shave",
-           "self", "hold", "precharge", "schedule", "deadband", "outage")
+           "self", "hold", "precharge", "schedule", "deadband", "outage", "tou")
 
 
 class ScenarioError(ValueError):
@@ -72,11 +72,13 @@ def load_scenario(csv_path, site_path=None, overrides=None, queue_path=None):
     if not isinstance(site, dict):
         raise ScenarioError("%s: must be a JSON object" % site_path)
     site.update(overrides or {})
+    day0 = _start_day(site.pop("start_date", None), site_path)
     try:
         p = dispatch.validate_params(site)
     except ValueError as e:
         raise ScenarioError("%s: %s" % (site_path, e))
     sc = _read_csv(csv_path)
+    sc["day0"] = day0
     if len(sc["t_s"]) and (np.diff(sc["t_s"]) < STEP_S).any():
         sc = _to_minutes(sc)
     if queue_path is None:
@@ -431,12 +433,13 @@ def _store(out, i, pv, curt, it, aux, bat, pl, sp, reason, level, ens=0.0):
 ENS_TOL_WH = 0.01     # the stages after the ENS one may not add more than this
 
 
-def _lp(pv, load, dt_h, p, e0, e_end, res, ok, peak_floor=0.0):
+def _lp(pv, load, dt_h, p, e0, e_end, res, ok, peak_floor=0.0, econ=None):
     """One LP (HiGHS via scipy) over periods of dt_h hours (arrays, W means per period):
     stage 0 min energy not served (only when some period has the grid down), stage 1 min
     peak import (>= peak_floor: a peak already set), stage 2 at that peak min grid energy,
     keeping the reserve res (Wh, a penalised shortfall, since the cap outranks it).
-    -> (dict of variable arrays, peak W)."""
+    econ (a tariff, _econ()): stages 1-2 become one, min cost (_cost_stage).
+    -> (dict of variable arrays, peak W; with econ the 15-min demand peak)."""
     from scipy.optimize import linprog
     from scipy.sparse import coo_matrix
 
@@ -454,7 +457,7 @@ def _lp(pv, load, dt_h, p, e0, e_end, res, ok, peak_floor=0.0):
     iE = 6 * n
     iP = 7 * n + 1
     iS = iP + 1          # reserve shortfall (Wh) after each period
-    nv = iS + n
+    nv = iS + n + (0 if econ is None else 1)    # econ: the billed demand Q (W)
     t = np.arange(n)
     one = np.ones(n)
     # imp - exp - ch + dis - curt + ens = load - pv
@@ -481,6 +484,9 @@ def _lp(pv, load, dt_h, p, e0, e_end, res, ok, peak_floor=0.0):
               + [(0, 0 if u else max(0.0, float(x))) for u, x in zip(up, load)]
               + [(e0, e0)] + [(lo_e, emax)] * n + [(float(peak_floor), None)]
               + [(0, None)] * n)
+    if econ is not None:
+        Aub, bub = _cost_rows(Aub, bub, econ, n, nv, iIMP)
+        bounds.append((float(peak_floor), None))
 
     def solve(c, what):
         r = linprog(c, A_ub=Aub, b_ub=bub, A_eq=Aeq, b_eq=beq, bounds=bounds, method="highs")
@@ -492,6 +498,10 @@ def _lp(pv, load, dt_h, p, e0, e_end, res, ok, peak_floor=0.0):
         c0 = np.zeros(nv)
         c0[iENS:iENS + n] = dt_h
         bub[-1] = solve(c0, "stage 0 (energy not served)").fun + ENS_TOL_WH
+    if econ is not None:
+        x = solve(_cost_stage(econ, n, nv, dt_h, iIMP, iEXP, iCH, iDIS, iCUR, iS, iE),
+                  "cost").x
+        return _lp_vars(x, n), float(x[nv - 1])
     c1 = np.zeros(nv)
     c1[iP] = 1.0
     peak = solve(c1, "stage 1").x[iP]
@@ -505,10 +515,15 @@ def _lp(pv, load, dt_h, p, e0, e_end, res, ok, peak_floor=0.0):
     c2[iS:iS + n] = 100.0 * dt_h
     bounds[iP] = (float(peak_floor), peak + 1.0)
     x = solve(c2, "stage 2").x
-    v = {k: x[i:i + n] for k, i in (("ch", iCH), ("dis", iDIS), ("imp", iIMP), ("exp", iEXP),
-                                    ("curt", iCUR), ("ens", iENS))}
-    v["e"] = x[iE:iE + n + 1]
-    return v, float(peak)
+    return _lp_vars(x, n), float(peak)
+
+
+def _lp_vars(x, n):
+    # the LP's variable arrays by name (layout of _lp: ch dis imp exp curt ens, then E)
+    v = {k: x[j * n:(j + 1) * n] for j, k in enumerate(("ch", "dis", "imp", "exp", "curt",
+                                                         "ens"))}
+    v["e"] = x[6 * n:7 * n + 1]
+    return v
 
 
 def _served(sc):
@@ -534,7 +549,8 @@ def lp_optimum(sc, p):
     pv = sc["pv_w"].astype(float)
     e0 = float(p["battery_wh"]) * p["soc_init_cpct"] / 10000.0
     v, peak = _lp(pv, load, np.full(len(pv), STEP_S / 3600.0), p, e0, e0,
-                  _reserve(p, sc["it_w"]), ok)
+                  _reserve(p, sc["it_w"]), ok,
+                  econ=_econ(sc, p, np.arange(len(pv)), np.ones(len(pv))))
     return v["dis"] - v["ch"], v["curt"].copy(), peak
 
 
@@ -556,7 +572,7 @@ def run_lp_blocks(sc, p, block_min=15):
     okb = (np.bincount(idx, weights=1 - ok) == 0).astype(np.int64)
     itb = np.round(mean(sc["it_w"].astype(float)))
     v, peak = _lp(mean(pv), mean(load), cnt * STEP_S / 3600.0, p, pl.e, pl.e,
-                  _reserve(p, itb), okb)
+                  _reserve(p, itb), okb, econ=_econ(sc, p, idx, cnt))
     level = v["imp"] - v["exp"]
     out = _empty(n)
     h = STEP_S / 3600.0
@@ -612,15 +628,163 @@ def run_reference(sc, p, horizon_h=24, every_min=60, block_min=15):
         okw = (np.bincount(seg, weights=1 - ok[i0:i1]) == 0).astype(np.int64)
         args = (mean(pv), mean(load), lens * STEP_S / 3600.0, p, pl.e)
         rw = _reserve(p, np.round(mean(sc["it_w"].astype(float))))
+        ec = _econ(sc, p, seg, lens, i0)
         try:
-            v, _ = _lp(*args, e_start, rw, okw, peak)
+            v, _ = _lp(*args, e_start, rw, okw, peak, econ=ec)
         except RuntimeError:
-            v, _ = _lp(*args, 0.0, rw, okw, peak)
+            v, _ = _lp(*args, 0.0, rw, okw, peak, econ=ec)
         k = a - i0
         run_setpoints(sc, p, (v["dis"] - v["ch"])[:k], v["curt"][:k], pl, i0, out,
                       "reference")
-        peak = max(peak, float(np.max(out["grid"][i0:a])))
+        peak = max(peak, float(np.max(out["grid"][i0:a])) if ec is None
+                   else _demand_w(sc, p, out["grid"][:a]))
     return out
+
+
+# ---- cost under the site tariff (site.tariff, firmware/edgefw/tariff.py) ----------------
+
+CFEN_WH = 1e-7          # CNY per Wh of 1 cfen/kWh (0.01 fen = 1e-4 CNY, per 1000 Wh)
+DEMAND_WINDOW_MIN = 15  # Chinese meters bill demand on the 15-minute mean import
+MONTH_DAYS = 30.0       # a demand charge over part of a month is prorated by days / 30
+
+
+def _start_day(v, site_path):
+    # scenario-only "start_date" (YYYY-MM-DD, the local date of t_s = 0): days after
+    # 2025-01-01, the gateway clock's epoch, so the tariff knows the month
+    if v is None:
+        return 0
+    import datetime
+    try:
+        d = datetime.date.fromisoformat(v)
+    except (TypeError, ValueError):
+        raise ScenarioError("%s: start_date: %r is not a date YYYY-MM-DD" % (site_path, v))
+    return (d - datetime.date(2025, 1, 1)).days
+
+
+def _minute_tariff(sc, p):
+    """Per minute of the scenario: import price, export price (CNY/Wh), 15-min window;
+    the firmware's own tariff lookup (month from the clock and start_date), cached in sc."""
+    if "_tariff" not in sc:
+        from edgefw import tariff
+        T = tariff.Tariff(p["tariff"], p["tz_s"], sc.get("day0", 0))
+        t = sc["t_s"]
+        price = np.array([T.price_cfen(int(x)) for x in t], dtype=float) * CFEN_WH
+        ex = p["tariff"]["export_cfen"] if p["export_allowed"] else None
+        exp = np.full(len(t), (ex or 0) * CFEN_WH)
+        sc["_tariff"] = (price, exp, (t + p["tz_s"]) // (DEMAND_WINDOW_MIN * 60), T)
+    return sc["_tariff"]
+
+
+def _econ(sc, p, seg, lens, i0=0):
+    """The LP's cost terms for periods seg (period index of each minute from minute i0,
+    lens minutes each); None without a tariff."""
+    if "tariff" not in p:
+        return None
+    price, exp, win, _ = _minute_tariff(sc, p)
+    i1 = i0 + len(seg)
+    lens = np.asarray(lens, dtype=float)
+    first = i0 + np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(int)
+    days = float(lens.sum()) / 1440.0
+    t = p["tariff"]
+    return {"price": np.bincount(seg, weights=price[i0:i1]) / lens,
+            "dt_h": lens * STEP_S / 3600.0,
+            "exp": np.bincount(seg, weights=exp[i0:i1]) / lens,
+            "win": np.unique(win[first], return_inverse=True)[1],
+            "demand_w": t["demand_cfen_kw"] * CFEN_WH * days / MONTH_DAYS,  # CNY per W
+            "cycle_wh": t["cycle_cost_cfen"] * CFEN_WH,
+            "pmax": max(float(price.max()), CFEN_WH),
+            # a Wh left in the battery: what refilling it at the lowest price would cost
+            "e_value": _stored_value_wh(p)}
+
+
+def _stored_value_wh(p):
+    # CNY a Wh of stored energy is worth: its refill at the tariff's lowest price
+    from edgefw import tariff
+    t = tariff.Tariff(p["tariff"])
+    return t.min_cfen * CFEN_WH / (p["eta_c_milli"] / 1000.0)
+
+
+def _cost_rows(Aub, bub, econ, n, nv, iIMP):
+    # rows put before the LP's own (its last row is the ENS bound): the mean import of
+    # each 15-min window <= Q, the billed demand. The cap is no constraint here: with a
+    # tariff the peak term is the demand charge (issue 17), the cost is what is compared
+    from scipy.sparse import coo_matrix, vstack
+    win = econ["win"]
+    nw = int(win.max()) + 1
+    dt = econ["dt_h"]
+    tot = np.bincount(win, weights=dt)
+    t = np.arange(n)
+    rows = np.concatenate([win, np.arange(nw)])
+    cols = np.concatenate([iIMP + t, np.full(nw, nv - 1)])
+    vals = np.concatenate([dt / tot[win], -np.ones(nw)])
+    extra = coo_matrix((vals, (rows, cols)), shape=(nw, nv))
+    bub = bub.copy()
+    bub[n] = 1e12       # no E[T] >= e_end: the energy left is valued instead (_cost_stage)
+    return vstack([extra, Aub]).tocsr(), np.concatenate([np.zeros(nw), bub])
+
+
+def _cost_stage(econ, n, nv, dt_h, iIMP, iEXP, iCH, iDIS, iCUR, iS, iE):
+    # min energy cost - export income + demand charge on Q + throughput cost - the value
+    # of the energy left at the end (as cost_metrics' total_adj), with the reserve
+    # shortfall as a penalty (CNY)
+    c = np.zeros(nv)
+    pm = econ["pmax"]
+    c[iIMP:iIMP + n] = econ["price"] * dt_h
+    c[iEXP:iEXP + n] = -econ["exp"] * dt_h
+    wear = (econ["cycle_wh"] + 1e-3 * pm) * dt_h   # + a trifle: no charge and discharge at once
+    c[iCH:iCH + n] = wear
+    c[iDIS:iDIS + n] = wear
+    c[iCUR:iCUR + n] = 1e-4 * pm * dt_h
+    c[iS:iS + n] = 100.0 * pm * dt_h             # as stage 2: a Wh under the reserve
+    c[nv - 1] = econ["demand_w"]
+    c[iE + n] = -econ["e_value"]
+    return c
+
+
+def _demand_w(sc, p, grid):
+    # the billed demand so far: the highest 15-min mean import (windows on the clock)
+    w = _minute_tariff(sc, p)[2][:len(grid)]
+    w = w - w[0]
+    m = np.bincount(w, weights=np.clip(grid, 0, None)) / np.maximum(np.bincount(w), 1)
+    return float(m.max())
+
+
+def cost_metrics(out, sc, p):
+    """Cost of a run under the site tariff (CNY): energy at the TOU price, export income,
+    demand charge on the highest 15-min mean import (prorated days / 30), battery wear at
+    cycle_cost per kWh of throughput; total_adj also counts the change of stored energy
+    (valued at the lowest import price, charged through eta_c), so a run cannot look cheap
+    by emptying the battery at the end."""
+    price, exp, _, _ = _minute_tariff(sc, p)
+    dt_h = STEP_S / 3600.0
+    g = out["grid"]
+    imp = np.clip(g, 0, None)
+    days = len(g) / 1440.0
+    t = p["tariff"]
+    m = {"energy_cny": float(np.sum(price * imp) * dt_h),
+         "export_cny": float(np.sum(exp * np.clip(-g, 0, None)) * dt_h),
+         "demand_kw": _demand_w(sc, p, g) / 1000.0,
+         "cycle_cny": float(np.abs(out["bat"]).sum() * dt_h) * t["cycle_cost_cfen"] * CFEN_WH}
+    m["demand_cny"] = m["demand_kw"] * t["demand_cfen_kw"] / 1e4 * days / MONTH_DAYS
+    m["total_cny"] = m["energy_cny"] - m["export_cny"] + m["demand_cny"] + m["cycle_cny"]
+    de = (float(out["soc"][-1]) - p["soc_init_cpct"]) / 10000.0 * p["battery_wh"]
+    if not out["bat"].any():
+        de = 0.0
+    m["total_adj_cny"] = m["total_cny"] - de * _stored_value_wh(p)
+    return {k: round(v, 2) for k, v in m.items()}
+
+
+def _add_costs(res, runs, sc, p):
+    # every policy's cost, and the share of the LP's saving over no battery that each
+    # of b, c and r reaches (on total_adj_cny)
+    pol = res["policies"]
+    for k in runs:
+        pol[k].update(cost_metrics(runs[k], sc, p))
+    a, d = pol["a"], pol["d"]
+    for k in ("b", "c", "r"):
+        if k in pol:
+            pol[k]["cost_saving_share_pct"] = _share(a, pol[k], d, "total_adj_cny", True)
+    res["tariff"] = p["tariff"].get("name") or "site.tariff"
 
 
 # ---- metrics ----------------------------------------------------------------------
@@ -706,6 +870,10 @@ def evaluate(csv_path, site_path=None, use_forecast=True, keep_runs=False, overr
         job = (w["t0"] - int(sc["t_s"][0]), w["t1"] - int(sc["t_s"][0]))
     runs = {}
     runs["a"] = run_no_battery(sc, p)
+    if "tariff" in p:
+        # block means net the import of some minutes against the export of others, which
+        # a TOU or export price bills apart: with a tariff (d) is the 1-minute LP
+        lp_block_min = 1
     if lp_block_min > 1:
         runs["d"], peak = run_lp_blocks(sc, p, lp_block_min)
         sp, curt = runs["d"]["bat"], runs["d"]["curt"]
@@ -732,6 +900,8 @@ def evaluate(csv_path, site_path=None, use_forecast=True, keep_runs=False, overr
             x = res["policies"][k]
             x["peak_reduction_share_pct"] = _share(a, x, d, "peak_import_w", True)
             x["pv_use_improvement_share_pct"] = _share(a, x, d, "pv_used_pct", False)
+    if "tariff" in p:
+        _add_costs(res, runs, sc, p)
     if keep_runs:
         res["_runs"] = runs
         res["_params"] = p
