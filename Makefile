@@ -43,10 +43,11 @@ test-micropython32:
 
 # two workers (CI has 2 cores): the lockstep tests wait on each other's processes as much
 # as they compute; results do not depend on it (simulated time, rule 4). PYTEST_WORKERS=0
-# runs them in one process.
+# runs them in one process. loadscope: a test file's tests stay on one worker, in order,
+# sharing its module fixtures (one gateway, one REPL) as in a single-process run.
 PYTEST_WORKERS ?= 2
 test-cpython:
-	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --durations=15
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadscope --durations=15
 
 bench:
 	$(PY) -m edgegw.bench --out bench.json

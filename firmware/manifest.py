@@ -29,7 +29,10 @@ mapgen.write(os.path.join(_GEN, "protocols", "maps_frozen.py"))
 # the port's own frozen modules (_boot.py mounting the filesystem, asyncio, ...)
 include("$(PORT_DIR)/boards/manifest.py")
 
-package("protocols", base_path=_REPO)            # codec, regmap, topics, trace
+# codec, regmap, topics, trace; not membus.py (the in-memory bus of tests and memprobe)
+package("protocols", files=sorted(f for f in os.listdir(os.path.join(_REPO, "protocols"))
+                                  if f.endswith(".py") and f != "membus.py"),
+        base_path=_REPO)
 module("protocols/maps_frozen.py", base_path=_GEN)
 package("edgefw", base_path=".")                 # the firmware modules
 # run by name at every start: the port runs a frozen boot.py / main.py when the

@@ -15,10 +15,16 @@ CMD_SETPOINT = "cmd/setpoint"
 CMD_SCHEDULE = "cmd/schedule"
 CMD_CONFIG = "cmd/config"
 FORECAST = "compute/forecast"
+# firmware update (docs/ota.md): the signed offer is a command; chunks answer the
+# gateway's requests (ota/want) and are checked by the offer's sha256 per file
+OTA_OFFER = "ota/offer"
+OTA_CHUNK = "ota/chunk"
+OTA_WANT = "ota/want"        # gateway -> host: {"version", "f", "o"} send me this chunk
+OTA_STATUS = "ota/status"    # gateway -> host, retained: the last OTA step
 
 # topic leaf -> command kind (the kind is signed with the command, see edgefw/auth.py)
 COMMANDS = {CMD_SETPOINT: "setpoint", CMD_SCHEDULE: "schedule", CMD_CONFIG: "config",
-            FORECAST: "forecast"}
+            FORECAST: "forecast", OTA_OFFER: "ota"}
 
 STATES = ("ONLINE", "GRACE", "FALLBACK", "RECOVERING")
 
@@ -167,8 +173,80 @@ def check_config(d):
     return []
 
 
+OTA_MAX_CHUNK = 4096   # raw bytes a chunk carries at most (gateway RAM bound)
+OTA_MAX_FILES = 96
+OTA_MAX_FILE = 262144
+_PATH_OK = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./"
+
+
+def _ota_path_ok(p):
+    if not isinstance(p, str) or not 0 < len(p) <= 64 or p[0] in "./" or ".." in p:
+        return False
+    for c in p:
+        if c not in _PATH_OK:
+            return False
+    return True
+
+
+def _ota_name_ok(v):
+    return isinstance(v, str) and 0 < len(v) <= 32 and _ota_path_ok(v) and "/" not in v
+
+
+def check_ota_offer(d):
+    """A firmware offer: version, chunk size, trial_s and the files with size and
+    sha256 (64 hex). Errors name the field."""
+    errs = []
+    if not _ota_name_ok(d.get("version")):
+        errs.append("version: %r is not a short name (letters, digits, _-.)" % (d.get("version"),))
+    _need_int(d, "chunk", 256, OTA_MAX_CHUNK, errs)
+    _need_int(d, "trial_s", 5, 86400, errs)
+    fs = d.get("files")
+    if not isinstance(fs, list) or not 0 < len(fs) <= OTA_MAX_FILES:
+        errs.append("files: 1..%d entries expected" % OTA_MAX_FILES)
+        return errs
+    seen = {}
+    for i in range(len(fs)):
+        f = fs[i]
+        pre = "files[%d]." % i
+        if not isinstance(f, dict):
+            errs.append(pre[:-1] + ": not an object")
+            continue
+        if not _ota_path_ok(f.get("path")) or f.get("path") in seen:
+            errs.append(pre + "path: %r is not a safe relative path (or twice)" % (f.get("path"),))
+        else:
+            seen[f["path"]] = 1
+        _need_int(f, "size", 0, OTA_MAX_FILE, errs, pre)
+        h = f.get("sha256")
+        if not isinstance(h, str) or len(h) != 64 or h.strip("0123456789abcdef"):
+            errs.append(pre + "sha256: 64 lowercase hex digits expected")
+    return errs
+
+
+def ota_chunk(version, f, o, data):
+    """The chunk message: one header line then the raw bytes (no base64: no 4/3 copy)."""
+    return ("%s %d %d\n" % (version, f, o)).encode() + data
+
+
+def parse_ota_chunk(payload):
+    """(version, file index, offset, data memoryview) or ValueError naming the problem."""
+    i = payload.find(b"\n")
+    if i < 0 or i > 64:
+        raise ValueError("chunk: no header line")
+    p = bytes(payload[:i]).decode().split(" ")
+    if len(p) != 3:
+        raise ValueError("chunk: header is not 'VERSION FILE OFFSET'")
+    f = int(p[1])
+    o = int(p[2])
+    n = len(payload) - i - 1
+    if n > OTA_MAX_CHUNK:
+        raise ValueError("chunk: %d bytes over %d" % (n, OTA_MAX_CHUNK))
+    if f < 0 or o < 0:
+        raise ValueError("chunk: negative file or offset")
+    return p[0], f, o, memoryview(payload)[i + 1:]
+
+
 CHECKS = {"setpoint": check_setpoint, "schedule": check_schedule, "forecast": check_forecast,
-          "config": check_config}
+          "config": check_config, "ota": check_ota_offer}
 
 
 # telemetry "g": the hourly green ledger (edgefw/ledger.py): "hour" = a closed UTC hour

@@ -9,7 +9,7 @@ import gc
 
 from edgefw import buses, clock, config, control, devices, hal, health, pcsctl, pvctl
 from edgefw import safety, telemetry
-from edgefw.nulls import NO_ENERGY, NO_LINK
+from edgefw.nulls import NO_ENERGY, NO_LINK, NO_OTA
 from edgefw.site import Site
 
 try:
@@ -141,6 +141,21 @@ def _build_link(cfg, disp, err):
         return NO_LINK
 
 
+def _build_ota(link, health, buses):
+    """Firmware updates over the link (ota.py) when there is one, else NO_OTA."""
+    ot = _opt("ota") if link is not NO_LINK else None
+    if ot is None:
+        return NO_OTA
+    try:
+        o = ot.Ota(link, health, buses)
+        link.on_ota = o.offer
+        link.on_ota_chunk = o.chunk
+        return o
+    except Exception as e:
+        health.err("ota: %r" % (e,))
+        return NO_OTA
+
+
 def _build_energy(params, err):
     """The energy counters, restored from ENERGY_FILE (with dispatch parameters and the
     module present), else NO_ENERGY."""
@@ -206,6 +221,7 @@ class App:
         self.tel = telemetry.Telemetry(cfg, self.site, self.safety, self.ctl, self.pv, err)
         self.use_link(_build_link(cfg, self.disp, err))
         self.use_energy(_build_energy(self.params, err))
+        self.ota = _build_ota(self.link, h, b)
         h.start()  # watchdog, network, config trial
 
     @property
@@ -255,6 +271,10 @@ class App:
                 self.link.poll(clock.ticks_ms())
             except Exception as e:
                 h.err("link: %s" % e)
+            try:
+                self.ota.poll(now)
+            except Exception as e:
+                h.err("ota: %r" % (e,))
             if wait > 20:
                 wait = 20
         if self.buses.writes_waiting():
@@ -385,7 +405,7 @@ class App:
             "safety": self.safety.status(now), "site": self.site.snapshot(now, points),
             "buses": buses, "link": self.link.stats(),
             "errors": h.errors, "nerr": h.nerr, "heap": heap,
-            "energy": self.energy.counters(),
+            "energy": self.energy.counters(), "ota": self.ota.status(),
         }
 
 

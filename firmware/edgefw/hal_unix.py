@@ -146,6 +146,11 @@ def set_time():
 
 
 def reset():
+    # sys.exit in the loop's thread (config "console") would end only that thread, and
+    # under `micropython -i` only drop to the REPL: the virtual gateway takes SIGUSR1 to
+    # the process as the same reset
+    import os
+    os.system("kill -USR1 $PPID")
     sys.exit(3)
 
 

@@ -161,6 +161,8 @@ class Link:
         self.on_schedule = None  # ({"windows": [...], "exp": s})
         self.on_forecast = None  # (forecast dict)
         self.on_config = None    # (cfg) -> list of errors ([] = taken)
+        self.on_ota = None       # (verified offer dict), ota.py
+        self.on_ota_chunk = None  # (payload bytes): not signed, checked by sha256
         self.state = FALLBACK    # no cloud setpoint yet: local dispatch
         self.now_ms = clock.ticks_ms()
         self._t_state = self.now_ms
@@ -188,6 +190,8 @@ class Link:
             c.on_message = self._on_message
             c.subscribe(T.topic(device_id, "cmd/+"), 1)
             c.subscribe(T.topic(device_id, T.FORECAST), 1)
+            c.subscribe(T.topic(device_id, T.OTA_OFFER), 1)
+            c.subscribe(T.topic(device_id, T.OTA_CHUNK), 1)
             self.client = c
             self.hadisc = Discovery(device_id)  # Home Assistant discovery, once per boot
             w = self.tls_warning()
@@ -382,6 +386,10 @@ class Link:
 
     def _on_message(self, topic, payload, retain):
         dev, leaf = T.split(topic)
+        if leaf == T.OTA_CHUNK and dev == self.device_id:
+            if self.on_ota_chunk:
+                self.on_ota_chunk(payload)
+            return
         kind = T.COMMANDS.get(leaf)
         if dev != self.device_id or kind is None:
             return
@@ -401,6 +409,8 @@ class Link:
                 errs = T.CHECKS[kind](cmd)
             if not errs and kind == "config":
                 errs = self._check_config(cmd["config"])
+            if not errs and kind == "ota" and not self.on_ota:
+                errs = ["ota: this gateway takes no firmware update"]
             if errs:
                 reason = T.OUT_OF_BOUNDS if kind == "setpoint" else T.INVALID
                 detail = errs[0]
@@ -443,6 +453,8 @@ class Link:
             self._save("schedule", self.schedule)
             if self.on_schedule:
                 self.on_schedule(self.schedule)
+        elif kind == "ota":
+            self.on_ota(cmd)
         elif kind == "forecast":
             f = {}
             for k in cmd:

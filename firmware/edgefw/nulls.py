@@ -47,5 +47,16 @@ class NoEnergy:
         return None
 
 
+class NoOta:
+    """No firmware updates (no link to bring them)."""
+
+    def poll(self, now):
+        pass
+
+    def status(self):
+        return None
+
+
 NO_LINK = NoLink()
+NO_OTA = NoOta()
 NO_ENERGY = NoEnergy()

@@ -8,7 +8,7 @@ import click
 # order is the order `edgegw --help` lists them
 COMMANDS = ("flash", "deploy", "config", "status", "console", "read", "scan", "trace", "replay",
             "sim", "sil",
-            "dispatch", "link", "report", "tracker")
+            "dispatch", "link", "ota", "report", "tracker")
 
 
 class UserError(click.ClickException):

@@ -24,6 +24,7 @@ from edgegw.console_io import CHUNK, Device, Interrupted, deferred_sigint  # noq
 
 MANIFEST = ".edgegw-manifest.json"
 KEEP_PY = ("boot.py", "main.py")   # run by name by the MicroPython runtime
+HOST_ONLY = ("protocols/membus.py",)  # the in-memory bus of tests and memprobe
 
 
 # ---- the host side: build -----------------------------------------------------------------
@@ -55,8 +56,8 @@ def sources(repo=None, frozen=False):
             for f in sorted(files):
                 src = os.path.join(d, f)
                 rel = os.path.relpath(src, base if top == "firmware" else repo)
-                if rel == "manifest.py":
-                    continue  # the image build's freeze manifest, not gateway code
+                if rel == "manifest.py" or rel.replace(os.sep, "/") in HOST_ONLY:
+                    continue  # the image build's freeze manifest, test code: not gateway code
                 if f.endswith(".py") or (f.endswith(".json") and os.sep + "maps" in src):
                     out.append((src, rel.replace(os.sep, "/")))
     return out

@@ -93,6 +93,9 @@ def _pty_raw():
 # grew). The board's figures are measured on 32-bit by `make bench` (mem: data <= 32 KiB,
 # no allocation above 2 KiB).
 DEFAULT_HEAP = "512k"
+# micropython ended as a board reset: exit(0) (soft reset), exit(3) (hal.reset), SIGUSR1
+# (hal.reset from the loop's thread, where sys.exit would end only the thread)
+_RESET_RC = (0, 3, -signal.SIGUSR1)
 
 
 class VirtualGateway(ReplConsole):
@@ -241,7 +244,7 @@ class VirtualGateway(ReplConsole):
 
     def _soft_reset(self, m2):
         """micropython ended by itself (Ctrl-D at the REPL, machine.soft_reset(), exit
-        code 0; hal.reset(), 3): a board would boot again from its filesystem with its
+        code 0; hal.reset(), 3 or SIGUSR1): a board would boot again from its filesystem with its
         buses and console still there, so start it again on the same ptys."""
         self.resets += 1
         msg = b"MPY: soft reboot\r\n"
@@ -281,7 +284,7 @@ class VirtualGateway(ReplConsole):
             except (OSError, ValueError):
                 return
             rc = self.proc.poll()
-            if rc in (0, 3) and m1 not in r and not self._stop.is_set():
+            if rc in _RESET_RC and m1 not in r and not self._stop.is_set():
                 self._soft_reset(m2)
                 continue
             if m1 in r:
@@ -290,7 +293,7 @@ class VirtualGateway(ReplConsole):
                 except OSError:
                     d = b""
                 if not d:
-                    if self.proc.poll() not in (None, 0, 3):
+                    if self.proc.poll() not in (None,) + _RESET_RC:
                         return
                     time.sleep(0.05)
                     continue

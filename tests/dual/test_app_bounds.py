@@ -375,7 +375,7 @@ def test_dispatcher_told_what_the_pcs_got():
         r.passes(400)
         assert r.a.safety.tripped and r.a.ctl.sp_w == 0
         d = r.a.disp
-        assert d.sp_w == 0 and d._sp == 0, (d.sp_w, d._sp)
+        assert d.sp_w == 0 and d.sp == 0, (d.sp_w, d.sp)
         # hold mode: the dispatcher follows what the PCS gets too
         r.bms.set({"alarm": 0})
         r.a.cfg["control"]["mode"] = "hold"

@@ -36,7 +36,7 @@ class Plant:
         # SOC in 0.01 %: cpct = W x s * 10000 / (3600 * battery_wh); the exact energy is
         # kept and the SOC derived from it (plant side: CPython/MPy ints agree on floor)
         self.ws -= sp * dt
-        self.soc = max(0, min(10000, self.soc0 + self.ws * 10000 // (3600 * self.d._bat)))
+        self.soc = max(0, min(10000, self.soc0 + self.ws * 10000 // (3600 * self.d.bat_wh)))
         return sp, it + aux - (pv - self.curt) - sp
 
 
@@ -229,7 +229,7 @@ def test_forecast_precharges_before_ramp():
         sp = d.step(t, 0, 10000, 0, None, 3000, 10 ** 6, 10 ** 6)
     assert sp < 0 and d.reason in (D.R_PRECHARGE, D.R_CAP), (sp, d.reason)
     assert 10000 - sp <= 40000
-    assert d._ecap == 40000
+    assert d.cap_w() == 40000
     # without the forecast nothing pulls from the grid
     d2 = mk(grid_cap_w=40000, reserve_s=0)
     sp = d2.step(0, 0, 10000, 0, None, 3000, 10 ** 6, 10 ** 6)
@@ -257,7 +257,7 @@ def test_precharge_when_the_plan_holds_the_cap_by_a_hair():
     d = mk(grid_cap_w=40000, reserve_s=0, charge_max_w=2000)
     d.set_forecast(0, 900, [10000] * 4 + [70000] * 8 + [10000] * 12, 86400)
     sp = d.step(0, 0, 10000, 0, None, 7500, 10 ** 6, 10 ** 6)
-    assert sp == -2000 and d._gc, (sp, d.reason, d.level_w)    # the charge limit binds
+    assert sp == -2000 and d.grid_charge(), (sp, d.reason, d.level_w)    # the charge limit binds
 
 
 def test_precharge_fills_up_to_the_plan_level_never_the_cap():
@@ -271,7 +271,7 @@ def test_precharge_fills_up_to_the_plan_level_never_the_cap():
         d.set_forecast(0, 900, load, 86400)
         for t in range(10):
             sp = d.step(t, 0, 10000, 0, None, soc, 10 ** 6, 10 ** 6)
-        assert d.reason == D.R_PRECHARGE and d._gc, (soc, d.reason)
+        assert d.reason == D.R_PRECHARGE and d.grid_charge(), (soc, d.reason)
         assert sp == 10000 - d.level_w and d.level_w < 35000, (cap_need, sp, d.level_w)
 
 
@@ -286,21 +286,21 @@ def test_cap_raised_to_holdable_level():
     for t in range(0, 20):
         sp = d.step(t, 0, 10000, 0, None, 3000, 10 ** 6, 10 ** 6)
     assert sp < 0 and d.reason in (D.R_PRECHARGE, D.R_CAP), (sp, d.reason)
-    assert 40000 < d._ecap < 45000, d._ecap
-    assert 10000 - sp <= d._ecap
-    c = d._ecap
+    assert 40000 < d.cap_w() < 45000, d.cap_w()
+    assert 10000 - sp <= d.cap_w()
+    c = d.cap_w()
     # the surge: the cap rule holds the raised level (not less: the energy is planned)
     sp = d.step(20, 0, 80000, 0, None, 3000, 10 ** 6, 10 ** 6)
-    assert d._ecap >= c
+    assert d.cap_w() >= c
     # a full battery: back to the configured cap
     for t in range(21, 30):
         d.step(t + 3600, 0, 10000, 0, None, 9500, 10 ** 6, 10 ** 6)
-    assert d._ecap == 40000, d._ecap
+    assert d.cap_w() == 40000, d.cap_w()
     # no load forecast: the plan is a guess and the cap stays
     d = mk(grid_cap_w=40000, reserve_s=0)
     for t in range(0, 20):
         d.step(t, 0, 80000, 0, None, 3000, 10 ** 6, 10 ** 6)
-    assert d._ecap == 40000
+    assert d.cap_w() == 40000
 
 
 def test_cap_not_raised_by_day_reset_at_sunset():
@@ -313,16 +313,16 @@ def test_cap_not_raised_by_day_reset_at_sunset():
     d.set_forecast(43200, 900, load, 43200 + 86400)
     for t in range(43200, 43220):
         d.step(t, 0, 80000, 0, None, 3000, 10 ** 6, 10 ** 6)
-    assert d._ecap == 40000
+    assert d.cap_w() == 40000
     d = mk(**site)
     d.set_forecast(0, 900, load, 86400)
     for t in range(0, 20):
         d.step(t, 0, 80000, 0, None, 3000, 10 ** 6, 10 ** 6)
-    assert d._ecap > 40000
+    assert d.cap_w() > 40000
     # day, then the next sunset starts the night over from the configured cap
     d.step(43200, 20000, 30000, 0, None, 3000, 10 ** 6, 10 ** 6)
     d.step(64800 + 600, 0, 30000, 0, None, 3000, 10 ** 6, 10 ** 6)
-    assert d._ecap == 40000, d._ecap
+    assert d.cap_w() == 40000, d.cap_w()
 
 
 _SUN = dict(pv_peak_w=60000, sun_rise_s=21600, sun_set_s=64800, tz_s=0, reserve_s=0)
@@ -341,14 +341,14 @@ def test_cap_raised_by_day_once_the_pv_index_is_learnt():
         for i in range(12):
             d.step(36000 + 60 * i, pv, 75000, 0, None, 3000, 10 ** 6, 10 ** 6)
             if i < D.KCI_FAST - 1:
-                assert d._ecap == 40000, (i, d._ecap)      # not before the index is learnt
-        assert (d._ecap > 50000) == raised, (pv, d._ecap, d._kci)
+                assert d.cap_w() == 40000, (i, d.cap_w())      # not before the index is learnt
+        assert (d.cap_w() > 50000) == raised, (pv, d.cap_w(), d.plan.profile.pv_index_cpct)
     # the learnt index forgets yesterday fast: under a third of the expectation in 8 plans
-    assert d._kci > 9000
+    assert d.plan.profile.pv_index_cpct > 9000
     d = mk(**site)
     for i in range(D.KCI_FAST):
         d.step(36000 + 60 * i, 8000, 75000, 0, None, 3000, 10 ** 6, 10 ** 6)
-    assert d._kci < 2500, d._kci
+    assert d.plan.profile.pv_index_cpct < 2500, d.plan.profile.pv_index_cpct
 
 
 def test_hard_cap_is_never_raised():
@@ -359,7 +359,7 @@ def test_hard_cap_is_never_raised():
     for t in range(0, 20):
         sp = d.step(t, 0, 10000, 0, None, 3000, 10 ** 6, 10 ** 6)
         assert 10000 - sp <= 40000
-    assert d._ecap == 40000 and d.cap_w() == 40000, d._ecap
+    assert d.cap_w() == 40000 and d.cap_w() == 40000, d.cap_w()
     assert sp < 0    # it still precharges up to the cap
 
 
@@ -401,7 +401,7 @@ def test_pv_next_never_precharges_less():
             d = mk(pv_next_milli=pn, **_SUN)
             d.set_forecast(t0, 900, fc, t0 + 1800)
             sp = d.step(t0, 0, 20000, 0, None, soc, 10 ** 6, 10 ** 6)
-            out.append((d._gc, d._tg, sp))
+            out.append((d.grid_charge(), d.plan.precharge_to_w, sp))
         assert out[0][0] and out[0][2] < 0, out
         for gc, tg, sp in out[1:]:
             assert gc and tg >= out[0][1] and sp <= out[0][2], out
@@ -419,7 +419,7 @@ def test_pv_next_grid_charge_only_where_the_hoped_for_day_has_room():
             d = mk(pv_next_milli=pn, **dict(_SUN, pv_peak_w=pk, battery_wh=bat))
             d.set_forecast(14400, 900, fc, 14400 + 86400)
             d.step(14400, 0, 20000, 0, None, 3500, 10 ** 6, 10 ** 6)
-            out.append((d._gc, d.level_w))
+            out.append((d.grid_charge(), d.level_w))
         assert not out[0][0], out
         if kept:
             assert out[1][0] and out[1][1] > out[0][1], out
@@ -434,17 +434,17 @@ def test_pv_index_relearnt_fast_every_day():
     d = mk(**_SUN)
     t = 9 * 3600
     for i in range(300):
-        x = d._pv_expect(t)
+        x = d.plan.profile.pv_expect(t)
         d.step(t, x * 8 // 10, 10000, 0, None, 5000, 10 ** 6, 10 ** 6)
         t += 60
-    assert d._kci > 7500, d._kci
+    assert d.plan.profile.pv_index_cpct > 7500, d.plan.profile.pv_index_cpct
     d.step(86400 + 3600, 0, 10000, 0, None, 5000, 10 ** 6, 10 ** 6)       # night
     t = 86400 + 9 * 3600
     for i in range(D.KCI_FAST):
-        x = d._pv_expect(t - 86400)
+        x = d.plan.profile.pv_expect(t - 86400)
         d.step(t, x // 5, 10000, 0, None, 5000, 10 ** 6, 10 ** 6)
         t += 60
-    assert d._kci < 3500, d._kci
+    assert d.plan.profile.pv_index_cpct < 3500, d.plan.profile.pv_index_cpct
 
 
 def test_constant_input_constant_setpoint():
@@ -515,7 +515,7 @@ def test_step_does_not_allocate():
     # sunrise (05:30-10:35): index learning, the learnt-day ratchet, both plans chosen
     d = mk(pv_next_milli=300, grid_cap_hard=True, **_SUN)
     _no_alloc(d, 19800)
-    assert d._learn == D.KCI_FAST and not d._dark
+    assert d.plan.profile.learn_plans == D.KCI_FAST and not d.plan.profile.dark
 
 
 def _no_alloc(d, t0=0):
@@ -559,7 +559,7 @@ def _extreme_run(d, now, n, r):
 
 
 def _stored_times(d):
-    return d._wt0 + d._wt1 + d._wexp + [d._fct0, d._fcexp]
+    return d.schedule.t0 + d.schedule.t1 + d.schedule.exp + [d.forecast.t0, d.forecast.exp]
 
 
 def test_extreme_schedule_and_forecast_times_stay_small_ints():
@@ -575,7 +575,7 @@ def test_extreme_schedule_and_forecast_times_stay_small_ints():
         # the long window (t1 = 2**40) is in force; the far-past one and the one 2**40 s
         # ahead are not; the forecast from 2**40 s ago has ended (load persists)
         d.step(now, 0, 1000, 0, None, 5000, 10 ** 7, 10 ** 7)
-        assert d._win == 1 and d.reason in (D.R_SCHEDULE, D.R_RAMP, D.R_BMS, D.R_CAP), d.reason
+        assert d.window == 1 and d.reason in (D.R_SCHEDULE, D.R_RAMP, D.R_BMS, D.R_CAP), d.reason
         now += 60
         if MICROPYTHON:
             import micropython
@@ -636,7 +636,7 @@ if not MICROPYTHON:
             _extreme_times(d, now)
             bad = _trace_ints(lambda: _extreme_run(d, now, 40, r))
             assert not bad, (now, bad[:5])
-            assert d._win == 1
+            assert d.window == 1
 
     def test_intermediates_below_2_30():
         # extreme inputs: 10 MW flows, 10 MWh battery, 24 h horizon

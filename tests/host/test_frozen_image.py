@@ -69,6 +69,11 @@ class _Manifest:
     def package(self, name, files=None, base_path="."):
         d = os.path.join(os.path.abspath(base_path), name)
         assert os.path.isdir(d), d
+        if files is not None:        # relative to the package's folder
+            for f in files:
+                assert os.path.isfile(os.path.join(d, f)), f
+                self.frozen.append(os.path.join(name, f))
+            return
         for dp, _, fs in os.walk(d):
             for f in fs:
                 if f.endswith(".py"):
@@ -93,6 +98,7 @@ def test_manifest_freezes_code_maps_and_entry_points():
     assert {"protocols/regmap.py", "protocols/modbus_rtu.py", "protocols/maps_frozen.py",
             "edgefw/app.py", "edgefw/dispatch.py", "boot.py", "main.py"} <= fz
     assert "manifest.py" not in fz and not any("maps/" in p for p in fz)
+    assert "protocols/membus.py" not in fz and "protocols/topics.py" in fz  # test fake stays home
     assert m.includes == ["$(PORT_DIR)/boards/manifest.py"]
     gen = os.path.join(edgegw.REPO, "build", "frozen", "protocols", "maps_frozen.py")
     assert "sdm630" in runpy.run_path(gen)["MAPS"]
@@ -123,6 +129,7 @@ def test_deploy_frozen_copies_only_maps_and_clears_the_code(tmp_path):
         assert r.exit_code == 0, r.output
         first = json.loads(r.output)["copy"]
         assert "protocols/regmap.mpy" in first and "manifest.py" not in first
+        assert "protocols/membus.mpy" not in first  # the tests' bus fake stays on the host
         assert not any(x.startswith("manifest") for x in first)
         r = run.invoke(cli, ["deploy", "--port", repl.path, *b, "--frozen", "--json"])
         assert r.exit_code == 0, r.output

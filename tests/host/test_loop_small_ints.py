@@ -1,7 +1,8 @@
 # The control loop's ints stay 31-bit (issue 19): on a 32-bit MicroPython an int beyond
 # -2**30..2**30-1 is a heap long int and every op on it allocates. CPython traces every
-# line of the app module and the loop's parts (control, bounds, pcsctl, pvctl, actuator,
-# buses, health, telemetry) while the App runs its loop against in-memory Modbus slaves
+# line of the app module and the loop's parts (dispatch, planner, rules, fx, control,
+# bounds, pcsctl, pvctl, actuator, buses, health, telemetry) while the App runs its loop
+# against in-memory Modbus slaves
 # (tests/dual/test_app_bounds.Rig: real codec, bus master, site, safety, dispatch) and
 # checks every int local, time included (the loop computes with clock.rel(), s since 2025).
 import os
@@ -12,13 +13,13 @@ from conftest import REPO
 sys.path.insert(0, os.path.join(REPO, "tests", "dual"))
 from test_app_bounds import Rig  # noqa: E402
 from edgefw import app as appmod  # noqa: E402
-from edgefw import actuator, bounds, buses, control, dispatch, energy, health  # noqa: E402
-from edgefw import pcsctl, pvctl, site, telemetry  # noqa: E402
+from edgefw import actuator, bounds, buses, control, dispatch, energy, fx, health  # noqa: E402
+from edgefw import pcsctl, planner, pvctl, rules, site, telemetry  # noqa: E402
 
 SMALL_MIN = -(1 << 30)
 SMALL_MAX = (1 << 30) - 1
-TRACED = tuple(m.__file__ for m in (appmod, dispatch, site, energy, control, bounds, pcsctl,
-                                     pvctl, actuator, buses, health, telemetry))
+TRACED = tuple(m.__file__ for m in (appmod, dispatch, planner, rules, fx, site, energy,
+                                     control, bounds, pcsctl, pvctl, actuator, buses, health, telemetry))
 
 
 def _trace(fn):
