@@ -380,7 +380,7 @@ class App:
         pcs = self.pcs
         tr = self.safety.tripped
         h = self.health
-        return {
+        out = {
             "device_id": self.cfg["device_id"], "platform": hal.PLATFORM,
             "t": clock.time(), "uptime_s": clock.ticks_diff(now, self.t_boot) // 1000,
             "speed": clock.speed(), "loops": self.loops, "running": self.running,
@@ -407,6 +407,9 @@ class App:
             "errors": h.errors, "nerr": h.nerr, "heap": heap,
             "energy": self.energy.counters(), "ota": self.ota.status(),
         }
+        if hasattr(pcs, "shares"):  # several PCS (pcsgroup.py): each one's share
+            out["pcs_split"] = pcs.shares()
+        return out
 
 
 def boot():

@@ -79,10 +79,10 @@ class PcsGroup:
             self.ctls[i].want(out[i], run)
 
     def shares(self):
-        """{pcs name: the W it is asked for} (status)."""
+        """{pcs name: [W asked for, W acknowledged, run acknowledged]} (status)."""
         out = {}
         for c in self.ctls:
-            out[c.dev.name] = c.want_w
+            out[c.dev.name] = [c.want_w, c.ack["p_set_w"], c.ack["run"]]
         return out
 
     def pending(self):
