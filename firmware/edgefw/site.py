@@ -1,7 +1,7 @@
 # Site model: the latest value, age and quality of every point, and the derived site
 # powers the controller works with (contract signs: grid_w + = import, bat_w + =
 # discharge; grid_w = it_w + aux_w - pv_w - bat_w). Integers only.
-from edgefw import clock, packs
+from edgefw import clock
 from edgefw.fx import div_round, divmod_trunc
 
 try:
@@ -51,7 +51,10 @@ class Site:
         # several packs or PCS: their aggregate (packs.py); None keeps one-pack sites as
         # they were
         multi = len(self.roles.get("bms") or ()) > 1 or len(self.roles.get("pcs") or ()) > 1
-        self.packs = packs.Packs(self, va_w) if multi else None
+        self.packs = None
+        if multi:  # imported only then (RAM of a one-pack site)
+            from edgefw.packs import Packs
+            self.packs = Packs(self, va_w)
 
     def dev(self, role):
         ds = self.roles.get(role)
