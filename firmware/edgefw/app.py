@@ -239,13 +239,19 @@ class App:
         self.down = b.down
         b.add(self.devs)
         self.site = Site(self.devs, saf["stale_polls"])
-        self.safety = safety.Safety(saf)
+        self.safety = safety.Safety(saf, cfg["limits"].get("pack_trip", "site"))
         ctl = cfg["control"]
         self.period = ctl["period_ms"]
         self.ctl_due = self.t_boot
         self.stat_due = self.t_boot
-        self.pcs = pcsctl.PcsCtl(self.site.dev("pcs"), b, self.safety, err, h.event,
-                                 ctl["refresh_ms"], self.period)
+        pcs = self.site.roles.get("pcs") or ()
+        if len(pcs) > 1:  # several PCS share the setpoint (pcsgroup.py)
+            from edgefw.pcsgroup import PcsGroup
+            self.pcs = PcsGroup(pcs, self.site, b, self.safety, err, h.event,
+                                ctl["refresh_ms"], self.period)
+        else:
+            self.pcs = pcsctl.PcsCtl(self.site.dev("pcs"), b, self.safety, err, h.event,
+                                     ctl["refresh_ms"], self.period)
         # PV inverter limit (role pv_inverter): curtail_w applied through pvlimit.py in
         # mode auto; pvlimit is imported only for a site with one (RAM)
         d = self.site.dev("pv_inverter")
@@ -420,7 +426,7 @@ class App:
         pcs = self.pcs
         tr = self.safety.tripped
         h = self.health
-        return {
+        out = {
             "device_id": self.cfg["device_id"], "platform": hal.PLATFORM,
             "t": clock.time(), "uptime_s": clock.ticks_diff(now, self.t_boot) // 1000,
             "speed": clock.speed(), "loops": self.loops, "running": self.running,
@@ -447,6 +453,9 @@ class App:
             "errors": h.errors, "nerr": h.nerr, "heap": heap,
             "energy": self.energy.counters(), "ota": self.ota.status(),
         }
+        if hasattr(pcs, "shares"):  # several PCS (pcsgroup.py): each one's share
+            out["pcs_split"] = pcs.shares()
+        return out
 
 
 def boot():

@@ -17,9 +17,12 @@ TRIAL = "config.trial.json"  # marker: which config.json is on trial, boots it w
 TRIALS = 1                   # boots a new config gets; a restart before confirm() = failed
 
 ROLES = ("bms", "pcs", "pv_meter", "grid_meter", "load_meter", "aux_meter", "pv_inverter")
-# the others may repeat and are summed; pv_inverter: one PV inverter the gateway limits
-# (curtailment on a zero-export site, edgefw/pvlimit.py)
-SINGLE_ROLES = ("bms", "pcs", "grid_meter", "pv_inverter")
+# the others may repeat: meters are summed, bms packs and PCS aggregated (site.py,
+# pcsgroup.py; docs/config.md "Several packs and PCS"); pv_inverter: one PV inverter the
+# gateway limits (curtailment on a zero-export site, edgefw/pvlimit.py)
+SINGLE_ROLES = ("grid_meter", "pv_inverter")
+PACK_TRIPS = ("site", "pcs")
+MAX_WH = 10000000  # capacity_wh over all packs (site.py's energy-weighted SOC stays < 2**30)
 PARITIES = ("N", "E", "O")
 
 
@@ -230,6 +233,14 @@ def _validate(cfg):
         if pts is not None and (not isinstance(pts, list) or not pts
                                 or not all(isinstance(x, str) for x in pts)):
             v.err(f + "points", "must be a non-empty list of point names")
+        # optional, left out of d when absent (a one-pack site's config stays as it was)
+        if role == "bms":
+            if d.get("capacity_wh") is not None:
+                d["capacity_wh"] = v.int_(d, "capacity_wh", f, 1, MAX_WH)
+            if d.get("pcs") is not None:
+                v.str_(d, "pcs", f, maxlen=16)
+        elif role == "pcs" and d.get("rating_w") is not None:
+            d["rating_w"] = v.int_(d, "rating_w", f, 1, 10000000)
 
     lim = v.dict_(cfg, "limits", "")
     cfg["limits"] = lim
@@ -243,6 +254,8 @@ def _validate(cfg):
         v.err("limits.soc_min_cpct", "%d above soc_max_cpct %d"
               % (lim["soc_min_cpct"], lim["soc_max_cpct"]))
     lim["export_max_w"] = v.int_(lim, "export_max_w", "limits.", 0, 10000000, null=True)
+    lim["pack_trip"] = v.str_(lim, "pack_trip", "limits.", PACK_TRIPS, dflt="site")
+    _packs(v, devs, lim["pack_trip"])
     lim["import_max_w"] = v.int_(lim, "import_max_w", "limits.", 0, 10000000, null=True)
 
     saf = v.dict_(cfg, "safety", "")
@@ -275,6 +288,49 @@ def _validate(cfg):
         if net.get(k) is not None:
             v.str_(net, k, "net.", maxlen=64)
     return v.errs
+
+
+def _packs(v, devs, trip):
+    """Several bms / pcs: each pack's pcs names a PCS; capacity_wh on every pack or none
+    (the same for rating_w); pack_trip "pcs" with several PCS needs each pack's PCS."""
+    pcs = []
+    packs = []
+    for i in range(len(devs)):
+        d = devs[i]
+        if isinstance(d, dict):
+            if d.get("role") == "pcs":
+                pcs.append((i, d))
+            elif d.get("role") == "bms":
+                packs.append((i, d))
+    names = [d.get("name") for _, d in pcs]
+    for what, grp in (("capacity_wh", packs), ("rating_w", pcs)):
+        have = [i for i, d in grp if d.get(what) is not None]
+        if have and len(have) != len(grp):
+            i = [i for i, d in grp if d.get(what) is None][0]
+            v.err("devices[%d].%s" % (i, what), "missing: set on every %s or none (devices[%d] "
+                  "has one)" % (grp[0][1]["role"], have[0]))
+    tot = 0
+    for i, d in packs:
+        tot += d.get("capacity_wh") or 0
+        p = d.get("pcs")
+        if p is not None and p not in names:
+            v.err("devices[%d].pcs" % i, "%r is not a pcs device (%s)"
+                  % (p, ", ".join([str(n) for n in names]) or "none configured"))
+        elif p is None and len(pcs) > 1 and trip == "pcs":
+            v.err("devices[%d].pcs" % i, "missing: limits.pack_trip \"pcs\" with %d PCS "
+                  "needs the PCS each pack feeds" % len(pcs))
+    if tot > MAX_WH:
+        v.err("devices", "capacity_wh adds up to %d, at most %d" % (tot, MAX_WH))
+    tot = 0
+    for i, d in pcs:
+        tot += d.get("rating_w") or 0
+    if tot > 10000000:  # pcssplit weights: frac(rating, sum) needs sum <= 10**7
+        v.err("devices", "rating_w adds up to %d, at most 10000000" % tot)
+    mapped = [i for i, d in packs if d.get("pcs") is not None]
+    if mapped and len(mapped) != len(packs) and len(pcs) > 1:
+        i = [i for i, d in packs if d.get("pcs") is None][0]
+        v.err("devices[%d].pcs" % i, "missing: with several PCS every pack names its pcs "
+              "or none does")
 
 
 # ---- files ------------------------------------------------------------------

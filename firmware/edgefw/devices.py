@@ -21,6 +21,9 @@ class Device:
         self.slave = cfg["slave"]
         self.bus = cfg["bus"]
         self.period_ms = cfg["period_ms"]
+        self.feeds = cfg.get("pcs")            # bms: the PCS it feeds (None: all of them)
+        self.cap_wh = cfg.get("capacity_wh")   # bms: SOC weight (None: equal weights)
+        self.rating_w = cfg.get("rating_w")    # pcs: split weight, cap (None: equal)
         self.map = m
         names = cfg.get("points")
         self.names = names   # None = every point of the map

@@ -56,7 +56,8 @@ class PcsCtl:
         and stop. run = 1 only once the magnitude is acknowledged."""
         if not self.enabled:
             return
-        tripped = self.safety.tripped
+        # the site's trip, or (several PCS) this one's own: pcs fault, its packs' alarm
+        tripped = self.safety.stopped(self.dev.name)
         if tripped:
             ww, wr = 0, 0
         else:
@@ -94,7 +95,7 @@ class PcsCtl:
         """Event when the PCS's measured p_w does not follow the acknowledged command for
         3 control periods (a PCS in local mode, a lost revert timer)."""
         a = self.ack["p_set_w"]
-        v, _, q = site.role_point("pcs", "p_w", now)
+        v, _, q = site.point(self.dev, "p_w", now)
         chg = self.act.chg_t
         if a is None or v is None or q != 0 or self.ack["run"] is None or (
                 chg is not None and clock.ticks_diff(now, chg) < 3 * self.period):

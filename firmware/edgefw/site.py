@@ -48,6 +48,13 @@ class Site:
             self.q[k] = Q_NONE
         self.t = None  # site ms of the last update
         self.aux_est = 0  # unmetered other load, from the last balance of four fresh meters
+        # several packs or PCS: their aggregate (packs.py); None keeps one-pack sites as
+        # they were
+        multi = len(self.roles.get("bms") or ()) > 1 or len(self.roles.get("pcs") or ()) > 1
+        self.packs = None
+        if multi:  # imported only then (RAM of a one-pack site)
+            from edgefw.packs import Packs
+            self.packs = Packs(self, va_w)
 
     def dev(self, role):
         ds = self.roles.get(role)
@@ -134,9 +141,15 @@ class Site:
         configured["grid_w"] = "grid_meter" in self.roles
         v["grid_w"], _, q["grid_w"] = self.role_point("grid_meter", "p_w", now)
         # battery power: the PCS's AC measurement, else the BMS's DC (V x I, I < 0 = discharge)
-        b, _, qb = self.role_point("pcs", "p_w", now)
+        pk = self.packs
+        if pk is not None:
+            for d in pk.bms:
+                pk.state[d.name] = pk.pack_state(d, now)
+            b, qb = pk.bat_w(now)
+        else:
+            b, _, qb = self.role_point("pcs", "p_w", now)
         configured["bat_w"] = "pcs" in self.roles
-        if b is None:
+        if b is None and pk is None:
             vv, _, q1 = self.role_point("bms", "v_cv", now)
             ii, _, q2 = self.role_point("bms", "i_ca", now)
             if vv is not None and ii is not None:
@@ -175,6 +188,10 @@ class Site:
             q["aux_w"] = Q_DERIVED
             if miss is None:
                 self.aux_est = v["aux_w"]
+        if pk is not None:
+            pk.update(now)
+            self.t = now
+            return v
         v["soc_cpct"], _, q["soc_cpct"] = self.role_point("bms", "soc_cpct", now)
         vv, _, qv = self.role_point("bms", "v_cv", now)
         for k, pt in (("ccl_w", "ccl_ca"), ("dcl_w", "dcl_ca")):
@@ -207,6 +224,8 @@ class Site:
         for k in DERIVED:
             qd[k] = QNAMES[self.q[k]]
         out["q"] = qd
+        if self.packs is not None:
+            out["multi"] = self.packs.status()
         if points:
             pd = {}
             for d in self.devices:

@@ -40,8 +40,12 @@ def load_scenario(spec):
     return sc, site
 
 
-def make_site(sc):
+def make_site(sc, cfg=None):
+    """The simulated site of a scenario; a config with several bms/pcs devices gets the
+    multi-unit plant (simmulti.py: one pack per bms, one PCS per pcs device, their
+    capacity_wh / pcs / rating_w; battery_wh and pcs_w of the scenario do not apply)."""
     from edgegw.simsite import SimSite
+    from edgegw import simmulti
     for k in ("pv", "it", "aux"):
         v = sc.get(k)
         if v is not None and not isinstance(v, (int, float, list)):
@@ -59,6 +63,12 @@ def make_site(sc):
     if "soc_init_cpct" in sc:
         kw["soc_cpct"] = sc["soc_init_cpct"]
     try:
+        if cfg is not None and simmulti.is_multi(cfg):
+            for k in ("battery_wh", "pcs_w", "max_charge_a"):
+                kw.pop(k, None)
+            if "max_discharge_a" in kw:
+                kw["max_a"] = kw.pop("max_discharge_a")
+            return simmulti.MultiSite.from_config(cfg, t0=t0, **kw)
         return SimSite(t0=t0, **kw)
     except (TypeError, ValueError) as e:
         raise UserError("scenario: %s" % e)
@@ -135,7 +145,16 @@ def live_line(sim, extra=""):
     return ("%02d:%02d:%02d grid %6d W  pv %5d W  it %5d W  aux %4d W  bat %6d W  "
             "soc %5.1f %%  PCS set %6d W run %d%s" % (
                 t.tm_hour, t.tm_min, t.tm_sec, s["grid_w"], s["pv_w"], s["it_w"], s["aux_w"],
-                s["bat_w"], s["soc_cpct"] / 100.0, s["p_set_w"], s["run"], extra))
+                s["bat_w"], s["soc_cpct"] / 100.0, s["p_set_w"], s["run"],
+                _units(s) + extra))
+
+
+def _units(s):
+    """Several PCS (simmulti.py): each one's setpoint, after the total."""
+    pcs = s.get("pcs")
+    if not pcs:
+        return ""
+    return " (%s)" % " ".join("%s %d" % (n, p["p_set_w"]) for n, p in pcs.items())
 
 
 def run_live(sim, duration, every=1.0, stats=None):
@@ -217,7 +236,7 @@ def cli(dirpath, speed, scenario, config_path, heapsize, pace, duration, broker,
         pass
     except ValueError as e:
         raise UserError("scenario/config site parameters: %s" % e)
-    sim = make_site(sc)
+    sim = make_site(sc, cfg)
     gw = VirtualGateway(dirpath, cfg, sim, speed=speed, heapsize=heapsize, pace=pace,
                         write_config=not kept)
     try:

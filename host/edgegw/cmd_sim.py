@@ -56,7 +56,7 @@ def cli(buses, config_path, scenario, speed, pace, duration):
     cfg = read_config(config_path) if config_path else site_config()
     names = [b["name"] for b in cfg["buses"]]
     sc, _ = load_scenario(scenario)
-    sim = make_site(sc)
+    sim = make_site(sc, cfg)
     served = []
     closers = []
     try:

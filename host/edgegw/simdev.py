@@ -47,7 +47,10 @@ class SimDevice:
         """Re-encode every point from the site (and overrides) into the register tables."""
         vals = {}
         if self.site is not None:
-            vals.update(self.site.points(self.role))
+            if getattr(self.site, "named", False):  # several packs / PCS (simmulti.py)
+                vals.update(self.site.points(self.role, self.name))
+            else:
+                vals.update(self.site.points(self.role))
         vals.update(self.values)
         pts = self.map.points
         # scale factors first: a point with a live "sf" is encoded with the one shown now
@@ -125,7 +128,10 @@ class SimDevice:
             if self.site is None:
                 self.values.update(changes)
             elif changes:
-                self.site.write(self.role, changes)
+                if getattr(self.site, "named", False):
+                    self.site.write(self.role, changes, self.name)
+                else:
+                    self.site.write(self.role, changes)
             if fc == 5:
                 return rtu.encode_response(self.slave, 5, addr=req.addr, qty=req.values[0])
             if fc == 6:
