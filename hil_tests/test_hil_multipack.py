@@ -197,10 +197,13 @@ def test_pcs_fault_stops_that_pcs_only(gw, report):
     p1 = gw.sim.pcs_unit("pcs1")
     p1.fault = 1 << 7
     try:
+        # the status and the simulated PCS are read at different moments: wait for both
+        # (sp_w is bounded to the running PCS a pass after pcs1 drops out)
         s = gw.wait(lambda s: "pcs1" in (s["safety"].get("pcs_off") or {})
+                    and s["sp_w"] == 3000
                     and _sets(gw)["pcs1"] == (0, 0) and _sets(gw)["pcs2"] == (3000, 1),
                     20, interval=0.05, points=False)
-        assert not s["safety"]["tripped"] and s["sp_w"] == 3000
+        assert not s["safety"]["tripped"], s["safety"]
     finally:
         p1.fault = 0
     _healthy(gw, 60)

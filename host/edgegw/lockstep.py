@@ -69,7 +69,11 @@ class Lockstep:
     def close(self):
         self._stop.set()
         if self.th.is_alive():
-            self.th.join(2)
+            self.th.join(10)
+        if self.th.is_alive():
+            # still inside a step on a busy host: closing its FIFOs now would let it write
+            # to a closed (or reused) descriptor; they go with the process instead
+            return
         for fd in (self.req, self.grant):
             try:
                 os.close(fd)

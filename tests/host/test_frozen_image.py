@@ -12,6 +12,9 @@ import sys
 import edgegw
 from edgegw import mapgen
 from protocols import regmap
+# at collection, not inside the test: test_cli_device imports `conftest`, which names
+# hil_tests' conftest once a worker has run a HIL file
+from test_cli_device import PtyRepl  # noqa: E402
 
 FIRMWARE = os.path.join(edgegw.REPO, "firmware")
 
@@ -109,7 +112,6 @@ def test_deploy_frozen_copies_only_maps_and_clears_the_code(tmp_path):
     # --frozen leaves config and maps/ only (an empty protocols/ would shadow the frozen
     # package); the unix MicroPython's REPL on a pty stands in for the board's
     from click.testing import CliRunner
-    from test_cli_device import PtyRepl
     from edgegw.cli import cli
     from edgegw import cmd_deploy
 

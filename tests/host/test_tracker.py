@@ -707,8 +707,10 @@ def test_e2e_queued_job_raises_soc_before_it_starts(tmp_path):
                 t_end = time.monotonic() + 40
                 while time.monotonic() < t_end:
                     s = gw.status(points=False)
+                    # r[6], r[7]: the simulated site's own time and grid import (the
+                    # plant, not the gateway's view of it)
                     rows.append((s["t"], s["site"].get("soc_cpct"), s["sp_w"], s["sp_src"],
-                                 s["site"].get("grid_w"), s["cap_w"]))
+                                 s["site"].get("grid_w"), s["cap_w"], sim.t, sim.grid_w))
                     if s["t"] >= t_job + 60:
                         break
                     time.sleep(0.5)
@@ -732,14 +734,19 @@ def test_e2e_queued_job_raises_soc_before_it_starts(tmp_path):
     # fits under the cap), as much as the plan needs: SOC up by 1 % or more before the start
     assert sum(1 for r in before if r[2] < -500) >= 3, before
     assert max(r[1] for r in before) >= soc0 + 100, (before, out[-2000:])
-    # charging stayed within the import cap the gateway holds (clear of the start: sim and
-    # gateway clocks differ by a poll). The job is marginal at 2500 W (battery above the
-    # floor plus 15 min of precharge: ~2.37 kWh for the 2.4 kWh it needs above the cap), so
-    # the dispatcher may raise the cap for the night to the lowest level it can hold (seen:
-    # 2539-2563 W, depending on when its plan runs): allowed, but only that little
+    # charging stayed within the import cap the gateway holds: the plant's grid import, read
+    # from the simulated site (the gateway's own grid_w is not the judge: it is the meter, or
+    # the balance when the meter reading is not fresh, and for a poll after a setpoint step
+    # that balance used an unmetered-load estimate 200 W off: 2739 W shown, 2539 W real).
+    # The job is marginal at 2500 W (battery above the floor plus 15 min of precharge:
+    # ~2.37 kWh for the 2.4 kWh it needs above the cap), so the dispatcher may raise the cap
+    # for the night to the lowest level it can hold (seen 2539-2563 W on a quiet host; with
+    # the tracker's forecasts arriving at other site times on a busy one, up to 2658 W: the
+    # plan's first 15-min block then holds the job's start and the precharge stops up to
+    # 6 min early, issue 15): allowed, but only that little
     cap = max(r[5] for r in before)
-    assert 2500 <= cap <= 2500 * 105 // 100, before
-    assert max(r[4] for r in before if r[4] is not None and r[0] < t_job - 30) <= cap + 50
+    assert 2500 <= cap <= 2500 * 108 // 100, before
+    assert max(r[7] for r in rows if r[6] < t_job) <= cap + 50, before
     # and the job, once running, is carried by the battery: discharge after the start
     assert any(r[2] > 500 for r in rows if r[0] >= t_job + 30), rows[-5:]
     assert hp.returncode == 0, hp.stderr
