@@ -124,7 +124,14 @@ class Lockstep:
                 self.attached = False
             elif msg[0] == "w":
                 self._attach()
-                self._step(msg)
+                try:
+                    self._step(msg)
+                except OSError:
+                    # a bus pty closed under the step: the gateway is being torn down
+                    # (or its process was cut); anything else is a real error
+                    if not (self._stop.is_set() or not self.alive()):
+                        raise
+                    continue
                 self._reply()
 
     def _attach(self):

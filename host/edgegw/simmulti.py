@@ -159,14 +159,7 @@ class MultiSite(SimSite):
                     pc.bat_w = 0.0   # no pack left to draw from or charge into
             self._totals()
             self._balance()
-            h = dt / 3600.0
-            if self.grid_w > 0:
-                self.e["grid_imp"] += self.grid_w * h
-            else:
-                self.e["grid_exp"] -= self.grid_w * h
-            self.e["pv"] += self.pv_w * h
-            self.e["it"] += self.it_w * h
-            self.e["aux"] += self.aux_w * h
+            self._count(dt)
 
     def points(self, role, name=None):
         with self.lock:

@@ -169,14 +169,18 @@ class SimSite:
             if self.e_wh >= self.cap_wh and self.bat_w < 0:
                 self.bat_w = 0.0
             self._balance()
-            h = dt / 3600.0
-            if self.grid_w > 0:
-                self.e["grid_imp"] += self.grid_w * h
-            else:
-                self.e["grid_exp"] -= self.grid_w * h
-            self.e["pv"] += self.pv_w * h
-            self.e["it"] += self.it_w * h
-            self.e["aux"] += self.aux_w * h
+            self._count(dt)
+
+    def _count(self, dt):
+        # the site's energy counters over dt s at the present powers (lock held)
+        h = dt / 3600.0
+        if self.grid_w > 0:
+            self.e["grid_imp"] += self.grid_w * h
+        else:
+            self.e["grid_exp"] -= self.grid_w * h
+        self.e["pv"] += self.pv_w * h
+        self.e["it"] += self.it_w * h
+        self.e["aux"] += self.aux_w * h
 
     def pv_limit_w(self):
         """The inverter's limit in force (W), None when it is off or reverted."""
