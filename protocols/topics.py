@@ -14,6 +14,7 @@ HEADROOM = "headroom"    # retained, for compute schedulers
 CMD_SETPOINT = "cmd/setpoint"
 CMD_SCHEDULE = "cmd/schedule"
 CMD_CONFIG = "cmd/config"
+CMD_TARIFF = "cmd/tariff"      # the site tariff until exp (then the configured one)
 FORECAST = "compute/forecast"
 # firmware update (docs/ota.md): the signed offer is a command; chunks answer the
 # gateway's requests (ota/want) and are checked by the offer's sha256 per file
@@ -24,7 +25,7 @@ OTA_STATUS = "ota/status"    # gateway -> host, retained: the last OTA step
 
 # topic leaf -> command kind (the kind is signed with the command, see edgefw/auth.py)
 COMMANDS = {CMD_SETPOINT: "setpoint", CMD_SCHEDULE: "schedule", CMD_CONFIG: "config",
-            FORECAST: "forecast", OTA_OFFER: "ota"}
+            FORECAST: "forecast", OTA_OFFER: "ota", CMD_TARIFF: "tariff"}
 
 STATES = ("ONLINE", "GRACE", "FALLBACK", "RECOVERING")
 
@@ -77,6 +78,11 @@ def schedule_cmd(seq, ts, exp, windows):
 
 def config_cmd(seq, ts, exp, config):
     return {"seq": seq, "ts": ts, "exp": exp, "config": config}
+
+
+def tariff_cmd(seq, ts, exp, tariff):
+    """tariff: a site.tariff object (docs/config.md), or None: the configured one again."""
+    return {"seq": seq, "ts": ts, "exp": exp, "tariff": tariff}
 
 
 def ack(seq, ts, kind, ok, reason, state, detail=None):
@@ -173,6 +179,14 @@ def check_config(d):
     return []
 
 
+def check_tariff(d):
+    # the shape only: the gateway checks the tariff itself (edgefw/tariff.py validate,
+    # which knows whether the site may export)
+    if "tariff" not in d or not (d["tariff"] is None or isinstance(d["tariff"], dict)):
+        return ["tariff: must be an object (site.tariff, docs/config.md) or null"]
+    return []
+
+
 OTA_MAX_CHUNK = 4096   # raw bytes a chunk carries at most (gateway RAM bound)
 OTA_MAX_FILES = 96
 OTA_MAX_FILE = 262144
@@ -246,7 +260,7 @@ def parse_ota_chunk(payload):
 
 
 CHECKS = {"setpoint": check_setpoint, "schedule": check_schedule, "forecast": check_forecast,
-          "config": check_config, "ota": check_ota_offer}
+          "config": check_config, "ota": check_ota_offer, "tariff": check_tariff}
 
 
 # telemetry "g": the hourly green ledger (edgefw/ledger.py): "hour" = a closed UTC hour

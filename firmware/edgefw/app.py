@@ -90,33 +90,52 @@ def _on_config(c):
 
 
 class _CloudIn:
-    """Schedules and forecasts from the cloud (link callbacks) to the dispatcher, in
-    its time base (_drel), once the wall clock can place them."""
+    """Schedules, forecasts and tariffs from the cloud (the link's on_input) to the
+    dispatcher, in its time base (_drel), once the wall clock can place them."""
 
     def __init__(self, disp, err):
         self.disp = disp
         self.err = err
 
-    def schedule(self, d):
+    def input(self, kind, d):
         if not clock_valid():
-            self.err("schedule ignored: wall clock not set yet")
+            if kind != "forecast":
+                self.err("%s ignored: wall clock not set yet" % kind)
+            return      # (the link keeps it and hands it again once the clock is set)
+        if self.disp is None:
             return
-        if self.disp is not None:
-            ws = []
-            for w in d.get("windows") or []:
-                w = dict(w)
-                for k in ("t0", "t1", "exp"):
-                    if w.get(k) is not None:
-                        w[k] = _drel(w[k])
-                ws.append(w)
-            exp = d.get("exp")
-            self.disp.set_schedule(ws, None if exp is None else _drel(exp))
+        if kind == "schedule":
+            self.schedule(d)
+        elif kind == "forecast":
+            self.disp.set_forecast(_drel(d["t0"]), d["step_s"], d["load_w"], _drel(d["exp"]))
+        elif kind == "tariff":
+            t = d["tariff"]
+            if t is not None:
+                t, errs = self.check(t)
+                if errs:
+                    raise ValueError(errs[0])
+            self.disp.set_tariff(t, _drel(d["exp"]))
 
-    def forecast(self, f):
-        if not clock_valid():
-            return  # the forecast's t0/exp cannot be placed without a set clock
-        if self.disp is not None:
-            self.disp.set_forecast(_drel(f["t0"]), f["step_s"], f["load_w"], _drel(f["exp"]))
+    def schedule(self, d):
+        ws = []
+        for w in d.get("windows") or []:
+            w = dict(w)
+            for k in ("t0", "t1", "exp"):
+                if w.get(k) is not None:
+                    w[k] = _drel(w[k])
+            ws.append(w)
+        exp = d.get("exp")
+        self.disp.set_schedule(ws, None if exp is None else _drel(exp))
+
+    def check(self, t):
+        """A cloud tariff as the site config's would be checked: (normalised, errors)."""
+        from edgefw import tariff
+        return tariff.validate(t, "tariff", self.disp.export_ok)
+
+    def check_tariff(self, t):
+        if self.disp is None:
+            return ["tariff: this gateway runs no local dispatch"]
+        return [] if t is None else self.check(t)[1]
 
 
 def _build_link(cfg, disp, err):
@@ -129,8 +148,8 @@ def _build_link(cfg, disp, err):
     try:
         k = lk.Link(lc, cfg["device_id"], ".", cfg["limits"])
         cin = _CloudIn(disp, err)
-        k.on_schedule = cin.schedule
-        k.on_forecast = cin.forecast
+        k.on_input = cin.input
+        k.check_tariff = cin.check_tariff
         k.on_config = _on_config
         w = k.tls_warning()
         if w:

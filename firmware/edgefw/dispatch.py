@@ -287,6 +287,26 @@ class Schedule:
                 return i
         return -1
 
+    def want(self, wi, want, net, m, soc, hyst, bat_wh, eta_c):
+        """6: the wanted setpoint inside window wi: toward its target SOC (charging from
+        PV surplus first, from the grid at the rate that reaches it by t1), within its
+        power bounds. m: the import aim; want: the local rules' setpoint."""
+        tgt = self.soc[wi]
+        if tgt >= 0:
+            sur = net - m if net < m else 0
+            if soc < tgt - (hyst >> 1):
+                e = _mdiv(energy_wh(bat_wh, tgt - soc), 1000, eta_c)
+                left = _max(1, div_trunc(self.t1[wi] - self.rel_s, 60))   # 0 < . <= 2**29
+                if left > 10000:
+                    left = 10000
+                need = _min(WMAX, _mdiv(_min(e, 10000000), 60, left))
+                want = _min(sur, -need)
+            elif soc > tgt + (hyst >> 1):
+                want = net - m
+            else:
+                want = _min(sur, 0)
+        return clamp(want, self.pmin[wi], self.pmax[wi])
+
 
 class PeakMeter:
     """The peak already set this billing period: highest mean import over peak_window_s
@@ -373,6 +393,8 @@ class Dispatcher:
         if "tariff" in p:
             from edgefw import tariff
             self.tou = tariff.TouRule(p, self.plan)
+        self.tou_cfg = self.tou      # the configured one, back when the cloud's expires
+        self.tou_until = None        # the cloud's tariff's expiry (site s)
         if "schedule" in p:
             self.set_schedule(p["schedule"])
 
@@ -383,6 +405,19 @@ class Dispatcher:
         A window is followed while t0 <= now < t1 and now < its exp (or `exp`).
         Times more than 2**28 s (8.5 years) from the last step time saturate there."""
         self.schedule.set(windows, exp, self.t)
+        self.replan = True
+
+    def set_tariff(self, t, exp):
+        """A tariff from the cloud (tariff.validate'd) in force until exp (site s), then
+        the configured one (or none) again; t None: the configured one now."""
+        self.tou = self.tou_cfg
+        self.tou_until = None
+        if t is not None and exp > self.t:
+            from edgefw import tariff
+            p = dict(self.p)
+            p["tariff"] = t
+            self.tou = tariff.TouRule(p, self.plan)
+            self.tou_until = _min(exp, self.t + _TSAT)      # stays a small int
         self.replan = True
 
     def set_forecast(self, t0, step_s, load_w, exp):
@@ -466,28 +501,6 @@ class Dispatcher:
             self.want = 0
             self.want_why = R_HOLD
 
-    def _schedule_want(self, wi, net, m, soc):
-        # 6 the cloud schedule window in force: its target SOC and power bounds
-        s = self.schedule
-        want = self.want
-        tgt = s.soc[wi]
-        h = self.hyst
-        if tgt >= 0:
-            sur = net - m if net < m else 0
-            if soc < tgt - (h >> 1):
-                e = _mdiv(energy_wh(self.bat_wh, tgt - soc), 1000, self.eta_c)
-                left = _max(1, div_trunc(s.t1[wi] - s.rel_s, 60))   # 0 < . <= 2**29
-                if left > 10000:
-                    left = 10000
-                need = _min(WMAX, _mdiv(_min(e, 10000000), 60, left))
-                want = _min(sur, -need)
-            elif soc > tgt + (h >> 1):
-                want = net - m
-            else:
-                want = _min(sur, 0)
-        self.want = clamp(want, s.pmin[wi], s.pmax[wi])
-        self.want_why = R_SCHEDULE
-
     def _pick(self, sp0, db, first):
         # pick inside [lo, hi]; deadband: keep the old setpoint if it is close and allowed
         b = self.bounds
@@ -547,10 +560,15 @@ class Dispatcher:
             self.t_plan = now_s
             self.replan = False
         self._local_want(net)
+        if self.tou_until is not None and now_s >= self.tou_until:
+            self.tou = self.tou_cfg      # the cloud's tariff expired
+            self.tou_until = None
         if self.tou is not None:
             self.tou.want(self, now_s, net, soc)
         if wi >= 0:
-            self._schedule_want(wi, net, m, soc)
+            self.want = self.schedule.want(wi, self.want, net, m, soc, self.hyst,
+                                           self.bat_wh, self.eta_c)
+            self.want_why = R_SCHEDULE
         sp = self._pick(sp0, db, first)
         if curt:
             self.reason = R_EXPORT

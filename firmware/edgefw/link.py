@@ -8,9 +8,9 @@ import os
 from edgefw import auth, clock
 from edgefw.linkstate import FALLBACK, GRACE, ONLINE, RECOVERING, LinkState  # noqa: F401
 from edgefw.mqtt import NO_CA, MQTTClient
-from edgefw.outbox import K_EVENT, K_TELEMETRY, Outbox, read_json
+from edgefw.kept import KINDS as KEPT, Kept
+from edgefw.outbox import K_EVENT, K_TELEMETRY, Outbox
 from edgefw.ring import Ring
-from edgefw.store import write_json
 from protocols import topics as T
 
 RING_SEG_MAX_KB = 16  # largest ring segment (KB): it must fit the heap at once
@@ -133,15 +133,6 @@ def check_config(c, on_config):
     return on_config(c) or []
 
 
-def save(fs_dir, name, d):
-    """A last accepted command that survives a reboot (link_NAME.json)."""
-    try:
-        # json.dump to the file: a forecast's text (2 KB+) is never one string
-        write_json("%s/link_%s.json" % (fs_dir, name), d)
-    except OSError:
-        pass
-
-
 def _bound(v, m):
     return m if v is None else min(m, v)
 
@@ -184,14 +175,14 @@ class Link:
         self.outbox = Outbox(fs_dir, device_id, ring, cfg["window"], self.n)
         self.now_ms = clock.ticks_ms()
         self.hold = LinkState(cfg, self.now_ms, self._state_event)
-        # the last accepted schedule and forecast survive a reboot (FALLBACK follows them
-        # until they expire); the setpoint is hold.sp
-        self.schedule = read_json(fs_dir + "/link_schedule.json")
-        self.forecast = read_json(fs_dir + "/link_forecast.json")
+        # the last accepted schedule, forecast and tariff survive a reboot (FALLBACK
+        # follows them until they expire); the setpoint is hold.sp
+        self.kept = Kept(fs_dir)
         # callbacks for the application (None = not interested)
         self.on_setpoint = None  # (p_w, exp)
-        self.on_schedule = None  # ({"windows": [...], "exp": s})
-        self.on_forecast = None  # (forecast dict)
+        # (kind, what Kept keeps) for a schedule, forecast or tariff; check_tariff first
+        self.on_input = None
+        self.check_tariff = None  # (tariff dict | None) -> list of errors ([] = taken)
         self.on_config = None    # (cfg) -> list of errors ([] = taken)
         self.on_ota = None       # (verified offer dict), ota.py
         self.on_ota_chunk = None  # (payload bytes): not signed, checked by sha256
@@ -227,6 +218,8 @@ class Link:
         """Non-blocking: network I/O, ring drain, state machine."""
         dt = clock.ticks_diff(now_ms, self.now_ms)
         self.now_ms = now_ms
+        if self.kept.pending and self.on_input and clock.valid():
+            self.kept.replay(self.on_input)   # once: what was kept before a reboot
         if self.client is None:
             return
         self.client.poll(now_ms)
@@ -362,6 +355,9 @@ class Link:
                 errs = T.CHECKS[kind](cmd)
             if not errs and kind == "config":
                 errs = check_config(cmd["config"], self.on_config)
+            if not errs and kind == "tariff":
+                errs = self.check_tariff(cmd["tariff"]) if self.check_tariff else \
+                    ["tariff: this gateway has no local dispatch to take it"]
             if not errs and kind == "ota" and not self.on_ota:
                 errs = ["ota: this gateway takes no firmware update"]
             if errs:
@@ -390,19 +386,11 @@ class Link:
                             "seq": cmd["seq"]}
             if self.on_setpoint:
                 self.on_setpoint(cmd["p_w"], exp)
-        elif kind == "schedule":
-            self.schedule = {"windows": cmd["windows"], "exp": cmd["exp"]}
-            save(self.dir, "schedule", self.schedule)
-            if self.on_schedule:
-                self.on_schedule(self.schedule)
+        elif kind in KEPT:
+            d = self.kept.take(kind, cmd)
+            if not clock.valid():
+                self.kept.pending = True    # handed over once the clock can place it
+            elif self.on_input:
+                self.on_input(kind, d)
         elif kind == "ota":
             self.on_ota(cmd)
-        elif kind == "forecast":
-            f = {}
-            for k in cmd:
-                if k != "sig":
-                    f[k] = cmd[k]
-            self.forecast = f
-            save(self.dir, "forecast", f)
-            if self.on_forecast:
-                self.on_forecast(f)

@@ -4,6 +4,7 @@
     edgegw link setpoint W --key HEX              a signed setpoint (+ = discharge), waits for the ack
     edgegw link schedule FILE --key HEX           a signed schedule (JSON windows)
     edgegw link forecast --load-w 400,900 ...     a signed compute-load forecast
+    edgegw link tariff FILE|--clear --key HEX     a signed site tariff until --exp
     edgegw link collect --out F                   receiver: dedup by seq, reports lost/dup
                         [--influx F|-] [--prometheus PORT] [--share GROUP]
     edgegw link keygen -o key.hex                 a new random device key (config link.key)
@@ -392,6 +393,33 @@ def schedule(file, **o):
 
 
 @cli.command()
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--clear", is_flag=True, help="back to the tariff in the gateway's config")
+@_cmd_opts
+def tariff(file, clear, **o):
+    """Send a signed tariff: FILE holds a site.tariff object (docs/config.md; or a site
+    config / {"tariff": ...} holding one); the gateway's fallback prices with it until
+    --exp, then with its configured tariff again."""
+    from edgefw import tariff as fwtariff
+    from edgegw.cli import read_json
+    if clear == (file is not None):
+        raise UserError("tariff: give FILE or --clear (one of them)")
+    t = None
+    if file is not None:
+        t = read_json(file, "FILE")
+        for k in ("site", "tariff"):
+            if isinstance(t, dict) and isinstance(t.get(k), dict):
+                t = t[k]
+        # the shape and ranges here; whether an export price is allowed the gateway says
+        errs = fwtariff.validate(t, "tariff", True)[1]
+        if errs:
+            raise UserError("%s: %s" % (file, errs[0]))
+        # free text stays home: the gateway does not use it and only ASCII can be signed
+        t = {k: v for k, v in t.items() if k not in ("name", "note")}
+    _send(o, T.CMD_TARIFF, {"tariff": t})
+
+
+@cli.command()
 @click.option("--load-w", required=True, help="forecast W per step, comma separated")
 @click.option("--step-s", type=click.IntRange(60, 3600), default=300, show_default=True)
 @click.option("--t0", type=int, help="epoch s of the first step (default: --ts/now)")
@@ -464,8 +492,10 @@ def collect(broker, device, out, influx, prometheus, share, duration):
         raise UserError("collect: give at least one output: --out FILE, --influx FILE|- "
                         "or --prometheus PORT")
 
+    stop = []
+
     def on_term(signum, frame):   # a service manager's stop: report like Ctrl-C does
-        raise KeyboardInterrupt
+        stop.append(signum)       # (a flag, not an exception: it may come mid set-up)
     signal.signal(signal.SIGTERM, on_term)
     sinks = []
     prom = None
@@ -484,10 +514,9 @@ def collect(broker, device, out, influx, prometheus, share, duration):
     if prom is not None:
         prom.collector = col
     try:
-        if duration is None:
-            while True:
-                time.sleep(1)
-        time.sleep(duration)
+        t_end = None if duration is None else time.monotonic() + duration
+        while not stop and (t_end is None or time.monotonic() < t_end):
+            time.sleep(0.1 if t_end is None else max(0.0, min(0.1, t_end - time.monotonic())))
     except KeyboardInterrupt:
         pass
     finally:

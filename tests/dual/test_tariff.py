@@ -238,3 +238,30 @@ def _steady(d, soc, t, n, load=20000):
         soc = 0 if soc < 0 else (10000 if soc > 10000 else soc)
         t += 60
     return soc
+
+
+def test_cloud_tariff_in_force_until_it_expires_then_the_configured_one():
+    # the gateway's site has no tariff; the cloud sends one for 12 h (cmd/tariff): the
+    # valley charge follows it, and after its expiry the site's own rules again
+    d = dispatch.Dispatcher(dispatch.validate_params(SITE))
+    t, e = tariff.validate(two_price(2000, 10000), "tariff", False)
+    assert e == []
+    d.set_tariff(t, 12 * 3600)
+    run, soc = _day(d, 3000)
+    tou = [tt for tt, sp, r in run if r == tariff.R_TOU]
+    assert len(tou) > 100 and max(tou) < 12 * 3600, (len(tou), max(tou))
+    assert d.tou is None and d.tou_until is None
+    # a configured tariff comes back after a cloud one; None now = the configured one now
+    d = dispatch.Dispatcher(dispatch.validate_params(dict(SITE, tariff=two_price(2000, 10000))))
+    cfg = d.tou
+    t2, _ = tariff.validate(two_price(2000, 2100), "tariff", False)
+    d.set_tariff(t2, 3600)
+    assert d.tou is not cfg and d.tou_until == 3600
+    _day(d, 3000, n=61)
+    assert d.tou is cfg
+    d.set_tariff(t2, 7200)
+    d.set_tariff(None, 7200)
+    assert d.tou is cfg and d.tou_until is None
+    # one already expired is not taken
+    d.set_tariff(t2, d.t)
+    assert d.tou is cfg

@@ -287,6 +287,17 @@ def test_cli_setpoint_watch_collect(broker, tmp_path):
         r = CliRunner().invoke(cli, ["forecast", "--load-w", "400,900", "--step-s", "60",
                                      "--key", KEY_HEX] + b)
         assert r.exit_code == 0, r.output
+        # a tariff: checked here (field named), signed without its free text, and this
+        # link-only driver (no dispatcher) says it cannot take one
+        tf = tmp_path / "t.json"
+        tf.write_text('{"periods": [{"name": "flat", "price_cfen": -1}], "seasons": []}')
+        r = CliRunner().invoke(cli, ["tariff", str(tf), "--key", KEY_HEX] + b)
+        assert r.exit_code == 2 and "tariff.periods[0].price_cfen" in r.output, r.output
+        r = CliRunner().invoke(cli, ["tariff", "--key", KEY_HEX] + b)
+        assert r.exit_code == 2 and "FILE or --clear" in r.output, r.output
+        gd = os.path.join(REPO, "scenarios", "tariffs", "guangdong_1_10kv.json")
+        r = CliRunner().invoke(cli, ["tariff", gd, "--key", KEY_HEX] + b)
+        assert r.exit_code == 2 and "no local dispatch" in r.output, r.output
         r = CliRunner().invoke(cli, ["watch", "--json", "--count", "2", "--timeout", "5"] + b)
         lines = [json.loads(x) for x in r.output.splitlines()]
         assert len(lines) == 2 and lines[0]["device"] == DEV
@@ -528,3 +539,42 @@ def test_setpoint_from_a_clock_ahead_of_the_gateway_lives_exp_minus_ts(tmp_path)
     assert lk.hold.sp["exp"] == now + 25
     # a command already expired on the gateway's clock is still refused as stale
     assert not _deliver(lk, T.CMD_SETPOINT, {"p_w": 300}, ts=now - 100, exp_in=30)
+
+
+def test_signed_tariff_is_checked_kept_and_handed_over_again_after_a_reboot(tmp_path):
+    # cmd/tariff: checked on the gateway as site.tariff would be (field named), kept in
+    # link_tariff.json, in force in the dispatcher until exp; a gateway rebooted while
+    # offline takes what it kept as soon as its clock is valid
+    from edgefw import app, clock, dispatch
+    from edgefw import tariff as fwtariff
+    with open(os.path.join(REPO, "scenarios", "tariffs", "guangdong_1_10kv.json")) as f:
+        gd = {k: v for k, v in json.load(f).items() if k not in ("name", "note")}  # as the CLI
+
+    def gateway():
+        d = dispatch.Dispatcher({"battery_wh": 100000, "pcs_w": 50000})
+        lk = _offline_link(tmp_path, None)
+        errs = []
+        cin = app._CloudIn(d, errs.append)
+        lk.on_input = cin.input
+        lk.check_tariff = cin.check_tariff
+        return d, lk, errs
+    d, lk, errs = gateway()
+    assert d.tou is None
+    bad = dict(gd, periods=[dict(gd["periods"][0], price_cfen=-5)] + gd["periods"][1:])
+    assert not _deliver(lk, T.CMD_TARIFF, {"tariff": bad})
+    assert not _deliver(lk, T.CMD_TARIFF, {"tariff": dict(gd, export_cfen=3000)})  # no export
+    assert not _deliver(lk, T.CMD_TARIFF, {"tariff": "cheap"})
+    assert d.tou is None and not os.path.exists(str(tmp_path / "fs" / "link_tariff.json"))
+    assert _deliver(lk, T.CMD_TARIFF, {"tariff": gd}, exp_in=86400)
+    assert isinstance(d.tou, fwtariff.TouRule) and not errs
+    assert d.tou_until == clock.time() + 86400 - clock.EPOCH
+    with open(str(tmp_path / "fs" / "link_tariff.json")) as f:
+        assert json.load(f)["tariff"]["periods"] == gd["periods"]
+    # reboot: a new dispatcher and link on the same filesystem, no broker
+    d, lk, errs = gateway()
+    assert d.tou is None and lk.kept.pending
+    lk.poll(clock.ticks_ms())
+    assert isinstance(d.tou, fwtariff.TouRule) and not lk.kept.pending and not errs
+    # back to the configured (here: none) before the expiry
+    assert _deliver(lk, T.CMD_TARIFF, {"tariff": None})
+    assert d.tou is None
