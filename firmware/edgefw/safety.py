@@ -22,7 +22,8 @@ class Safety:
         self.pack_trip = pack_trip  # config limits.pack_trip: "site" or "pcs"
         self.pcs_off = {}           # several PCS: name -> why that one is stopped
         self.pcs_since = {}         # name -> site ms of its first clean check
-        self.pcs_trips = 0
+        self.pcs_trips = 0          # PCS stops after the boot hold (as trips counts)
+        self.booted = False         # the boot hold was released once
         self.clean_ms = scfg.get("clean_s", 30) * 1000
         self.on_alarm = scfg.get("trip_on_alarm", True)
         self.on_protect = scfg.get("trip_on_protect", True)
@@ -141,8 +142,8 @@ class Safety:
         """Per-PCS trip and release (safety.clean_s clean, as the site's); True: off."""
         off = self.pcs_off
         if r is not None:
-            if name not in off:
-                self.pcs_trips += 1
+            if name not in off and self.booted:
+                self.pcs_trips += 1     # (not a PCS waiting for its first answer at boot)
             off[name] = r
             self.pcs_since[name] = None
             return True
@@ -184,6 +185,7 @@ class Safety:
                 self.since = now
             elif clock.ticks_diff(now, self.since) >= self.clean_ms:
                 self.tripped = False
+                self.booted = True
                 self.reason = ""
                 self.since = None
         return False

@@ -59,3 +59,24 @@ def test_pack_alarm_trips_site_or_its_pcs():
     assert not _chk(sf, s, t) and not sf.tripped
     assert sf.stopped("pcs2") and sf.pcs_off["pcs2"] == "b3: bms protect 0x1"
     assert not sf.stopped("pcs1")
+
+
+def test_pcs_waiting_for_its_first_answer_at_boot_is_not_a_trip():
+    # both PCS unread at boot: stopped (the site holds its boot trip), but not counted as
+    # PCS trips; a fault after the boot hold is
+    devs, s = _site()
+    for d in devs[3:5]:
+        del d.values["fault"]
+    sf = Safety({"clean_s": 0})
+    t = clock.site_ms()
+    _chk(sf, s, t)
+    assert sf.tripped and sf.stopped("pcs1") and sf.stopped("pcs2")
+    for d in devs[3:5]:
+        d.set({"fault": 0})
+    _chk(sf, s, t)
+    _chk(sf, s, t)
+    assert not sf.tripped and sf.pcs_off == {} and sf.pcs_trips == 0
+    assert "pcs_trips" not in sf.status()
+    devs[4].set({"fault": 8})
+    _chk(sf, s, t)
+    assert sf.pcs_trips == 1 and sf.status()["pcs_trips"] == 1
