@@ -103,12 +103,6 @@ class Profile:
         self.net_w = [0] * self.n_blocks
         self.net_learnt_w = [0] * self.n_blocks if self.pv_next_milli < 1000 else self.net_w
         self.fc_blocks = 0       # plan blocks covered by the load forecast
-        # block 0 runs from now to the first forecast step (within 15 min) where the load
-        # moves by more than tol_w, the later blocks are 15 min from there: a job starting
-        # in less than 15 min is not averaged into block 0, so the plan sees the time
-        # before it as chargeable. w0: block 0's length (s); its energies count w0/900.
-        self.w0 = BLOCK_S
-        self.tol_w = _max(10, div_trunc(p["pcs_w"], 200))
         self.unseen_block = 0    # plan blocks before the daylight not seen yet
         self.sunset = False      # the last update() was the first in the dark
 
@@ -155,27 +149,6 @@ class Profile:
         # tomorrow's
         return self.sun_rise_s if self.learn_plans < KCI_FAST else self.sun_rise_s + 86400
 
-    def _split(self, rf, fc, v0):
-        # block 0's length: up to the first forecast step boundary within BLOCK_S where
-        # the forecast load moves away from v0 (the load at now) by more than tol_w, else
-        # the last boundary within BLOCK_S: the later blocks then start on forecast steps
-        # and their means are those of whole forecast points
-        st = fc.step_s
-        dk = rf - fc.t0                      # |.| < 2**29 + 1 day
-        j = 0 if dk < 0 else div_trunc(dk, st) + 1
-        last = BLOCK_S
-        while j <= fc.n:
-            b = fc.t0 + j * st - rf          # > 0: the boundary lies after now
-            if b > BLOCK_S:
-                break
-            last = b
-            if j < fc.n:
-                x = fc.load_w[j] - v0
-                if x > self.tol_w or -x > self.tol_w:
-                    return b
-            j += 1
-        return last
-
     def update(self, now, pv, it, aux, fc):
         """Forecast net load per block into net_w (and net_learnt_w): IT forecast (mean of
         its points in the block, else persistence) + aux (persistence) - PV handing over
@@ -194,48 +167,33 @@ class Profile:
         self.unseen_block = 0
         # blocks the load forecast covers in full (the cap ratchet trusts only those)
         self.fc_blocks = 0
+        if fcok:
+            x = fc.t0 + fc.n * st - rf          # |.| < 2**29 + 1 day
+            if x > 0:
+                self.fc_blocks = _min(n, div_trunc(x, BLOCK_S))
         # past the end of the load forecast: its lowest point (the base load; the tracker
         # knows no jobs that far out), or the present value if lower. Not the present
         # value alone: a running job would seem to run on for the whole horizon.
         itx = it
-        w0 = BLOCK_S
         if fcok:
             for i in range(fc.n):
                 itx = _min(itx, fc.load_w[i])
-            v0 = itx
-            dk = rf - fc.t0                     # |.| < 2**29 + 1 day
-            if dk >= 0 and div_trunc(dk, st) < fc.n:
-                v0 = fc.load_w[div_trunc(dk, st)]
-            w0 = self._split(rf, fc, v0)
-            x = fc.t0 + fc.n * st - rf          # |.| < 2**29 + 1 day
-            if x >= w0:
-                self.fc_blocks = _min(n, 1 + div_trunc(x - w0, BLOCK_S))
-        self.w0 = w0
         pvn = self.pv_next_milli
         for k in range(n):
-            s0 = 0
-            dur = w0
-            if k > 0:
-                s0 = w0 + (k - 1) * BLOCK_S
-                dur = BLOCK_S
             tot = 0
-            cnt = 0
             for j in range(m):
-                if j * sub >= dur:
-                    break
                 v = itx
                 if fcok:
-                    dk = rf + s0 + j * sub - fc.t0   # |.| < 2**29 + 1 day
+                    dk = rf + k * BLOCK_S + j * sub - fc.t0   # |.| < 2**29 + 1 day
                     if dk >= 0:
                         i = div_trunc(dk, st)
                         if i < fc.n:
                             v = fc.load_w[i]
                 tot += v
-                cnt += 1
-            f = div_trunc(tot, cnt) + aux
+            f = div_trunc(tot, m) + aux
             # PV: the present value, handing over linearly (pv_persist_s) to the clear-sky
             # expectation (a parabola between sunrise and sunset, times the learnt index)
-            mm = (s0 + div_trunc(dur * 7, 15)) // 60   # block middle, minutes from now (>= 0)
+            mm = k * 15 + 7              # block middle, minutes from now
             x = 0
             xo = 0
             if self.pv_peak_w > 0:
@@ -308,7 +266,6 @@ class Planner:
         pf = self.walk
         T1 = T
         ks = self.self_until
-        w0 = self.profile.w0     # block 0's length (s): its energies count w0/BLOCK_S
         if ks > 0:
             T = self.self_level_w   # the self-consumption level before the first fill
         for k in range(n):
@@ -319,8 +276,6 @@ class Planner:
                 d = f - T
                 if d > dmax:
                     d = dmax
-                if k == 0 and w0 < BLOCK_S:
-                    d = mdiv(d, w0, BLOCK_S)
                 e -= d
                 need += d
                 if e < 0:
@@ -335,8 +290,6 @@ class Planner:
                     c = T - f
                 if c > cmax:
                     c = cmax
-                if k == 0 and w0 < BLOCK_S and c > 0:
-                    c = mdiv(c, w0, BLOCK_S)
                 if c > 0:
                     ck = c // 1000          # c > 0: plain floor
                     e += ck * k2 + ((c - ck * 1000) * k2) // 1000
@@ -494,12 +447,8 @@ class Planner:
             self.walk = pr.net_learnt_w
             self._raise_cap(n, soc, T)
             self.walk = pu
-        # a precharge never sets a new peak: it fills up to the peak already set, or to
-        # the plan level but not above the configured cap (a level the ratchet or a
-        # persisted aux load raised is the plan's guess, not a peak already paid for)
-        lim = _max(peak_w, _min(T, self.grid_cap_w))
-        if self.precharge_to_w > lim:
-            self.precharge_to_w = lim
+        if self.precharge_to_w > _max(T, peak_w):
+            self.precharge_to_w = _max(T, peak_w)   # a precharge never sets a new peak
         self.fill_block = 0
         # always run: it also measures the spill the self-consumption rule below spreads
         r = self.feasible(T, n, e0, emax, 0)
