@@ -112,7 +112,7 @@ def run(small=False):
             keep = ("peak_import_w", "import_kwh", "pv_used_pct", "renewable_share_pct",
                     "co2_kg", "export_violations", "soc_violations", "limit_violations",
                     "cap_violations", "cap_excess_kwh", "ens_wh", "throughput_kwh",
-                    "soc_end_pct",
+                    "soc_end_pct", "precharge_starts", "precharge_starts_max",
                     "peak_reduction_share_pct",
                     "pv_use_improvement_share_pct", "job_import_wh", "job_import_above_band_wh")
             row[k] = {x: m[x] for x in keep if x in m}
@@ -172,6 +172,8 @@ def _family_row(args):
         "outage_min": r["outage_min"], "jobs": r["jobs"],
         "ens_wh": {"a": a["ens_wh"], "b": b["ens_wh"], "d": d["ens_wh"]},
         "throughput_kwh": {"b": b["throughput_kwh"], "d": d["throughput_kwh"]},
+        "precharge_starts_max": b["precharge_starts_max"],
+        "precharge_starts": b["precharge_starts"],
         "wall_s": round(time.time() - t0, 1), **ref, **_cost_cells(r)}
 
 
@@ -251,6 +253,10 @@ def family(n=40, days=7, seed=1, jobs=2, lp_block_min=1, outdir=None, forecast="
             "median": round(float(np.median([x for x, _ in thr])), 2) if thr else None,
             "max": round(thr[-1][0], 2) if thr else None,
             "max_scenario": thr[-1][1] if thr else None},
+        # issue 15: at most two grid-charge starts per precharge episode
+        "b_precharge_starts_max": max((r["precharge_starts_max"], k) for k, r in rows.items())
+        if rows else None,
+        "b_precharge_starts_total": sum(r["precharge_starts"] for r in rows.values()),
         "wall_s": round(time.time() - t0, 1),
         **_cost_summary(rows, reference),
     }

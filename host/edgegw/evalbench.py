@@ -792,6 +792,32 @@ def _add_costs(res, runs, sc, p):
 POLICIES = ("a", "b", "c", "r", "d")    # output order: the reference between (b) and (d)
 
 
+EPISODE_GAP_MIN = 60    # grid charging this long apart: a new precharge episode
+
+
+def precharge_starts(out, tol=1.0):
+    """Grid-charge starts: minutes where the battery charges more than the PV surplus gives
+    by more than tol (W: the band zero export aims into import, export margin + deadband, is
+    not a grid charge) after a minute where it did not. Starts less than
+    EPISODE_GAP_MIN minutes after the last grid-charge minute belong to the same precharge
+    episode. -> (total starts, most starts in one episode, episodes)."""
+    sur = np.clip(out["pv"] - out["curt"] - out["it"] - out["aux"], 0, None)
+    gc = (out["bat"] < -tol) & (-out["bat"] > sur + tol) & (out["grid"] > tol)
+    total = best = eps = 0
+    cur = 0
+    last = None
+    for i in np.flatnonzero(gc):
+        if last is None or i - last > EPISODE_GAP_MIN:
+            eps += 1
+            cur = 0
+        if last is None or i - last > 1:
+            total += 1
+            cur += 1
+            best = max(best, cur)
+        last = i
+    return total, best, eps
+
+
 def metrics(out, p, job=None):
     dt_h = STEP_S / 3600.0
     g = out["grid"]
@@ -834,6 +860,9 @@ def metrics(out, p, job=None):
         "throughput_kwh": round(float(np.abs(out["bat"]).sum() * dt_h / 1000), 2),
         "soc_end_pct": round(float(soc[-1]) / 100.0, 2),
     }
+    # issue 15: a precharge is a planned schedule, at most two starts per episode
+    m["precharge_starts"], m["precharge_starts_max"], m["precharge_episodes"] = \
+        precharge_starts(out, p["export_margin_w"] + p["deadband_w"] + tol)
     if job is not None:
         t0, t1 = job
         sel = slice(t0 // STEP_S, t1 // STEP_S)
