@@ -131,6 +131,22 @@ def _validate(cfg):
     v = _V()
     if not isinstance(cfg, dict):
         return ["config: must be a JSON object"]
+    _top(v, cfg)
+    names = _buses(v, cfg)
+    _devices(v, cfg, names)
+    _limits(v, cfg)
+    _safety(v, cfg)
+    _control(v, cfg)
+    for k in ("site", "link", "net"):
+        cfg[k] = v.dict_(cfg, k, "")
+    net = cfg["net"]
+    for k in ("ssid", "psk"):  # ESP32 WLAN station (hal_esp32.net_connect)
+        if net.get(k) is not None:
+            v.str_(net, k, "net.", maxlen=64)
+    return v.errs
+
+
+def _top(v, cfg):
     for k in cfg:
         if k not in ("version", "device_id", "buses", "devices", "site", "limits", "safety",
                      "control", "link", "net", "status_s", "wdt_ms", "console", "note",
@@ -151,6 +167,9 @@ def _validate(cfg):
         v.err("console", "%r is not true/false" % (con,))
     cfg["console"] = con
 
+
+def _buses(v, cfg):
+    """buses[]; returns the valid bus names (devices[].bus names one of these)."""
     buses = cfg.get("buses")
     names = []
     if not isinstance(buses, list) or not buses:
@@ -180,7 +199,10 @@ def _validate(cfg):
             b[k] = v.int_(b, k, f, 0, 48, null=True)
         b["timeout_ms"] = v.int_(b, "timeout_ms", f, 10, 5000, dflt=200)
         b["retries"] = v.int_(b, "retries", f, 0, 5, dflt=1)
+    return names
 
+
+def _devices(v, cfg, names):
     devs = cfg.get("devices")
     if devs is None:
         devs = cfg["devices"] = []
@@ -231,6 +253,8 @@ def _validate(cfg):
                                 or not all(isinstance(x, str) for x in pts)):
             v.err(f + "points", "must be a non-empty list of point names")
 
+
+def _limits(v, cfg):
     lim = v.dict_(cfg, "limits", "")
     cfg["limits"] = lim
     lim["pcs_charge_max_w"] = v.int_(lim, "pcs_charge_max_w", "limits.", 0, 10000000, dflt=5000)
@@ -245,6 +269,8 @@ def _validate(cfg):
     lim["export_max_w"] = v.int_(lim, "export_max_w", "limits.", 0, 10000000, null=True)
     lim["import_max_w"] = v.int_(lim, "import_max_w", "limits.", 0, 10000000, null=True)
 
+
+def _safety(v, cfg):
     saf = v.dict_(cfg, "safety", "")
     cfg["safety"] = saf
     saf["clean_s"] = v.int_(saf, "clean_s", "safety.", 0, 86400, dflt=30)
@@ -255,20 +281,14 @@ def _validate(cfg):
             v.err("safety." + k, "%r is not true/false" % (x,))
         saf[k] = x
 
+
+def _control(v, cfg):
     ctl = v.dict_(cfg, "control", "")
     cfg["control"] = ctl
     ctl["period_ms"] = v.int_(ctl, "period_ms", "control.", 100, 60000, dflt=1000)
     ctl["refresh_ms"] = v.int_(ctl, "refresh_ms", "control.", 100, 600000, dflt=10000)
     ctl["mode"] = v.str_(ctl, "mode", "control.", ("auto", "hold", "off"), dflt="auto")
     ctl["hold_w"] = v.int_(ctl, "hold_w", "control.", -10000000, 10000000, dflt=0)
-
-    for k in ("site", "link", "net"):
-        cfg[k] = v.dict_(cfg, k, "")
-    net = cfg["net"]
-    for k in ("ssid", "psk"):  # ESP32 WLAN station (hal_esp32.net_connect)
-        if net.get(k) is not None:
-            v.str_(net, k, "net.", maxlen=64)
-    return v.errs
 
 
 # ---- files ------------------------------------------------------------------
