@@ -490,7 +490,12 @@ def boot(check=None):
         c = _choose(path, check, report)
         if c is not None:
             return c, (path or "factory default"), report
-    # the factory default failed the check (e.g. maps missing): run it without devices
+    return _bare_default(report)
+
+
+def _bare_default(report):
+    """The factory default failed the check (e.g. maps missing): run it without devices
+    (or, when not even that can be filled in, without buses)."""
     cfg = default()
     cfg["devices"] = []
     errs = validate(cfg)
