@@ -187,6 +187,31 @@ def _point(mname, pn, src, wo, prm, doc):
     p["addr"] = a = _int(p["addr"], what + " addr")
     ty = p.get("type", "bit" if t in ("coil", "discrete") else "u16")
     p["type"] = ty
+    n = _size(what, t, ty, p)
+    if a < 0 or a + n > 0x10000:
+        raise RegMapError("%s: address %d out of range" % (what, a))
+    p["n"] = n
+    o = p.get("word_order", wo)
+    if o not in ("hi", "lo"):
+        raise RegMapError("%s: word_order %r must be hi or lo" % (what, o))
+    p["lo"] = o == "lo"
+    p.pop("word_order", None)
+    acc = p.get("access", "r")
+    if acc not in ("r", "rw", "w"):
+        raise RegMapError("%s: access %r must be r, rw or w" % (what, acc))
+    p["access"] = acc
+    k = _scale(what, p, prm)
+    _codes(what, p, t, ty, n)
+    for b in ("min", "max"):
+        if b in p:
+            p[b] = _int(p[b], what + " " + b)
+    if acc != "r" and ("min" not in p or "max" not in p) and "values" not in p and ty != "bit":
+        raise RegMapError(what + ": writable points need min and max")
+    return _minimal(p, t, a, ty, n, acc, k, doc)
+
+
+def _size(what, t, ty, p):
+    """Registers (or bits) the point spans, from its table and type."""
     if t in ("coil", "discrete"):
         if ty == "bit":
             n = 1
@@ -200,18 +225,11 @@ def _point(mname, pn, src, wo, prm, doc):
         if ty not in REG_TYPES:
             raise RegMapError("%s: unknown type %r (%s)" % (what, ty, "/".join(sorted(REG_TYPES))))
         n = REG_TYPES[ty]
-    if a < 0 or a + n > 0x10000:
-        raise RegMapError("%s: address %d out of range" % (what, a))
-    p["n"] = n
-    o = p.get("word_order", wo)
-    if o not in ("hi", "lo"):
-        raise RegMapError("%s: word_order %r must be hi or lo" % (what, o))
-    p["lo"] = o == "lo"
-    p.pop("word_order", None)
-    acc = p.get("access", "r")
-    if acc not in ("r", "rw", "w"):
-        raise RegMapError("%s: access %r must be r, rw or w" % (what, acc))
-    p["access"] = acc
+    return n
+
+
+def _scale(what, p, prm):
+    """mul (resolved), div and offset checked in place; returns mul."""
     # scale: mul may name params ("ct") or list them (["pt", "ct"]); resolved here once
     mul = p.get("mul", 1)
     if not isinstance(mul, list):
@@ -226,6 +244,11 @@ def _point(mname, pn, src, wo, prm, doc):
     p["offset"] = _int(p.get("offset", 0), what + " offset")
     if k == 0 or p["div"] <= 0:
         raise RegMapError(what + ": mul must be non-zero and div positive")
+    return k
+
+
+def _codes(what, p, t, ty, n):
+    """The bit picks, enumerated values and cmdmag codes, checked in place."""
     if "pick" in p:
         pk = p["pick"]
         if not isinstance(pk, list) or not pk or len(pk) > 30:
@@ -250,11 +273,9 @@ def _point(mname, pn, src, wo, prm, doc):
             if not isinstance(e, list) or len(e) != 2:
                 raise RegMapError(what + ": pre entries must be [addr, raw]")
         p["pre"] = [(_int(e[0], what + " pre"), _int(e[1], what + " pre")) for e in p.get("pre", ())]
-    for b in ("min", "max"):
-        if b in p:
-            p[b] = _int(p[b], what + " " + b)
-    if acc != "r" and ("min" not in p or "max" not in p) and "values" not in p and ty != "bit":
-        raise RegMapError(what + ": writable points need min and max")
+
+
+def _minimal(p, t, a, ty, n, acc, k, doc):
     # a fresh, minimal dict: defaults (mul 1, div 1, offset 0, hi word first) are left out
     # and read with .get, documentation only when asked for; the gateway's heap is small
     q = {"table": t, "addr": a, "type": ty, "n": n, "access": acc}

@@ -23,7 +23,8 @@ _RXBUF = const(64)
 
 
 class Station:
-    """Per-device schedule and statistics on one bus."""
+    """Per-device poll schedule (due time, lateness, stale probing) and statistics on one
+    bus; BusMaster runs the transactions."""
 
     def __init__(self, dev, now):
         self.dev = dev
@@ -44,6 +45,49 @@ class Station:
         self.last_ok = None    # site ms ticks of the last good response
         self.stale = False
         self.late = 0          # polls started more than a period after they were due
+
+    def start_poll(self, now):
+        if clock.ticks_diff(now, self.due) > self.dev.period_ms:
+            self.late += 1
+        self.idx = 0
+        self.answered = False
+
+    def end_poll(self, now, stale_polls):
+        """The poll is over: the next one is due a period on, or (stale: `stale_polls`
+        missed in a row) a probe after max(period, 2 s) x n, at most BACKOFF_MAX_MS."""
+        self.polls += 1
+        self.idx = -1
+        if self.answered:
+            self.missed = 0
+            self.stale = False
+            self.due = clock.ticks_add(self.due, self.dev.period_ms)
+            if clock.ticks_diff(now, self.due) > 0:
+                self.due = now  # behind: poll again now, but never in bursts to catch up
+        else:
+            self.missed += 1
+            if self.missed >= stale_polls:
+                self.stale = True
+            if self.stale:
+                p = self.dev.period_ms
+                if p < 2000:
+                    p = 2000
+                k = self.missed - stale_polls + 1
+                b = p * k if k < BACKOFF_MAX_MS // p else BACKOFF_MAX_MS
+                self.due = clock.ticks_add(now, b)
+            else:
+                self.due = clock.ticks_add(self.due, self.dev.period_ms)
+                if clock.ticks_diff(now, self.due) > 0:
+                    self.due = now
+        self.answered = False
+
+    def bus_failed(self, now, stale_polls):
+        """The bus raised: stale from now on, probed again at once on the new bus."""
+        self.idx = -1
+        self.answered = False
+        if self.missed < stale_polls:
+            self.missed = stale_polls
+        self.stale = True
+        self.due = now
 
     def stats(self, now):
         return {"requests": self.requests, "ok": self.ok, "timeouts": self.timeouts,
@@ -266,31 +310,8 @@ class BusMaster:
             self._end_poll(cur, now)
 
     def _end_poll(self, st, now):
-        st.polls += 1
-        st.idx = -1
         self.cur = None
-        if st.answered:
-            st.missed = 0
-            st.stale = False
-            st.due = clock.ticks_add(st.due, st.dev.period_ms)
-            if clock.ticks_diff(now, st.due) > 0:
-                st.due = now  # behind: poll again now, but never in bursts to catch up
-        else:
-            st.missed += 1
-            if st.missed >= self.stale_polls:
-                st.stale = True
-            if st.stale:
-                p = st.dev.period_ms
-                if p < 2000:
-                    p = 2000
-                k = st.missed - self.stale_polls + 1
-                b = p * k if k < BACKOFF_MAX_MS // p else BACKOFF_MAX_MS
-                st.due = clock.ticks_add(now, b)
-            else:
-                st.due = clock.ticks_add(st.due, st.dev.period_ms)
-                if clock.ticks_diff(now, st.due) > 0:
-                    st.due = now
-        st.answered = False
+        st.end_poll(now, self.stale_polls)
         self.cycles += 1
         f = getattr(st.dev, "on_poll", None)
         if f is not None:
@@ -352,10 +373,7 @@ class BusMaster:
             m = m // clock.speed()
             return m if m < 50 else 50
         self.rr = (sts.index(best) + 1) % n
-        if bestd > best.dev.period_ms:
-            best.late += 1
-        best.idx = 0
-        best.answered = False
+        best.start_poll(now)
         self.cur = best
         self.tries = 0
         self._send(best.frames[0], best.reqs[0])
@@ -379,12 +397,7 @@ class BusMaster:
         self.state = _IDLE
         now = clock.site_ms()
         for s in self.st:
-            s.idx = -1
-            s.answered = False
-            if s.missed < self.stale_polls:
-                s.missed = self.stale_polls
-            s.stale = True
-            s.due = now
+            s.bus_failed(now, self.stale_polls)
         for w in ws:
             if w.cb is not None:
                 w.cb(False)

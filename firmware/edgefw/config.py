@@ -134,6 +134,28 @@ def _validate(cfg):
     v = _V()
     if not isinstance(cfg, dict):
         return ["config: must be a JSON object"]
+    _top(v, cfg)
+    names = _buses(v, cfg)
+    _devices(v, cfg, names)
+    _limits(v, cfg)
+    _safety(v, cfg)
+    _control(v, cfg)
+    for k in ("site", "link", "net"):
+        cfg[k] = v.dict_(cfg, k, "")
+    site = cfg["site"]
+    if site.get("tariff") is not None:
+        # the time-of-use / demand tariff (edgefw/tariff.py): every problem, named
+        from edgefw import tariff
+        v.errs.extend(tariff.validate(site["tariff"], "site.tariff",
+                                      site.get("export_allowed") is True)[1])
+    net = cfg["net"]
+    for k in ("ssid", "psk"):  # ESP32 WLAN station (hal_esp32.net_connect)
+        if net.get(k) is not None:
+            v.str_(net, k, "net.", maxlen=64)
+    return v.errs
+
+
+def _top(v, cfg):
     for k in cfg:
         if k not in ("version", "device_id", "buses", "devices", "site", "limits", "safety",
                      "control", "link", "net", "status_s", "wdt_ms", "console", "note",
@@ -154,6 +176,9 @@ def _validate(cfg):
         v.err("console", "%r is not true/false" % (con,))
     cfg["console"] = con
 
+
+def _buses(v, cfg):
+    """buses[]; returns the valid bus names (devices[].bus names one of these)."""
     buses = cfg.get("buses")
     names = []
     if not isinstance(buses, list) or not buses:
@@ -183,7 +208,10 @@ def _validate(cfg):
             b[k] = v.int_(b, k, f, 0, 48, null=True)
         b["timeout_ms"] = v.int_(b, "timeout_ms", f, 10, 5000, dflt=200)
         b["retries"] = v.int_(b, "retries", f, 0, 5, dflt=1)
+    return names
 
+
+def _devices(v, cfg, names):
     devs = cfg.get("devices")
     if devs is None:
         devs = cfg["devices"] = []
@@ -242,6 +270,8 @@ def _validate(cfg):
         elif role == "pcs" and d.get("rating_w") is not None:
             d["rating_w"] = v.int_(d, "rating_w", f, 1, 10000000)
 
+
+def _limits(v, cfg):
     lim = v.dict_(cfg, "limits", "")
     cfg["limits"] = lim
     lim["pcs_charge_max_w"] = v.int_(lim, "pcs_charge_max_w", "limits.", 0, 10000000, dflt=5000)
@@ -255,9 +285,12 @@ def _validate(cfg):
               % (lim["soc_min_cpct"], lim["soc_max_cpct"]))
     lim["export_max_w"] = v.int_(lim, "export_max_w", "limits.", 0, 10000000, null=True)
     lim["pack_trip"] = v.str_(lim, "pack_trip", "limits.", PACK_TRIPS, dflt="site")
-    _packs(v, devs, lim["pack_trip"])
+    devs = cfg.get("devices")
+    _packs(v, devs if isinstance(devs, list) else [], lim["pack_trip"])
     lim["import_max_w"] = v.int_(lim, "import_max_w", "limits.", 0, 10000000, null=True)
 
+
+def _safety(v, cfg):
     saf = v.dict_(cfg, "safety", "")
     cfg["safety"] = saf
     saf["clean_s"] = v.int_(saf, "clean_s", "safety.", 0, 86400, dflt=30)
@@ -268,26 +301,14 @@ def _validate(cfg):
             v.err("safety." + k, "%r is not true/false" % (x,))
         saf[k] = x
 
+
+def _control(v, cfg):
     ctl = v.dict_(cfg, "control", "")
     cfg["control"] = ctl
     ctl["period_ms"] = v.int_(ctl, "period_ms", "control.", 100, 60000, dflt=1000)
     ctl["refresh_ms"] = v.int_(ctl, "refresh_ms", "control.", 100, 600000, dflt=10000)
     ctl["mode"] = v.str_(ctl, "mode", "control.", ("auto", "hold", "off"), dflt="auto")
     ctl["hold_w"] = v.int_(ctl, "hold_w", "control.", -10000000, 10000000, dflt=0)
-
-    for k in ("site", "link", "net"):
-        cfg[k] = v.dict_(cfg, k, "")
-    site = cfg["site"]
-    if site.get("tariff") is not None:
-        # the time-of-use / demand tariff (edgefw/tariff.py): every problem, named
-        from edgefw import tariff
-        v.errs.extend(tariff.validate(site["tariff"], "site.tariff",
-                                      site.get("export_allowed") is True)[1])
-    net = cfg["net"]
-    for k in ("ssid", "psk"):  # ESP32 WLAN station (hal_esp32.net_connect)
-        if net.get(k) is not None:
-            v.str_(net, k, "net.", maxlen=64)
-    return v.errs
 
 
 def _packs(v, devs, trip):
@@ -532,7 +553,12 @@ def boot(check=None):
         c = _choose(path, check, report)
         if c is not None:
             return c, (path or "factory default"), report
-    # the factory default failed the check (e.g. maps missing): run it without devices
+    return _bare_default(report)
+
+
+def _bare_default(report):
+    """The factory default failed the check (e.g. maps missing): run it without devices
+    (or, when not even that can be filled in, without buses)."""
     cfg = default()
     cfg["devices"] = []
     errs = validate(cfg)

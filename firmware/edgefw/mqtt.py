@@ -2,11 +2,13 @@
 # reads and parses whatever bytes arrived, answers and sends keepalive pings, resends
 # unacknowledged QoS 1 publishes and reconnects with jittered exponential backoff.
 # Runs on MicroPython (unix and ESP32) and CPython. Plain TCP, or TLS when configured
-# (the TLS handshake itself blocks for up to tls_timeout_ms once per connection).
+# (edgefw/mqtttls.py; the handshake blocks for up to tls_timeout_ms once per connection).
+# The packets themselves are built and taken apart by edgefw/mqttpkt.py.
 import errno
 import os
 import select
 
+from edgefw import mqttpkt as pkt
 from edgefw.clock import ticks_add, ticks_diff
 
 # client states
@@ -19,65 +21,16 @@ _EAGAIN = (errno.EAGAIN, errno.EINPROGRESS, getattr(errno, "EWOULDBLOCK", errno.
 _RX_CHUNK = 1024
 _MAX_TX = 32768  # queued bytes beyond which publish() refuses (backpressure)
 
-CONNACK_RC = ("accepted", "bad protocol version", "client id rejected", "server unavailable",
-              "bad user name or password", "not authorised")
 
 
 def _blocked(e):
     return e.args and e.args[0] in _EAGAIN or type(e).__name__.startswith("SSLWant")
 
 
-def _der(data):
-    # MicroPython's mbedTLS takes CA data as DER only: decode the first PEM block
-    if not data.startswith(b"-----BEGIN"):
-        return data
-    from binascii import a2b_base64
-    lines = data.split(b"\n")
-    b64 = b""
-    for ln in lines[1:]:
-        ln = ln.strip()
-        if ln.startswith(b"-----END"):
-            break
-        b64 += ln
-    return a2b_base64(b64)
-
-
-# TLS verifies the broker's certificate against the CA file (`ca`), always: MicroPython
-# has no system certificate store to fall back on. No CA file: no connection, unless the
-# caller asked for `insecure` (encrypted, the broker not verified).
+# TLS verifies the broker's certificate against the CA file (`ca`), always (mqtttls.py).
+# No CA file: no connection, unless the caller asked for `insecure`.
 NO_CA = ("TLS: no CA file to verify the broker with (link.ca); not connecting. Set "
          "link.ca, or link.insecure true to connect without verifying")
-_VERIFY_FAILED = -9984  # mbedTLS MBEDTLS_ERR_X509_CERT_VERIFY_FAILED
-
-
-def _tls_error(e, ca):
-    # mbedTLS raises ValueError("...not correctly signed by the trusted CA") or
-    # OSError(-9984); CPython ssl.SSLCertVerificationError
-    code = e.args[0] if e.args else None
-    text = str(code).strip() if isinstance(code, str) else repr(e)
-    if code == _VERIFY_FAILED or type(e).__name__ == "SSLCertVerificationError" \
-            or "certificate" in text.lower():
-        return "TLS: the broker's certificate was refused (not signed by the CA file %s, " \
-               "or not for this host): %s" % (ca, text)
-    return "TLS handshake failed: %s" % text
-
-
-def _str(s):
-    if isinstance(s, str):
-        s = s.encode()
-    return bytes((len(s) >> 8, len(s) & 0xFF)) + s
-
-
-def _packet(first, body):
-    n = len(body)
-    hdr = bytearray((first,))
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        hdr.append(b | 0x80 if n else b)
-        if not n:
-            break
-    return bytes(hdr) + body
 
 
 class MQTTClient:
@@ -151,25 +104,21 @@ class MQTTClient:
             return None
         if isinstance(payload, str):
             payload = payload.encode()
-        pid = 0
-        body = _str(topic)
-        if qos:
-            pid = self._new_pid()
-            body += bytes((pid >> 8, pid & 0xFF))
-        pkt = _packet(0x30 | (qos << 1) | (1 if retain else 0), body + payload)
-        if len(pkt) > self.max_packet:
+        pid = self._new_pid() if qos else 0
+        p = pkt.publish(topic, payload, qos, retain, pid)
+        if len(p) > self.max_packet:
             raise ValueError("publish of %d bytes exceeds max_packet %d"
-                             % (len(pkt), self.max_packet))
+                             % (len(p), self.max_packet))
         if qos:
-            self.inflight.append([pid, pkt, self._now])
-        self._send(pkt)
+            self.inflight.append([pid, p, self._now])
+        self._send(p)
         self.tx_msgs += 1
         return pid
 
     def disconnect(self):
         """Clean disconnect (the broker discards the will); no reconnect until connect()."""
         if self.state == UP:
-            self._send(b"\xe0\x00")
+            self._send(pkt.DISCONNECT)
         self.want = False
         self._close("disconnect requested", clean=True)
 
@@ -239,63 +188,21 @@ class MQTTClient:
             self._fail("TCP connect refused")
             return
         if self.tls:
-            err = self._wrap_tls()
+            from edgefw import mqtttls  # only for TLS: a plain TCP link never loads it
+            tls, err = mqtttls.wrap(self.sock, self.host, self.ca, self.insecure,
+                                    self.tls_timeout_ms)
             if err:
-                self._fail(err)
+                self._fail(err)  # closes the plain socket
                 return
+            self.sock = tls
         self._poller = select.poll()
         self._poller.register(self.sock, select.POLLIN)
         self._last_rx = self._last_tx = self._now
         self._ping_ms = None
         self._set(WAIT_CONNACK)
-        self._send(self._connect_packet())
+        self._send(pkt.connect(self.client_id, self.ka_ms // 1000, self.will, self.user,
+                               self.password))
         self._flush()
-
-    def _wrap_tls(self):
-        """Wrap the connected socket (blocking handshake); None, or what went wrong."""
-        import ssl
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        if self.insecure:
-            if hasattr(ctx, "check_hostname"):
-                ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        else:
-            if not self.ca:
-                return NO_CA
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            try:
-                with open(self.ca, "rb") as f:
-                    data = f.read()
-            except OSError as e:
-                return "TLS setup: CA file %s cannot be read (%r)" % (self.ca, e)
-            try:
-                ctx.load_verify_locations(cadata=_der(data))
-            except Exception as e:  # not a certificate (mbedTLS: ValueError, CPython: SSLError)
-                return "TLS setup: CA file %s is not a certificate (%s)" % (
-                    self.ca, str(e).strip() or repr(e))
-        self.sock.settimeout(self.tls_timeout_ms / 1000)
-        try:
-            self.sock = ctx.wrap_socket(self.sock, server_hostname=self.host)
-        except (OSError, ValueError) as e:  # refused certificate, handshake timeout
-            return _tls_error(e, self.ca)
-        self.sock.setblocking(False)
-        return None
-
-    def _connect_packet(self):
-        flags = 0x02  # clean session: the gateway's own ring carries what must survive
-        pl = _str(self.client_id)
-        if self.will:
-            wt, wp, wq, wr = self.will
-            flags |= 0x04 | (wq << 3) | (0x20 if wr else 0)
-            pl += _str(wt) + _str(wp)
-        if self.user is not None:
-            flags |= 0x80
-            pl += _str(self.user)
-            if self.password is not None:
-                flags |= 0x40
-                pl += _str(self.password)
-        ka = self.ka_ms // 1000
-        return _packet(0x10, b"\x00\x04MQTT\x04" + bytes((flags, ka >> 8, ka & 0xFF)) + pl)
 
     def _fail(self, reason):
         self.fails += 1
@@ -379,22 +286,13 @@ class MQTTClient:
     def _parse(self):
         rx = self._rx
         while len(rx) >= 2:
-            n = 0
-            shift = 0
-            i = 1
-            while True:
-                if i >= len(rx):
-                    self._rx = rx
-                    return
-                b = rx[i]
-                n |= (b & 0x7F) << shift
-                i += 1
-                if not b & 0x80:
-                    break
-                shift += 7
-                if i > 4:
-                    self._fail("bad remaining length")
-                    return
+            i, n = pkt.header(rx)
+            if i == pkt.INCOMPLETE:
+                self._rx = rx
+                return
+            if i == pkt.BAD_LENGTH:
+                self._fail("bad remaining length")
+                return
             if n > self.max_packet:
                 self._fail("packet of %d bytes exceeds max_packet" % n)
                 return
@@ -419,7 +317,7 @@ class MQTTClient:
             if qos:
                 pid = body[j:j + 2]
                 j += 2
-                self._send((b"\x40\x02" if qos == 1 else b"\x50\x02") + pid)
+                self._send(pkt.pub_ack(typ, pid))
             if self.on_message:
                 self.on_message(topic, body[j:], bool(typ & 1))
         elif kind == 4:  # PUBACK
@@ -433,7 +331,7 @@ class MQTTClient:
         elif kind == 2:  # CONNACK
             rc = body[1] if len(body) > 1 else 255
             if rc:
-                self._fail("broker refused: %s" % (CONNACK_RC[rc] if rc < 6 else rc))
+                self._fail("broker refused: %s" % (pkt.CONNACK_RC[rc] if rc < 6 else rc))
                 return
             self._attempt = 0
             self.connects += 1
@@ -441,22 +339,17 @@ class MQTTClient:
             if self.subs:
                 self._send_subscribe(self.subs)
             for e in self.inflight:  # resend with DUP set
-                p = e[1]
-                e[1] = bytes((p[0] | 0x08,)) + p[1:]
+                e[1] = pkt.dup(e[1])
                 e[2] = self._now
                 self._send(e[1])
             if self.on_connect:
                 self.on_connect()
         elif kind == 6:  # PUBREL (QoS 2 inbound) -> PUBCOMP
-            self._send(b"\x70\x02" + body[:2])
+            self._send(pkt.pubcomp(body[:2]))
         # SUBACK (9), UNSUBACK (11), PINGRESP (13): receipt already refreshed _last_rx
 
     def _send_subscribe(self, subs):
-        pid = self._new_pid()
-        body = bytes((pid >> 8, pid & 0xFF))
-        for t, q in subs:
-            body += _str(t) + bytes((q,))
-        self._send(_packet(0x82, body))
+        self._send(pkt.subscribe(self._new_pid(), subs))
 
     def _new_pid(self):
         while True:
@@ -480,13 +373,12 @@ class MQTTClient:
         if self._ping_ms is None or ticks_diff(now, self._ping_ms) >= self.ka_ms // 2:
             if ticks_diff(now, self._last_tx) >= self.ka_ms or \
                     ticks_diff(now, self._last_rx) >= self.ka_ms // 2:
-                self._send(b"\xc0\x00")
+                self._send(pkt.PINGREQ)
                 self._ping_ms = now
         if self.retry_ms:
             for e in self.inflight:
                 if ticks_diff(now, e[2]) >= self.retry_ms:
-                    p = e[1]
-                    e[1] = bytes((p[0] | 0x08,)) + p[1:]
+                    e[1] = pkt.dup(e[1])
                     e[2] = now
                     self._send(e[1])
         self._flush()
