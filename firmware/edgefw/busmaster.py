@@ -108,6 +108,73 @@ class _Write:
         self.tries = 0
 
 
+class WriteQueue:
+    """Writes waiting for the bus, oldest first (urgent ones jump the queue); a newer
+    write to the same register of the same slave replaces a queued one (setpoints)."""
+
+    def __init__(self):
+        self.q = []
+
+    def __len__(self):
+        return len(self.q)
+
+    def put(self, w, urgent):
+        q = self.q
+        r = w.req
+        for i in range(len(q)):
+            o = q[i].req
+            if o.slave == r.slave and o.fc == r.fc and o.addr == r.addr:
+                q.pop(i)
+                break
+        if urgent:
+            q.insert(0, w)
+        else:
+            q.append(w)
+
+    def head(self):
+        return self.q[0] if self.q else None
+
+    def done(self, w):
+        if self.q and self.q[0] is w:
+            self.q.pop(0)
+
+    def fail_all(self, cur):
+        """Empty the queue (cur: a write in flight, or None); callbacks get False."""
+        ws = self.q
+        self.q = []
+        if cur is not None and cur not in ws:
+            ws.insert(0, cur)
+        for w in ws:
+            if w.cb is not None:
+                w.cb(False)
+
+
+def _due(sts, rr, now):
+    """The station whose poll is most overdue from round-robin position rr (its index), or
+    -1 and the site ms until the first one is due (None: no station reads anything)."""
+    n = len(sts)
+    best = -1
+    bestd = 0
+    for k in range(n):
+        i = (rr + k) % n
+        s = sts[i]
+        if not s.reqs:
+            continue
+        d = clock.ticks_diff(now, s.due)
+        if d >= 0 and (best < 0 or d > bestd):
+            best = i
+            bestd = d
+    if best >= 0:
+        return best, 0
+    m = None
+    for s in sts:
+        if s.reqs:
+            d = clock.ticks_diff(s.due, now)
+            if m is None or d < m:
+                m = d
+    return -1, m
+
+
 class BusMaster:
     def __init__(self, bus, name="bus", baud=9600, timeout_ms=200, retries=1, stale_polls=3):
         self.bus = bus
@@ -122,7 +189,7 @@ class BusMaster:
         self.rx = bytearray(_RXBUF)
         self.st = []            # stations in round-robin order
         self.by_name = {}
-        self.wq = []            # pending writes, oldest first
+        self.wq = WriteQueue()
         self.state = _IDLE
         self.cur = None         # station (read) or _Write in flight
         self.req = None
@@ -151,18 +218,8 @@ class BusMaster:
         """Queue a write (FC 5/6/15/16) to dev; it goes out before any further read.
         A newer write to the same register replaces a queued one (setpoints)."""
         st = self.by_name[dev.name]
-        req = rtu.Request(dev.slave, fc, addr, len(values), list(values))
-        w = _Write(st, req, cb)
-        q = self.wq
-        for i in range(len(q)):
-            o = q[i].req
-            if o.slave == req.slave and o.fc == fc and o.addr == addr:
-                q.pop(i)
-                break
-        if urgent:
-            q.insert(0, w)
-        else:
-            q.append(w)
+        w = _Write(st, rtu.Request(dev.slave, fc, addr, len(values), list(values)), cb)
+        self.wq.put(w, urgent)
         return w
 
     def idle_with_writes(self):
@@ -293,8 +350,7 @@ class BusMaster:
         self.state = _IDLE
         self.retry = False
         if not isinstance(cur, Station):
-            if self.wq and self.wq[0] is cur:
-                self.wq.pop(0)
+            self.wq.done(cur)
             self.cur = None
             if cur.cb is not None:
                 cur.cb(good)
@@ -326,8 +382,8 @@ class BusMaster:
             self._send(self.frame, self.req)
             return 0
         # writes go first, even between the reads of one device's poll
-        if self.wq:
-            w = self.wq[0]
+        w = self.wq.head()
+        if w is not None:
             if isinstance(self.cur, Station):
                 self.hold = self.cur
             self.cur = w
@@ -346,33 +402,18 @@ class BusMaster:
 
     def _next_poll(self):
         sts = self.st
-        n = len(sts)
-        if not n:
+        if not sts:
             return 50
         now = clock.site_ms()
-        best = None
-        bestd = 0
-        for k in range(n):
-            s = sts[(self.rr + k) % n]
-            if not s.reqs:
-                continue
-            d = clock.ticks_diff(now, s.due)
-            if d >= 0 and (best is None or d > bestd):
-                best = s
-                bestd = d
-        if best is None:
+        i, m = _due(sts, self.rr, now)
+        if i < 0:
             # nothing due: sleep until the first due time (real ms from site ms)
-            m = None
-            for s in sts:
-                if s.reqs:
-                    d = clock.ticks_diff(s.due, now)
-                    if m is None or d < m:
-                        m = d
             if m is None:
                 return 50
             m = m // clock.speed()
             return m if m < 50 else 50
-        self.rr = (sts.index(best) + 1) % n
+        best = sts[i]
+        self.rr = (i + 1) % len(sts)
         best.start_poll(now)
         self.cur = best
         self.tries = 0
@@ -386,11 +427,7 @@ class BusMaster:
         callback gets False) and mark the devices stale (their data ages from now on).
         The owner closes the bus and later hands a new one to set_bus()."""
         self.errors += 1
-        ws = self.wq
-        self.wq = []
         cur = self.cur
-        if isinstance(cur, _Write) and cur not in ws:
-            ws.insert(0, cur)
         self.cur = None
         self.hold = None
         self.retry = False
@@ -398,9 +435,7 @@ class BusMaster:
         now = clock.site_ms()
         for s in self.st:
             s.bus_failed(now, self.stale_polls)
-        for w in ws:
-            if w.cb is not None:
-                w.cb(False)
+        self.wq.fail_all(cur if isinstance(cur, _Write) else None)
 
     def set_bus(self, bus):
         """A reopened bus: start clean (framer flushed, first poll now)."""
