@@ -34,6 +34,29 @@ def va_w(ca, cv):
     return wi + div_round(rem * 100 + ca * r, 10000)
 
 
+def _derive_missing(v, q):
+    """One missing (or stale) power of the balance derived from the others; returns its
+    name, "-" when two or more are unknown, None when none is."""
+    miss = None
+    for k in ("grid_w", "pv_w", "it_w", "bat_w"):
+        if v[k] is None or q[k] >= Q_STALE:
+            if miss is not None:
+                return "-"  # two or more unknown: nothing to derive
+            miss = k
+    if miss is not None and v["aux_w"] is not None:
+        g, p, i, a, bb = v["grid_w"], v["pv_w"], v["it_w"], v["aux_w"], v["bat_w"]
+        if miss == "grid_w":
+            v[miss] = i + a - p - bb
+        elif miss == "pv_w":
+            v[miss] = i + a - g - bb
+        elif miss == "it_w":
+            v[miss] = g + p + bb - a
+        else:
+            v[miss] = i + a - p - g
+        q[miss] = Q_DERIVED
+    return miss
+
+
 class Site:
     def __init__(self, devices, stale_polls=3):
         self.devices = devices
@@ -162,25 +185,7 @@ class Site:
             # no aux meter: the last estimate stands in, so a derived power is not short
             # by the other load (cooling, lights) while one meter is silent
             v["aux_w"] = self.aux_est
-        # one missing power of the balance can be derived from the others
-        miss = None
-        for k in ("grid_w", "pv_w", "it_w", "bat_w"):
-            if v[k] is None or q[k] >= Q_STALE:
-                if miss is not None:
-                    miss = "-"  # two or more unknown: nothing to derive
-                    break
-                miss = k
-        if miss is not None and miss != "-" and v["aux_w"] is not None:
-            g, p, i, a, bb = v["grid_w"], v["pv_w"], v["it_w"], v["aux_w"], v["bat_w"]
-            if miss == "grid_w":
-                v[miss] = i + a - p - bb
-            elif miss == "pv_w":
-                v[miss] = i + a - g - bb
-            elif miss == "it_w":
-                v[miss] = g + p + bb - a
-            else:
-                v[miss] = i + a - p - g
-            q[miss] = Q_DERIVED
+        miss = _derive_missing(v, q)
         if not configured["aux_w"] and self.ok("grid_w", "pv_w", "it_w", "bat_w"):
             # no aux meter: what the meters do not explain is the other load
             a = v["grid_w"] + v["pv_w"] + v["bat_w"] - v["it_w"]

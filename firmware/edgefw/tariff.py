@@ -304,6 +304,22 @@ class TouRule:
         e = mdiv(b.wh, b.soc_max - d.floor if b.soc_max > d.floor else 0, 10000)
         return mdiv(e, b.eta_d, 1000) * 4
 
+    def _lowest(self, p0):
+        # the lowest price ahead (p0 now); ints only: the step allocates nothing
+        lo = p0
+        for k in range(1, self.n):
+            if self.pb[k] < lo:
+                lo = self.pb[k]
+        return lo
+
+    def _refill(self, lo):
+        # the block where the next refill at price lo starts (n: none ahead)
+        pb = self.pb
+        for k in range(1, self.n):
+            if pb[k] == lo and pb[k - 1] != lo:
+                return k
+        return self.n
+
     def _decide(self, d, now, soc):
         self._prices(now)
         pl = self.plan
@@ -316,15 +332,8 @@ class TouRule:
             e0 = mdiv(b.wh, soc - d.floor, 10000)
             e0 = mdiv(e0, b.eta_d, 1000) * 4            # deliverable, W x block
         emax = self._emax(d)
-        lo = p0
-        R = n
-        for k in range(1, n):
-            if self.pb[k] < lo:
-                lo = self.pb[k]
-        for k in range(1, n):
-            if self.pb[k] == lo and self.pb[k - 1] != lo:
-                R = k                                   # the next refill starts
-                break
+        lo = self._lowest(p0)
+        R = self._refill(lo)
         self.mode = _NONE
         if lo < p0 and self.gain(lo, p0) > 0:
             # discharge now if, with the energy the dearer blocks up to the refill want
