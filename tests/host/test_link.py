@@ -570,11 +570,20 @@ def test_signed_tariff_is_checked_kept_and_handed_over_again_after_a_reboot(tmp_
     assert d.tou_until == clock.time() + 86400 - clock.EPOCH
     with open(str(tmp_path / "fs" / "link_tariff.json")) as f:
         assert json.load(f)["tariff"]["periods"] == gd["periods"]
+    # a schedule and a forecast are kept the same way
+    now = clock.time()
+    assert _deliver(lk, T.CMD_SCHEDULE, {"windows": [{"t0": now, "t1": now + 3600,
+                                                      "soc_cpct": 8000}]}, exp_in=7200)
+    assert _deliver(lk, T.FORECAST, {"t0": now, "step_s": 300, "load_w": [900, 1200],
+                                     "measured_w": 800, "source": "t"}, exp_in=7200)
+    assert d.schedule.n == 1 and d.forecast.n == 2
     # reboot: a new dispatcher and link on the same filesystem, no broker
     d, lk, errs = gateway()
-    assert d.tou is None and lk.kept.pending
+    assert d.tou is None and d.schedule.n == 0 and d.forecast.n == 0 and lk.kept.pending
     lk.poll(clock.ticks_ms())
     assert isinstance(d.tou, fwtariff.TouRule) and not lk.kept.pending and not errs
+    assert d.schedule.n == 1 and d.schedule.soc[0] == 8000
+    assert d.forecast.n == 2 and d.forecast.load_w[1] == 1200
     # back to the configured (here: none) before the expiry
     assert _deliver(lk, T.CMD_TARIFF, {"tariff": None})
     assert d.tou is None
