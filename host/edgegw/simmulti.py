@@ -17,7 +17,7 @@ bank master at DIP address 0, map seplos_v3_bank, is not simulated).
     site.pack("b2").alarm = 1 << 2      # fault hooks per pack / PCS
     site.pcs_unit("pcs2").fault = 1 << 7
 """
-from edgegw.simsite import SimSite
+from edgegw.simsite import SimSite, pcs_write
 
 PACK_V = 51.2     # a 16-cell LFP pack at its plateau: the limits are ccl/dcl x this
 CELLS = 16
@@ -193,15 +193,7 @@ class MultiSite(SimSite):
             self.writes.append((self.t, name or role, dict(changes)))
             if len(self.writes) > 10000:
                 del self.writes[:5000]
-            pc = self.pcs_unit(name)
-            for k, v in changes.items():
-                if k == "run":
-                    pc.run = 1 if v else 0
-                elif k == "p_set_w":
-                    pc.p_set_w = int(v)
-                    pc.set_t = self.t
-                elif k == "rvrt_s":
-                    pc.rvrt_s = int(v)
+            pcs_write(self.pcs_unit(name), changes, self.t)
             self._totals()
 
     def summary(self):

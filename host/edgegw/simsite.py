@@ -22,6 +22,19 @@ import threading
 import time
 
 
+def pcs_write(pcs, changes, t):
+    """A PCS's registers written at site time t (pcs: the SimSite itself or a simmulti.Pcs,
+    both with run / p_set_w / set_t / rvrt_s)."""
+    for k, v in changes.items():
+        if k == "run":
+            pcs.run = 1 if v else 0
+        elif k == "p_set_w":
+            pcs.p_set_w = int(v)
+            pcs.set_t = t
+        elif k == "rvrt_s":
+            pcs.rvrt_s = int(v)
+
+
 def clear_sky_pv(peak_w, sunrise_h=6.0, sunset_h=18.0):
     """A clear-sky-like day: sin over the daylight hours (local time = UTC here)."""
     def f(t):
@@ -296,14 +309,7 @@ class SimSite:
                 return
             if role != "pcs":
                 return
-            for k, v in changes.items():
-                if k == "run":
-                    self.run = 1 if v else 0
-                elif k == "p_set_w":
-                    self.p_set_w = int(v)
-                    self.set_t = self.t
-                elif k == "rvrt_s":
-                    self.rvrt_s = int(v)
+            pcs_write(self, changes, self.t)
 
     def summary(self):
         with self.lock:
