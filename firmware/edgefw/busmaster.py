@@ -150,8 +150,8 @@ class WriteQueue:
 
 
 def _due(sts, rr, now):
-    """The station whose poll is most overdue from round-robin position rr (its index), or
-    -1 and the site ms until the first one is due (None: no station reads anything)."""
+    """Index of the station whose poll is most overdue, from round-robin position rr;
+    -1 when none is due. An int, not a tuple: the bus poll allocates nothing."""
     n = len(sts)
     best = -1
     bestd = 0
@@ -164,15 +164,18 @@ def _due(sts, rr, now):
         if d >= 0 and (best < 0 or d > bestd):
             best = i
             bestd = d
-    if best >= 0:
-        return best, 0
+    return best
+
+
+def _first_due_ms(sts, now):
+    """Site ms until the first station is due (None: no station reads anything)."""
     m = None
     for s in sts:
         if s.reqs:
             d = clock.ticks_diff(s.due, now)
             if m is None or d < m:
                 m = d
-    return -1, m
+    return m
 
 
 class BusMaster:
@@ -405,9 +408,10 @@ class BusMaster:
         if not sts:
             return 50
         now = clock.site_ms()
-        i, m = _due(sts, self.rr, now)
+        i = _due(sts, self.rr, now)
         if i < 0:
             # nothing due: sleep until the first due time (real ms from site ms)
+            m = _first_due_ms(sts, now)
             if m is None:
                 return 50
             m = m // clock.speed()
