@@ -70,7 +70,11 @@ class Site:
             self.v[k] = None
             self.q[k] = Q_NONE
         self.t = None  # site ms of the last update
-        self.aux_est = 0  # unmetered other load, from the last balance of four fresh meters
+        self.aux_est = 0  # unmetered other load: median of the last three balances of
+        # four fresh meters (one skewed balance, meters read either side of a setpoint step
+        # with the PCS readback lagging, was 200 W off and then derived the grid power)
+        self.aux_prev1 = None  # the balance before the last one, and the one before that
+        self.aux_prev2 = None
         # several packs or PCS: their aggregate (packs.py); None keeps one-pack sites as
         # they were
         multi = len(self.roles.get("bms") or ()) > 1 or len(self.roles.get("pcs") or ()) > 1
@@ -192,7 +196,7 @@ class Site:
             v["aux_w"] = a if a > 0 else 0
             q["aux_w"] = Q_DERIVED
             if miss is None:
-                self.aux_est = v["aux_w"]
+                self.aux_est = self._aux_median(v["aux_w"])
         if pk is not None:
             pk.update(now)
             self.t = now
@@ -209,6 +213,19 @@ class Site:
                 q[k] = qa if qa > qv else qv
         self.t = now
         return v
+
+    def _aux_median(self, a):
+        """The median of this balance and the two before it (this one until there are
+        three): a single outlier never becomes the estimate; a real change one poll late."""
+        p1 = self.aux_prev1
+        p2 = self.aux_prev2
+        self.aux_prev2 = p1
+        self.aux_prev1 = a
+        if p1 is None or p2 is None:
+            return a
+        if p1 > p2:
+            p1, p2 = p2, p1
+        return p1 if a < p1 else (p2 if a > p2 else a)
 
     def ok(self, *names):
         """True when every named derived value is known and not stale."""

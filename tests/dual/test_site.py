@@ -80,6 +80,31 @@ def test_silent_pv_meter_derived_with_the_last_aux_estimate():
     assert v["aux_w"] == 400
 
 
+def test_one_skewed_balance_does_not_become_the_aux_estimate():
+    # meters read either side of a setpoint step (grid after it, the PCS readback
+    # before): that one balance is 200 W off; when the grid meter then goes silent, the
+    # grid derived from the balance must use the aux load of the steady polls
+    devs, s = _site()
+    devs[0].set({"p_w": 1600})
+    for _ in range(3):
+        assert s.update()["aux_w"] == 400
+    devs[0].set({"p_w": 1400})  # the PCS discharges 200 W more; its readback lags
+    assert s.update()["aux_w"] == 200
+    assert s.aux_est == 400
+    devs[4].set({"p_w": -800})  # the readback catches up; now the grid meter is silent
+    devs[0].is_stale = True
+    v = s.update()
+    assert s.q["grid_w"] == Q_DERIVED
+    assert v["grid_w"] == 1400, v["grid_w"]  # 3200 + 400 - 3000 - (-800)
+    # a real change of the aux load is taken, one poll late
+    devs[0].is_stale = False
+    devs[0].set({"p_w": 1900})
+    s.update()
+    assert s.aux_est == 400
+    s.update()
+    assert s.aux_est == 900
+
+
 def test_battery_from_bms_without_pcs():
     devs = [FakeDev("bms", "bms", {"v_cv": 5000, "i_ca": -2000})]
     s = Site(devs)
