@@ -67,14 +67,19 @@ class Lockstep:
         return self
 
     def close(self):
+        """Stop the thread and close the FIFOs; a second call does nothing (a gateway
+        closed by restart() and again at teardown closed the numbers twice, by then
+        another gateway's FIFOs: its lockstep thread died of EBADF)."""
         self._stop.set()
         if self.th.is_alive():
             self.th.join(10)
-        if self.th.is_alive():
+        if self.th.is_alive() or self.req < 0:
             # still inside a step on a busy host: closing its FIFOs now would let it write
             # to a closed (or reused) descriptor; they go with the process instead
             return
-        for fd in (self.req, self.grant):
+        fds = (self.req, self.grant)
+        self.req = self.grant = -1
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:
