@@ -167,8 +167,8 @@ class Stations:
         return s
 
     def next_due(self, now):
-        """The station whose poll is most overdue, from the round-robin position on; None
-        when none is due."""
+        """The station whose poll is most overdue, from the round-robin position on (which
+        then moves past it); None when none is due."""
         sts = self.st
         n = len(sts)
         best = -1
@@ -244,7 +244,7 @@ class BusMaster:
         self.fr = rtu.Framer(baud)
         self.rx = bytearray(_RXBUF)
         self.stations = Stations()
-        self.st = self.stations.st  # stations in round-robin order (memprobe, tests)
+        self.st = self.stations.st  # stations in round-robin order (read by memprobe)
         self.wq = WriteQueue()
         self.state = _IDLE
         self.cur = None         # station (read) or _Write in flight
