@@ -149,33 +149,86 @@ class WriteQueue:
                 w.cb(False)
 
 
-def _due(sts, rr, now):
-    """Index of the station whose poll is most overdue, from round-robin position rr;
-    -1 when none is due. An int, not a tuple: the bus poll allocates nothing."""
-    n = len(sts)
-    best = -1
-    bestd = 0
-    for k in range(n):
-        i = (rr + k) % n
-        s = sts[i]
-        if not s.reqs:
-            continue
-        d = clock.ticks_diff(now, s.due)
-        if d >= 0 and (best < 0 or d > bestd):
-            best = i
-            bestd = d
-    return best
+class Stations:
+    """The stations of one bus in round-robin order: lookup by device name, the next one
+    to poll and how long until one is due. Ints and existing objects only: picking the
+    next poll allocates nothing."""
+
+    def __init__(self):
+        self.st = []
+        self.by_name = {}
+        self.rr = 0
+
+    def add(self, dev, now):
+        s = Station(dev, now)
+        self.st.append(s)
+        self.by_name[dev.name] = s
+        dev.station = s
+        return s
+
+    def next_due(self, now):
+        """The station whose poll is most overdue, from the round-robin position on (which
+        then moves past it); None when none is due."""
+        sts = self.st
+        n = len(sts)
+        best = -1
+        bestd = 0
+        for k in range(n):
+            i = (self.rr + k) % n
+            s = sts[i]
+            if not s.reqs:
+                continue
+            d = clock.ticks_diff(now, s.due)
+            if d >= 0 and (best < 0 or d > bestd):
+                best = i
+                bestd = d
+        if best < 0:
+            return None
+        self.rr = (best + 1) % n
+        return sts[best]
+
+    def sleep_ms(self, now):
+        """Real ms until the first station is due, at most 50 (also when none reads)."""
+        m = None
+        for s in self.st:
+            if s.reqs:
+                d = clock.ticks_diff(s.due, now)
+                if m is None or d < m:
+                    m = d
+        if m is None:
+            return 50
+        m = m // clock.speed()
+        return m if m < 50 else 50
+
+    def bus_failed(self, now, stale_polls):
+        for s in self.st:
+            s.bus_failed(now, stale_polls)
+
+    def stats(self, now):
+        d = {}
+        for s in self.st:
+            d[s.dev.name] = s.stats(now)
+        return d
 
 
-def _first_due_ms(sts, now):
-    """Site ms until the first station is due (None: no station reads anything)."""
-    m = None
-    for s in sts:
-        if s.reqs:
-            d = clock.ticks_diff(s.due, now)
-            if m is None or d < m:
-                m = d
-    return m
+# what a frame that came while waiting is (classify); otherwise it is the decoded answer
+JUNK = const(0)       # not the answer: someone else's frame, noise, a fragment
+FRAME_ERR = const(1)  # the asked device, but a CRC error or a malformed answer
+
+
+def classify(frame, flags, req):
+    """The answer to req (rtu.Response; .exc set for a Modbus exception), or JUNK or
+    FRAME_ERR. Ints, not a tuple: a frame costs no more than its decoded answer."""
+    if flags & rtu.F_SHORT:
+        return JUNK
+    if flags & rtu.F_CRC:
+        return FRAME_ERR if frame and frame[0] == req.slave else JUNK
+    try:
+        return rtu.decode_response(frame, req)
+    except rtu.ModbusError:
+        # the right device, malformed answer: a frame error; someone else's frame: junk
+        # (keep waiting for ours)
+        return FRAME_ERR if frame[0] == req.slave and (frame[1] & 0x7F) == req.fc else JUNK
 
 
 class BusMaster:
@@ -190,8 +243,8 @@ class BusMaster:
         self.char_us = rtu.char_us(baud)
         self.fr = rtu.Framer(baud)
         self.rx = bytearray(_RXBUF)
-        self.st = []            # stations in round-robin order
-        self.by_name = {}
+        self.stations = Stations()
+        self.st = self.stations.st  # stations in round-robin order (read by memprobe)
         self.wq = WriteQueue()
         self.state = _IDLE
         self.cur = None         # station (read) or _Write in flight
@@ -203,7 +256,6 @@ class BusMaster:
         self.t0_us = 0
         self.deadline = 0
         self.quiet_us = clock.ticks_us()  # end of the last bus activity
-        self.rr = 0
         self.junk = 0           # frames from nobody we asked (late answers, noise)
         self.cycles = 0
         self.errors = 0         # times the bus itself raised (see fail())
@@ -211,16 +263,12 @@ class BusMaster:
     # ---- configuration ------------------------------------------------------
 
     def add(self, dev):
-        s = Station(dev, clock.site_ms())
-        self.st.append(s)
-        self.by_name[dev.name] = s
-        dev.station = s
-        return s
+        return self.stations.add(dev, clock.site_ms())
 
     def write(self, dev, fc, addr, values, cb=None, urgent=False):
         """Queue a write (FC 5/6/15/16) to dev; it goes out before any further read.
         A newer write to the same register replaces a queued one (setpoints)."""
-        st = self.by_name[dev.name]
+        st = self.stations.by_name[dev.name]
         w = _Write(st, rtu.Request(dev.slave, fc, addr, len(values), list(values)), cb)
         self.wq.put(w, urgent)
         return w
@@ -280,26 +328,15 @@ class BusMaster:
         self._attempt_failed(True)
 
     def _frame(self, frame, flags):
-        cur = self.cur
-        st = cur if isinstance(cur, Station) else cur.st
-        if flags & rtu.F_SHORT:
+        r = classify(frame, flags, self.req)
+        if r == JUNK:
             self.junk += 1
             return
-        if flags & rtu.F_CRC:
-            if frame and frame[0] == self.req.slave:
-                st.crc += 1
-                self._attempt_failed(True)
-            else:
-                self.junk += 1
-            return
-        try:
-            r = rtu.decode_response(frame, self.req)
-        except rtu.ModbusError:
-            if frame[0] == self.req.slave and (frame[1] & 0x7F) == self.req.fc:
-                st.crc += 1  # right device, malformed answer: a frame error
-                self._attempt_failed(True)
-            else:
-                self.junk += 1  # someone else's frame: keep waiting for ours
+        cur = self.cur
+        st = cur if isinstance(cur, Station) else cur.st
+        if r == FRAME_ERR:
+            st.crc += 1
+            self._attempt_failed(True)
             return
         now = clock.site_ms()
         if r.exc:
@@ -404,20 +441,10 @@ class BusMaster:
         return self._next_poll()
 
     def _next_poll(self):
-        sts = self.st
-        if not sts:
-            return 50
         now = clock.site_ms()
-        i = _due(sts, self.rr, now)
-        if i < 0:
-            # nothing due: sleep until the first due time (real ms from site ms)
-            m = _first_due_ms(sts, now)
-            if m is None:
-                return 50
-            m = m // clock.speed()
-            return m if m < 50 else 50
-        best = sts[i]
-        self.rr = (i + 1) % len(sts)
+        best = self.stations.next_due(now)
+        if best is None:
+            return self.stations.sleep_ms(now)  # nothing due: sleep until the first is
         best.start_poll(now)
         self.cur = best
         self.tries = 0
@@ -436,9 +463,7 @@ class BusMaster:
         self.hold = None
         self.retry = False
         self.state = _IDLE
-        now = clock.site_ms()
-        for s in self.st:
-            s.bus_failed(now, self.stale_polls)
+        self.stations.bus_failed(clock.site_ms(), self.stale_polls)
         self.wq.fail_all(cur if isinstance(cur, _Write) else None)
 
     def set_bus(self, bus):
@@ -449,11 +474,7 @@ class BusMaster:
         self.quiet_us = clock.ticks_us()
 
     def stats(self):
-        now = clock.site_ms()
-        d = {}
-        for s in self.st:
-            d[s.dev.name] = s.stats(now)
-        return d
+        return self.stations.stats(clock.site_ms())
 
     def close(self):
         if self.bus is not None:

@@ -3,12 +3,12 @@
 # unacknowledged QoS 1 publishes and reconnects with jittered exponential backoff.
 # Runs on MicroPython (unix and ESP32) and CPython. Plain TCP, or TLS when configured
 # (edgefw/mqtttls.py; the handshake blocks for up to tls_timeout_ms once per connection).
-# The packets themselves are built and taken apart by edgefw/mqttpkt.py.
-import errno
+# The packets themselves are built and taken apart by edgefw/mqttpkt.py; the socket,
+# send queue and receive framing are edgefw/mqttconn.py's (this module keeps the session).
 import os
-import select
 
 from edgefw import mqttpkt as pkt
+from edgefw import mqttconn
 from edgefw.clock import ticks_add, ticks_diff
 
 # client states
@@ -17,14 +17,7 @@ CONNECTING = 1  # TCP connect in progress
 WAIT_CONNACK = 2
 UP = 3
 
-_EAGAIN = (errno.EAGAIN, errno.EINPROGRESS, getattr(errno, "EWOULDBLOCK", errno.EAGAIN))
-_RX_CHUNK = 1024
 _MAX_TX = 32768  # queued bytes beyond which publish() refuses (backpressure)
-
-
-
-def _blocked(e):
-    return e.args and e.args[0] in _EAGAIN or type(e).__name__.startswith("SSLWant")
 
 
 # TLS verifies the broker's certificate against the CA file (`ca`), always (mqtttls.py).
@@ -64,17 +57,11 @@ class MQTTClient:
         self.inflight = []         # [[pid, packet, sent_ms]] QoS 1 publishes not acked
         self.state = DOWN
         self.want = True
-        self.sock = None
-        self._poller = None
-        self._addr = None
-        self._rx = b""
-        self._tx = b""
+        self.conn = mqttconn.Conn(max_packet, self._handle)
         self._pid = 0
         self._attempt = 0
         self._next_ms = None  # when to try connecting (None = at once)
         self._t_state = 0
-        self._last_rx = 0
-        self._last_tx = 0
         self._ping_ms = None
         self._now = 0
         # counters for status and benchmarks
@@ -95,7 +82,7 @@ class MQTTClient:
             self._send_subscribe([(topic, qos)])
 
     def can_publish(self):
-        return self.state == UP and len(self._tx) < _MAX_TX
+        return self.state == UP and len(self.conn.tx) < _MAX_TX
 
     def publish(self, topic, payload, qos=0, retain=False):
         """Queue a publish; returns the packet id (QoS 1), 0 (QoS 0), or None when not
@@ -136,11 +123,12 @@ class MQTTClient:
             elif self.state == CONNECTING:
                 self._poll_connect()
             else:
-                self._read()
-                self._flush()
-                if self.state == DOWN:
-                    pass  # the read found the connection gone
-                elif self.state == WAIT_CONNACK:
+                err = self.conn.read(now_ms)
+                if err:
+                    self._fail(err)
+                self.conn.flush()
+                # DOWN now: the read found the connection gone, nothing more to do
+                if self.state == WAIT_CONNACK:
                     if ticks_diff(now_ms, self._t_state) > self.conn_timeout_ms:
                         self._fail("no CONNACK within %d ms" % self.conn_timeout_ms)
                 elif self.state == UP:
@@ -152,25 +140,10 @@ class MQTTClient:
     # ---- connection ---------------------------------------------------------------
 
     def _start(self):
-        import socket  # here, not at the top: a link can be built where there is none yet
-        self._rx = b""
-        self._tx = b""
         if self.tls and not self.ca and not self.insecure:
             self._fail(NO_CA)  # nothing to verify the broker with: no TCP either
             return
-        if self._addr is None:
-            # DNS blocks on the ESP32; resolved once and again only after a failure
-            self._addr = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0]
-        s = socket.socket(self._addr[0], socket.SOCK_STREAM)
-        self.sock = s
-        s.setblocking(False)
-        try:
-            s.connect(self._addr[-1])
-        except OSError as e:
-            if not _blocked(e):
-                raise
-        self._poller = select.poll()
-        self._poller.register(s, select.POLLOUT)
+        self.conn.open(self.host, self.port)
         self._set(CONNECTING)
 
     def _set(self, st):
@@ -178,37 +151,30 @@ class MQTTClient:
         self._t_state = self._now
 
     def _poll_connect(self):
-        ev = self._poller.poll(0)
-        if not ev:
+        r = self.conn.connect_result()
+        if r == mqttconn.PENDING:
             if ticks_diff(self._now, self._t_state) > self.conn_timeout_ms:
                 self._fail("TCP connect timed out")
             return
-        flags = ev[0][1]
-        if flags & (select.POLLERR | select.POLLHUP):
+        if r == mqttconn.REFUSED:
             self._fail("TCP connect refused")
             return
-        if self.tls:
-            from edgefw import mqtttls  # only for TLS: a plain TCP link never loads it
-            tls, err = mqtttls.wrap(self.sock, self.host, self.ca, self.insecure,
-                                    self.tls_timeout_ms)
-            if err:
-                self._fail(err)  # closes the plain socket
-                return
-            self.sock = tls
-        self._poller = select.poll()
-        self._poller.register(self.sock, select.POLLIN)
-        self._last_rx = self._last_tx = self._now
+        err = self.conn.start(self._now, self.host, self.tls, self.ca, self.insecure,
+                              self.tls_timeout_ms)
+        if err:
+            self._fail(err)  # closes the plain socket
+            return
         self._ping_ms = None
         self._set(WAIT_CONNACK)
         self._send(pkt.connect(self.client_id, self.ka_ms // 1000, self.will, self.user,
                                self.password))
-        self._flush()
+        self.conn.flush()
 
     def _fail(self, reason):
         self.fails += 1
         self.last_error = reason
         if self.state != UP:
-            self._addr = None  # maybe the address changed
+            self.conn.forget_addr()
         self._close(reason)
         self._attempt += 1
         d = self.bmin << min(self._attempt - 1, 16)
@@ -221,18 +187,7 @@ class MQTTClient:
 
     def _close(self, reason, clean=False):
         was_up = self.state == UP
-        if self.sock is not None:
-            if clean:
-                try:
-                    self._flush()
-                except OSError:
-                    pass
-            try:
-                self.sock.close()
-            except OSError:
-                pass
-        self.sock = None
-        self._poller = None
+        self.conn.close(clean)
         self.state = DOWN
         self._t_state = self._now
         if not self.resend:
@@ -240,72 +195,10 @@ class MQTTClient:
         if was_up and self.on_disconnect:
             self.on_disconnect(reason)
 
-    # ---- I/O ------------------------------------------------------------------------
+    # ---- the session's packets ------------------------------------------------------
 
-    def _send(self, pkt):
-        self._tx += pkt
-        self._last_tx = self._now
-
-    def _flush(self):
-        while self._tx and self.sock is not None:
-            try:
-                if hasattr(self.sock, "send"):
-                    n = self.sock.send(self._tx)
-                else:
-                    n = self.sock.write(self._tx)
-            except OSError as e:
-                if _blocked(e):
-                    return
-                raise
-            if not n:
-                return
-            self._tx = self._tx[n:]
-
-    def _read(self):
-        for _ in range(8):  # bounded work per poll
-            try:
-                if hasattr(self.sock, "recv"):
-                    data = self.sock.recv(_RX_CHUNK)
-                else:
-                    data = self.sock.read(_RX_CHUNK)
-            except OSError as e:
-                if _blocked(e):
-                    return
-                raise
-            if data is None:
-                return
-            if not data:
-                self._fail("connection closed by broker")
-                return
-            self._last_rx = self._now
-            self._rx += data
-            self._parse()
-            if self.sock is None or len(data) < _RX_CHUNK:
-                return
-
-    def _parse(self):
-        rx = self._rx
-        while len(rx) >= 2:
-            i, n = pkt.header(rx)
-            if i == pkt.INCOMPLETE:
-                self._rx = rx
-                return
-            if i == pkt.BAD_LENGTH:
-                self._fail("bad remaining length")
-                return
-            if n > self.max_packet:
-                self._fail("packet of %d bytes exceeds max_packet" % n)
-                return
-            if len(rx) < i + n:
-                break
-            typ = rx[0]
-            body = rx[i:i + n]
-            rx = rx[i + n:]
-            self._rx = rx
-            self._handle(typ, body)
-            if self.sock is None:
-                return
-        self._rx = rx
+    def _send(self, p):
+        self.conn.send(p, self._now)
 
     def _handle(self, typ, body):
         kind = typ >> 4
@@ -338,15 +231,18 @@ class MQTTClient:
             self._set(UP)
             if self.subs:
                 self._send_subscribe(self.subs)
-            for e in self.inflight:  # resend with DUP set
-                e[1] = pkt.dup(e[1])
-                e[2] = self._now
-                self._send(e[1])
+            for e in self.inflight:
+                self._resend(e)
             if self.on_connect:
                 self.on_connect()
         elif kind == 6:  # PUBREL (QoS 2 inbound) -> PUBCOMP
             self._send(pkt.pubcomp(body[:2]))
-        # SUBACK (9), UNSUBACK (11), PINGRESP (13): receipt already refreshed _last_rx
+        # SUBACK (9), UNSUBACK (11), PINGRESP (13): receipt already refreshed last_rx
+
+    def _resend(self, e):
+        e[1] = pkt.dup(e[1])  # DUP set: the broker may have had it already
+        e[2] = self._now
+        self._send(e[1])
 
     def _send_subscribe(self, subs):
         self._send(pkt.subscribe(self._new_pid(), subs))
@@ -354,31 +250,28 @@ class MQTTClient:
     def _new_pid(self):
         while True:
             self._pid = self._pid % 65535 + 1
-            busy = False
             for e in self.inflight:
                 if e[0] == self._pid:
-                    busy = True
-                    break
-            if not busy:
+                    break  # still in flight: the next id
+            else:
                 return self._pid
 
     def _keepalive(self):
         now = self._now
         if self.ka_ms <= 0:
             return
-        if ticks_diff(now, self._last_rx) > self.ka_ms:
+        c = self.conn
+        if ticks_diff(now, c.last_rx) > self.ka_ms:
             # a ping went unanswered for half a keepalive: the broker or the path is gone
             self._fail("keepalive: nothing from the broker for %d ms" % self.ka_ms)
             return
         if self._ping_ms is None or ticks_diff(now, self._ping_ms) >= self.ka_ms // 2:
-            if ticks_diff(now, self._last_tx) >= self.ka_ms or \
-                    ticks_diff(now, self._last_rx) >= self.ka_ms // 2:
+            if ticks_diff(now, c.last_tx) >= self.ka_ms or \
+                    ticks_diff(now, c.last_rx) >= self.ka_ms // 2:
                 self._send(pkt.PINGREQ)
                 self._ping_ms = now
         if self.retry_ms:
             for e in self.inflight:
                 if ticks_diff(now, e[2]) >= self.retry_ms:
-                    e[1] = pkt.dup(e[1])
-                    e[2] = now
-                    self._send(e[1])
-        self._flush()
+                    self._resend(e)
+        c.flush()

@@ -18,7 +18,6 @@ from protocols import topics as T
 OFFER = "ota/offer.json"
 RETRY_MS = 3000     # no chunk for this long: ask again (lost message, host restarted)
 RESET_MS = 1500     # after the switch: time for the events to go out
-_PIECE = 512
 
 
 def mkdirs(path):
@@ -58,14 +57,8 @@ def size_of(path):
 def file_sha256(path):
     import hashlib
     h = hashlib.sha256()
-    buf = bytearray(_PIECE)
-    mv = memoryview(buf)
     with open(path, "rb") as f:
-        while True:
-            k = f.readinto(buf)
-            if not k:
-                break
-            h.update(mv[:k])
+        store.pieces(f, h.update)
     return hexlify(h.digest()).decode()
 
 

@@ -94,18 +94,24 @@ def write_json(path, obj, trailer=False):
     replace(tmp, path)
 
 
-def copy(src, dst):
-    """Copy a file in pieces, atomically."""
+def pieces(f, sink):
+    """Read the open binary file f to its end in CHUNK pieces into one buffer, each
+    handed to sink (a memoryview, valid until the next piece): no file-sized allocation."""
     buf = bytearray(CHUNK)
     mv = memoryview(buf)
+    while True:
+        k = f.readinto(buf)
+        if not k:
+            break
+        sink(mv[:k])
+
+
+def copy(src, dst):
+    """Copy a file in pieces, atomically."""
     tmp = dst + ".tmp"
     with open(src, "rb") as a:
         with open(tmp, "wb") as b:
-            while True:
-                k = a.readinto(buf)
-                if not k:
-                    break
-                b.write(mv[:k])
+            pieces(a, b.write)
     replace(tmp, dst)
 
 

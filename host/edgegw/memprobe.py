@@ -145,13 +145,13 @@ def _paths(appmod, app, clock, mqtt):
         # client writes to a sink; the acks never come, so the windows are emptied after)
         lk = app.link
         c = lk.client
-        st, sock, lst = c.state, c.sock, lk.state
-        c.state, c.sock, lk.state = mqtt.UP, Sink(), "ONLINE"
+        st, sock, lst = c.state, c.conn.sock, lk.state
+        c.state, c.conn.sock, lk.state = mqtt.UP, Sink(), "ONLINE"
         try:
             app.publish()
-            c._flush()
+            c.conn.flush()
         finally:
-            c.state, c.sock, lk.state = st, sock, lst
+            c.state, c.conn.sock, lk.state = st, sock, lst
             del lk.outbox.inflight[:]
             del c.inflight[:]
 
