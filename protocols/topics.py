@@ -55,7 +55,8 @@ def _int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _need_int(d, k, lo, hi, errs, pre=""):
+def need_int(d, k, lo, hi, errs, pre=""):
+    """d[k] if an integer lo..hi, else None with the error (field named) in errs."""
     v = d.get(k)
     if not _int(v):
         errs.append("%s%s: %r is not an integer" % (pre, k, v))
@@ -132,8 +133,8 @@ def check_schedule(d):
         for k in x:
             if k not in ("t0", "t1", "soc_cpct", "pmin_w", "pmax_w", "aim_w", "exp"):
                 errs.append(pre + k + ": unknown field")
-        t0 = _need_int(x, "t0", 0, 1 << 40, errs, pre)
-        t1 = _need_int(x, "t1", 0, 1 << 40, errs, pre)
+        t0 = need_int(x, "t0", 0, 1 << 40, errs, pre)
+        t1 = need_int(x, "t1", 0, 1 << 40, errs, pre)
         if t0 is not None and t1 is not None:
             if t1 <= t0:
                 errs.append(pre + "t1: %d not after t0 %d" % (t1, t0))
@@ -141,14 +142,14 @@ def check_schedule(d):
                 errs.append(pre + "t0: overlaps the previous window (sorted, no overlap)")
             prev = t1
         if "soc_cpct" in x:
-            _need_int(x, "soc_cpct", 0, 10000, errs, pre)
+            need_int(x, "soc_cpct", 0, 10000, errs, pre)
         if "aim_w" in x:  # zero-export aim inside the window (never into export)
-            _need_int(x, "aim_w", 0, 1000000, errs, pre)
+            need_int(x, "aim_w", 0, 1000000, errs, pre)
         if "exp" in x:  # a window may expire before the command does (dispatch honours it)
-            _need_int(x, "exp", 0, 1 << 40, errs, pre)
-        lo = _need_int(x, "pmin_w", -P_ABS_MAX_W, P_ABS_MAX_W, errs, pre) if "pmin_w" in x \
+            need_int(x, "exp", 0, 1 << 40, errs, pre)
+        lo = need_int(x, "pmin_w", -P_ABS_MAX_W, P_ABS_MAX_W, errs, pre) if "pmin_w" in x \
             else None
-        hi = _need_int(x, "pmax_w", -P_ABS_MAX_W, P_ABS_MAX_W, errs, pre) if "pmax_w" in x \
+        hi = need_int(x, "pmax_w", -P_ABS_MAX_W, P_ABS_MAX_W, errs, pre) if "pmax_w" in x \
             else None
         if lo is not None and hi is not None and lo > hi:
             errs.append(pre + "pmin_w: %d above pmax_w %d" % (lo, hi))
@@ -157,8 +158,8 @@ def check_schedule(d):
 
 def check_forecast(d):
     errs = []
-    _need_int(d, "t0", 0, 1 << 40, errs)
-    _need_int(d, "step_s", 60, 3600, errs)  # what dispatch.set_forecast takes
+    need_int(d, "t0", 0, 1 << 40, errs)
+    need_int(d, "step_s", 60, 3600, errs)  # what dispatch.set_forecast takes
     lw = d.get("load_w")
     if not isinstance(lw, list) or not 1 <= len(lw) <= 1440:
         errs.append("load_w: need a list of 1..1440 W values")
@@ -168,7 +169,7 @@ def check_forecast(d):
                 errs.append("load_w[%d]: %r is not W >= 0" % (i, lw[i]))
                 break
     if "measured_w" in d and d["measured_w"] is not None:
-        _need_int(d, "measured_w", 0, P_ABS_MAX_W, errs)
+        need_int(d, "measured_w", 0, P_ABS_MAX_W, errs)
     return errs
 
 
@@ -212,8 +213,8 @@ def check_ota_offer(d):
     errs = []
     if not _ota_name_ok(d.get("version")):
         errs.append("version: %r is not a short name (letters, digits, _-.)" % (d.get("version"),))
-    _need_int(d, "chunk", 256, OTA_MAX_CHUNK, errs)
-    _need_int(d, "trial_s", 5, 86400, errs)
+    need_int(d, "chunk", 256, OTA_MAX_CHUNK, errs)
+    need_int(d, "trial_s", 5, 86400, errs)
     fs = d.get("files")
     if not isinstance(fs, list) or not 0 < len(fs) <= OTA_MAX_FILES:
         errs.append("files: 1..%d entries expected" % OTA_MAX_FILES)
@@ -229,7 +230,7 @@ def check_ota_offer(d):
             errs.append(pre + "path: %r is not a safe relative path (or twice)" % (f.get("path"),))
         else:
             seen[f["path"]] = 1
-        _need_int(f, "size", 0, OTA_MAX_FILE, errs, pre)
+        need_int(f, "size", 0, OTA_MAX_FILE, errs, pre)
         h = f.get("sha256")
         if not isinstance(h, str) or len(h) != 64 or h.strip("0123456789abcdef"):
             errs.append(pre + "sha256: 64 lowercase hex digits expected")
@@ -276,7 +277,7 @@ def check_ledger(g, errs):
         if h in g:
             x = g[h] if isinstance(g[h], dict) else {}
             for k in LEDGER_FIELDS + ("t0", "cfe_cpct"):
-                _need_int(x, k, 0, 1 << 40, errs, "g.%s." % h)
+                need_int(x, k, 0, 1 << 40, errs, "g.%s." % h)
 
 
 def check_telemetry(d):
@@ -285,8 +286,8 @@ def check_telemetry(d):
     if not isinstance(d, dict):
         return ["telemetry: must be an object"]
     check_ledger(d.get("g"), errs)
-    _need_int(d, "seq", 0, 1 << 62, errs)
-    _need_int(d, "ts", 0, 1 << 40, errs)
+    need_int(d, "seq", 0, 1 << 62, errs)
+    need_int(d, "ts", 0, 1 << 40, errs)
     if d.get("state") not in STATES:
         errs.append("state: %r is not one of %s" % (d.get("state"), ", ".join(STATES)))
     for k in d:

@@ -5,6 +5,7 @@
 # them to four decimals, is exactly 6218 and the firmware stays integer. No I/O; the
 # lookups allocate nothing and stay below 2**30 on a 32-bit port.
 from edgefw.fx import div_trunc, mdiv
+from protocols import topics as T
 
 try:
     from micropython import const
@@ -27,16 +28,11 @@ def _isint(v):
 
 
 def _int(errs, d, key, f, lo, hi, dflt):
-    v = d.get(key, dflt)
-    if v is None:
+    # optional field: absent or null is the default; the check is the link's
+    if d.get(key) is None:
         return dflt
-    if not _isint(v):
-        errs.append("%s.%s: %r is not an integer" % (f, key, v))
-        return dflt
-    if v < lo or v > hi:
-        errs.append("%s.%s: %d out of range %d..%d" % (f, key, v, lo, hi))
-        return dflt
-    return v
+    v = T.need_int(d, key, lo, hi, errs, f + ".")
+    return dflt if v is None else v
 
 
 def _periods(errs, ps, f):
