@@ -33,3 +33,36 @@ def start(client, host, port, keepalive=30):
     except OSError as e:
         raise ConnectionError("broker %s:%d: %s" % (host, port, e)) from None
     client.loop_start()
+
+
+def first_message(host, port, topic, qos, timeout_s, accept=None):
+    """The first JSON message on topic (a retained one arrives at once) that accept() takes,
+    or None after timeout_s; payloads that are not JSON are skipped. ConnectionError when
+    the broker cannot be reached (from start)."""
+    import json
+    import threading
+    import paho.mqtt.client as paho
+    got = []
+    ev = threading.Event()
+    c = paho.Client(paho.CallbackAPIVersion.VERSION2)
+
+    def on_connect(cl, u, f, rc, p=None):
+        cl.subscribe(topic, qos=qos)
+
+    def on_message(cl, u, m):
+        try:
+            d = json.loads(m.payload)
+        except ValueError:
+            return
+        if accept is None or accept(d):
+            got.append(d)
+            ev.set()
+    c.on_connect = on_connect
+    c.on_message = on_message
+    start(c, host, port)
+    try:
+        ev.wait(timeout_s)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    return got[0] if got else None

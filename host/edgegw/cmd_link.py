@@ -222,28 +222,15 @@ def _ts(ctx, param, value):
         raise click.BadParameter("%r: epoch seconds, or 'gateway'" % value) from None
 
 
-def first_message(broker, topic, qos, timeout_s, accept=lambda d: True):
+def first_message(broker, topic, qos, timeout_s, accept=None):
     """The first JSON message on topic that accept() takes (a retained one counts), or
-    None after timeout_s."""
-    got = []
-    ev = threading.Event()
-
-    def on_msg(c, u, m):
-        try:
-            d = json.loads(m.payload)
-        except ValueError:
-            return
-        if accept(d):
-            got.append(d)
-            ev.set()
-    c = connect(broker, on_connect=lambda cl: cl.subscribe(topic, qos))
-    c.on_message = on_msg
+    None after timeout_s (edgegw.broker.first_message, errors as UserError)."""
+    from edgegw.broker import first_message as first
+    host, port = parse_broker(broker)
     try:
-        ev.wait(timeout_s)
-    finally:
-        c.loop_stop()
-        c.disconnect()
-    return got[0] if got else None
+        return first(host, port, topic, qos, timeout_s, accept)
+    except ConnectionError as e:
+        raise UserError("--%s" % e) from None
 
 
 def gateway_time(broker, device, timeout_s=15.0):

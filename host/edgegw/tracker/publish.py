@@ -8,7 +8,7 @@ import time
 import paho.mqtt.client as mqtt
 
 from edgegw.broker import parse_broker  # noqa: F401 (re-exported: callers use pub.parse_broker)
-from edgegw.broker import start as broker_start
+from edgegw.broker import first_message, start as broker_start
 
 from protocols import topics
 
@@ -84,29 +84,7 @@ class Publisher:
 def read_topic(broker, tpc, timeout_s=3):
     """First message on tpc (a retained one arrives at once) as parsed JSON, or None."""
     host, port = parse_broker(broker)
-    got = []
-    ev = threading.Event()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-
-    def on_connect(cl, u, f, rc, p=None):
-        cl.subscribe(tpc, qos=1)
-
-    def on_message(cl, u, m):
-        try:
-            got.append(json.loads(m.payload))
-        except ValueError:
-            got.append({"raw": m.payload.decode("utf-8", "replace")})
-        ev.set()
-
-    c.on_connect = on_connect
-    c.on_message = on_message
-    broker_start(c, host, port)
-    try:
-        ev.wait(timeout_s)
-    finally:
-        c.loop_stop()
-        c.disconnect()
-    return got[0] if got else None
+    return first_message(host, port, tpc, 1, timeout_s)
 
 
 def now_s():
