@@ -46,6 +46,23 @@ MAPS_LOCAL = "maps"
 DOC = sys.implementation.name != "micropython"  # keep unit/bits/desc in loaded points
 
 
+class _Names:
+    pass
+
+
+def _intern(s):
+    """s as an interned string on MicroPython: an attribute name is a qstr, its text kept
+    once in the qstr pool (or found in the firmware's, in flash, when the code names the
+    point) and its str object an immediate. A point name json makes is a 32 B heap object
+    otherwise (about 1 KB for a typical site's maps). CPython: s itself."""
+    if DOC:
+        return s
+    o = _Names()
+    setattr(o, s, None)
+    for k in o.__dict__:
+        return k
+
+
 class RegMap:
     __slots__ = ("name", "source", "points", "max_regs", "max_bits", "gaps", "write_fc",
                  "_idx", "_plan")
@@ -125,7 +142,7 @@ def build(mdoc, variant=None, params=None, doc=None):
     pts = dict(pts)  # variants replace entries: leave the caller's document alone
     m = RegMap()
     m.name = name
-    m.source = mdoc.get("source", "")
+    m.source = mdoc.get("source", "") if doc else ""  # documentation: off on the gateway
     m.max_regs = _int(mdoc.get("max_regs", 125), name + ": max_regs")
     m.max_bits = _int(mdoc.get("max_bits", 2000), name + ": max_bits")
     if not 1 <= m.max_regs <= 125 or not 1 <= m.max_bits <= 2000:
@@ -159,6 +176,7 @@ def build(mdoc, variant=None, params=None, doc=None):
     idx = {}
     for pn in pts:
         p = _point(name, pn, pts[pn], wo, prm, doc)
+        pn = _intern(pn)
         a = p["addr"]
         n = p["n"]
         for g in m.gaps:
@@ -166,8 +184,11 @@ def build(mdoc, variant=None, params=None, doc=None):
                 raise RegMapError("%s: point %s overlaps gap %r" % (name, pn, g))
         m.points[pn] = p
         idx.setdefault(p["table"], []).append((a, n, pn))
+    # per table the point names in address order (addr and n are in the points): a
+    # tuple (addr, n, name) per point would cost 32 B more each, 2.3 KB for a typical site
     for t in idx:
         idx[t].sort()
+        idx[t] = tuple([e[2] for e in idx[t]])
     m._idx = idx
     m._plan = None
     _check_sf(m)
@@ -417,11 +438,14 @@ def plan(m, names=None, max_regs=125):
         lim = m.max_bits if t in ("coil", "discrete") else min(max_regs, m.max_regs)
         gaps = [g for g in m.gaps if g[0] == t]
         start = end = -1  # current read [start, end)
-        for a, n, pn in m._idx[t]:
+        for pn in m._idx[t]:
             if sel is not None and pn not in sel:
                 continue
-            if m.points[pn]["access"] == "w":
+            p = m.points[pn]
+            if p["access"] == "w":
                 continue
+            a = p["addr"]
+            n = p["n"]
             if start >= 0:
                 e = a + n if a + n > end else end
                 ok = e - start <= lim
@@ -528,14 +552,15 @@ def decode(m, fc, addr, data):
         return out
     end = addr + len(data)
     pts = m.points
-    for a, n, pn in lst:
+    for pn in lst:
+        p = pts[pn]
+        a = p["addr"]
         if a < addr:
             continue
-        if a + n > end:
+        if a + p["n"] > end:
             if a >= end:
                 break
             continue
-        p = pts[pn]
         if "sf" in p:
             v = _sf_value(m, p, data, addr, a - addr)
         else:
@@ -782,10 +807,12 @@ def decode_write(m, fc, addr, values, regs=None):
     lst = m._idx.get(t) or ()
     out = {}
     # per-point: assemble its words from the frame and, for missing parts, regs
-    for a, pn_n, pn in lst:
+    for pn in lst:
+        p = m.points[pn]
+        a = p["addr"]
+        pn_n = p["n"]
         if a >= end or a + pn_n <= addr:
             continue
-        p = m.points[pn]
         if p["access"] == "r":
             raise RegMapError("%s: point %s is read-only" % (m.name, pn), 2)
         data = []
@@ -811,8 +838,9 @@ def decode_write(m, fc, addr, values, regs=None):
         out[pn] = v
     for i in range(addr, end):  # a real device refuses writes to registers it lacks
         own = False
-        for a, pn_n, pn in lst:
-            if a <= i < a + pn_n:
+        for pn in lst:
+            a = m.points[pn]["addr"]
+            if a <= i < a + m.points[pn]["n"]:
                 own = True
                 break
         if not own:
