@@ -142,11 +142,12 @@ class SimDevice:
     def _owned(self, table, a):
         # registers between points inside a map's read plan read as 0, like real devices;
         # addresses beyond every point are illegal
-        idx = self.map._idx.get(table) or ()
+        pts = self.map.points
+        idx = self.map._idx.get(table) or ()  # the table's point names in address order
         if not idx:
             return False
-        lo = idx[0][0]
-        hi = max(x[0] + x[1] for x in idx)
+        lo = pts[idx[0]]["addr"]
+        hi = max(pts[pn]["addr"] + pts[pn]["n"] for pn in idx)
         return lo <= a < hi
 
 
