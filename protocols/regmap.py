@@ -43,7 +43,7 @@ MAPS_DIR = _maps_dir()
 #    frozen package);
 # 3. MAPS_DIR: the package's own protocols/maps (source and .mpy deploys, the host).
 MAPS_LOCAL = "maps"
-DOC = sys.implementation.name != "micropython"  # keep unit/bits/desc in loaded points
+DOC = sys.implementation.name != "micropython"  # keep unit/bits/desc, map source text
 
 
 class _Names:
@@ -54,13 +54,17 @@ def _intern(s):
     """s as an interned string on MicroPython: an attribute name is a qstr, its text kept
     once in the qstr pool (or found in the firmware's, in flash, when the code names the
     point) and its str object an immediate. A point name json makes is a 32 B heap object
-    otherwise (about 1 KB for a typical site's maps). CPython: s itself."""
+    otherwise (about 1.9 KB for a typical site's maps on 32-bit). CPython: s itself."""
     if DOC:
         return s
     o = _Names()
     setattr(o, s, None)
-    for k in o.__dict__:
-        return k
+    try:
+        for k in o.__dict__:
+            return k
+    except AttributeError:  # a port built without instance __dict__: the str as it is
+        pass
+    return s
 
 
 class RegMap:

@@ -35,6 +35,20 @@ def test_all_maps_load_with_canonical_points_and_units():
             assert p.get("unit", "") == want, (name, pn, p.get("unit"), want)
 
 
+def test_point_names_are_kept_as_written():
+    # names are interned on MicroPython (RAM): the same text, found with any equal str
+    for s in ("p_w", "a-b c", "", "zz_not_in_the_code_%d" % 7):
+        assert r._intern(s) == s
+    import json
+    with open(r.MAPS_DIR + "/seplos_v3.json") as f:
+        names = sorted(json.load(f)["points"])
+    m = r.load("seplos_v3")
+    assert sorted(m.points) == names
+    for n in names:
+        assert "".join([c for c in n]) in m.points
+    assert sorted([pn for t in m._idx for pn in m._idx[t]]) == names
+
+
 def test_plan_is_minimal_and_bounded():
     m = r.load("sdm630")
     assert r.plan(m) == [(4, 0, 76), (4, 0x156, 2)]
