@@ -8,6 +8,7 @@ from edgefw import bounds, clock
 from edgefw.nulls import NO_ENERGY, NO_LINK
 
 ENERGY_FILE = "energy.json"
+LEARNT_FILE = "learnt.json"     # the dispatcher's time-of-day profiles (learnt.py)
 
 SRC_BOOT = 0
 SRC_OFF = 1             # mode off, or no PCS: nothing is written
@@ -68,9 +69,14 @@ class Control:
             return None, SRC_NO_DISPATCH, None
         if not self.site.ok("grid_w", "pv_w", "it_w", "bat_w", "soc_cpct"):
             return None, SRC_NO_DATA, None
+        d.learnt.on = clock.valid()     # no wall clock: no time of day to learn by
         local = d.step(now_r, pv, v["it_w"], v["aux_w"] or 0, v["grid_w"], v["soc_cpct"],
                        v["ccl_w"] or 0, v["dcl_w"] or 0)
         self.curtail_w = d.curtail_w
+        try:
+            d.learnt.persist(now_r, LEARNT_FILE)    # bounded flash writes (1 h default)
+        except Exception as e:
+            self.err("learnt: %s" % e)
         return local, SRC_DISPATCH, "dispatch:" + str(d.reason)
 
     def _cloud(self, now_r, local):

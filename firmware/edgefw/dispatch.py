@@ -15,6 +15,7 @@
 from edgefw.fx import div_trunc, clamp, mdiv as _mdiv, frac as _frac
 from edgefw.planner import Planner, LoadForecast, energy_wh, KCI_FAST, MAX_FC  # noqa: F401
 from edgefw.planner import TSAT as _TSAT
+from edgefw.learnt import Learnt
 from edgefw.rules import Interval, R_SOC, R_BMS, R_RAMP, R_EXPORT, R_CAP, R_RESERVE  # noqa: F401
 
 try:
@@ -70,6 +71,9 @@ _SPEC = (
     ("tz_s", -50400, 50400, 28800),      # local time = now_s + tz_s (China: +8 h)
     ("peak_window_s", 60, 3600, 900),    # the billed peak: highest mean import over this
     ("peak_period_days", 0, 366, 31),    # billing period (days; 0: never reset)
+    ("plan_learnt", 0, 2, 1),            # the plan uses the learnt aux and PV profiles
+                                         # (1), and IT past the forecast (2); learnt.py
+    ("learn_persist_s", 60, 86400, 3600),  # the learnt profiles are saved this often
     ("grid_factor_g_kwh", 0, 1000, None),
     ("grid_factor_dg_kwh", 0, 10000, None),
 )
@@ -385,6 +389,9 @@ class Dispatcher:
         # plan state and measurements
         self.plan = Planner(p)
         self.peak = PeakMeter(p)
+        # per time of day, what this site's IT load, aux load and PV were (learnt always,
+        # persisted by the app; the plan uses them with site.plan_learnt)
+        self.learnt = Learnt(p["learn_persist_s"])
         # inputs from the cloud
         self.schedule = Schedule()
         self.forecast = LoadForecast()
@@ -531,6 +538,7 @@ class Dispatcher:
         dt = 1 if first else clamp(now_s - self.t, 0, 86400)
         sp0 = self.sp
         self.peak.update(now_s, grid_w)
+        self.learnt.learn(self.plan.profile.tod(now_s), pv, it, aux)
         net = self._net_load(it + aux - pv, sp0, grid_w, first)
         self.bounds.safety(soc, clamp(ccl_w, 0, WMAX), clamp(dcl_w, 0, WMAX), dt, sp0)
 
@@ -555,7 +563,7 @@ class Dispatcher:
         # plan level (periodic, or at once after a new forecast/schedule)
         if first or self.replan or now_s - self.t_plan >= self.plan_s:
             self.plan.plan(now_s, pv, it, aux, soc, self.floor, self.forecast,
-                           self.peak.peak_w, first)
+                           self.peak.peak_w, first, self.learnt)
             self.level_w = self.plan.level_w
             self.t_plan = now_s
             self.replan = False
