@@ -435,8 +435,8 @@ class App:
         except Exception as e:
             err("energy: save: %r" % (e,))
         try:
-            if self.disp is not None:
-                self.disp.learnt.save(control.LEARNT_FILE)
+            if self.disp is not None and self.ctl.learnt_file:
+                self.disp.learnt.save(self.ctl.learnt_file)
         except Exception as e:
             err("learnt: save: %r" % (e,))
         self.buses.close(err)

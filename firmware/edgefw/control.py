@@ -35,6 +35,7 @@ class Control:
         self.err = err
         self.link = NO_LINK
         self.energy = NO_ENERGY
+        self.learnt_file = LEARNT_FILE  # None: the learnt profiles are not saved (tests)
         self.last = t0          # site ms of the last tick (energy's dt); t0: boot
         self.sp_w = 0           # last setpoint chosen
         self.src = SRC_BOOT
@@ -74,7 +75,8 @@ class Control:
                        v["ccl_w"] or 0, v["dcl_w"] or 0)
         self.curtail_w = d.curtail_w
         try:
-            d.learnt.persist(now_r, LEARNT_FILE)    # bounded flash writes (1 h default)
+            if self.learnt_file:
+                d.learnt.persist(now_r, self.learnt_file)   # bounded flash writes (1 h)
         except Exception as e:
             self.err("learnt: %s" % e)
         return local, SRC_DISPATCH, "dispatch:" + str(d.reason)
