@@ -107,7 +107,8 @@ class _CloudIn:
         if kind == "schedule":
             self.schedule(d)
         elif kind == "forecast":
-            self.disp.set_forecast(_drel(d["t0"]), d["step_s"], d["load_w"], _drel(d["exp"]))
+            self.disp.set_forecast(_drel(d["t0"]), d["step_s"], d["load_w"], _drel(d["exp"]),
+                                   d.get("pv_w"), d.get("aux_w"))
         elif kind == "tariff":
             t = d["tariff"]
             if t is not None:

@@ -427,15 +427,18 @@ class Dispatcher:
             self.tou_until = _min(exp, self.t + _TSAT)      # stays a small int
         self.replan = True
 
-    def set_forecast(self, t0, step_s, load_w, exp):
-        """Compute-load (IT) forecast: load_w[k] W for [t0 + k*step_s, ...), valid until exp."""
+    def set_forecast(self, t0, step_s, load_w, exp, pv_w=None, aux_w=None):
+        """Compute-load (IT) forecast: load_w[k] W for [t0 + k*step_s, ...), valid until exp;
+        optional PV and aux forecasts on the same steps (the plan takes them over the
+        learnt profiles where they reach, until exp)."""
         if not _isint(step_s) or step_s < 60 or step_s > 3600:
             raise ValueError("forecast.step_s: %r not an integer 60..3600" % (step_s,))
         if not _isint(t0) or not _isint(exp):
             raise ValueError("forecast.t0/exp: must be integers (site s)")
-        if not isinstance(load_w, (list, tuple)):
-            raise ValueError("forecast.load_w: must be a list of W")
-        self.forecast.set(t0, step_s, load_w, exp, self.t)
+        for k, v in (("load_w", load_w), ("pv_w", pv_w), ("aux_w", aux_w)):
+            if not isinstance(v, (list, tuple)) and (k == "load_w" or v is not None):
+                raise ValueError("forecast.%s: must be a list of W" % k)
+        self.forecast.set(t0, step_s, load_w, exp, self.t, pv_w, aux_w)
         self.replan = True
 
     def track(self, sp_w, curtail_w=0):

@@ -51,30 +51,52 @@ class Battery:
 
 
 class LoadForecast:
-    """The cloud's compute-load (IT) forecast: load_w[k] for [t0 + k*step_s, ...) until exp;
+    """The cloud's compute-load (IT) forecast: load_w[k] for [t0 + k*step_s, ...) until exp,
+    and optionally PV (pv_w) and aux (aux_w) on the same steps (n_pv, n_aux points; their
+    lists are made with the first forecast that has them: RAM only where used);
     times are offsets from base_s (the step time it arrived at)."""
 
     def __init__(self):
         self.n = 0
         self.load_w = [0] * MAX_FC
+        self.n_pv = 0
+        self.pv_w = None
+        self.n_aux = 0
+        self.aux_w = None
         self.t0 = 0
         self.step_s = BLOCK_S
         self.exp = 0
         self.base_s = 0
 
-    def set(self, t0, step_s, load_w, exp, base_s):
-        n = _min(len(load_w), MAX_FC)
-        for i in range(n):
-            v = load_w[i]
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise ValueError("forecast.load_w[%d]: %r is not an integer" % (i, v))
-        for i in range(n):      # all checked first: a bad list leaves the old forecast
-            self.load_w[i] = clamp(load_w[i], 0, WMAX)
-        self.n = n
+    def set(self, t0, step_s, load_w, exp, base_s, pv_w=None, aux_w=None):
+        for name, lw in (("load_w", load_w), ("pv_w", pv_w), ("aux_w", aux_w)):
+            for i in range(_min(len(lw), MAX_FC) if lw is not None else 0):
+                v = lw[i]
+                if not isinstance(v, int) or isinstance(v, bool):
+                    raise ValueError("forecast.%s[%d]: %r is not an integer" % (name, i, v))
+        # all checked first: a bad list leaves the old forecast
+        self.n = self._copy(self.load_w, load_w)
+        self.n_pv = 0
+        if pv_w is not None:
+            if self.pv_w is None:
+                self.pv_w = [0] * MAX_FC
+            self.n_pv = self._copy(self.pv_w, pv_w)
+        self.n_aux = 0
+        if aux_w is not None:
+            if self.aux_w is None:
+                self.aux_w = [0] * MAX_FC
+            self.n_aux = self._copy(self.aux_w, aux_w)
         self.base_s = base_s
         self.t0 = clamp(t0 - base_s, -TSAT, TSAT)
         self.step_s = step_s
         self.exp = clamp(exp - base_s, -TSAT, TSAT)
+
+    @staticmethod
+    def _copy(dst, src):
+        n = _min(len(src), MAX_FC)
+        for i in range(n):
+            dst[i] = clamp(src[i], 0, WMAX)
+        return n
 
 
 class Profile:
@@ -112,6 +134,13 @@ class Profile:
         self.fc_blocks = 0       # plan blocks covered by the load forecast
         self.unseen_block = 0    # plan blocks before the daylight not seen yet
         self.sunset = False      # the last update() was the first in the dark
+        # _from_fc's figures for one block: the IT mean, and the sums and counts of the
+        # block's steps the PV and aux forecasts cover
+        self.b_it = 0
+        self.b_pv = 0
+        self.c_pv = 0
+        self.b_aux = 0
+        self.c_aux = 0
 
     def tod(self, now):
         """Local time of day (s), folded without a bare %."""
@@ -177,13 +206,39 @@ class Profile:
                 return mdiv(lt.pv[s], self.pv_rel_cpct >> 1, 5000)
         return mdiv(self.pv_expect(tb), self.pv_index_cpct, 10000)
 
+    def _from_fc(self, fc, d0, m, sub, itx):
+        # one block's m steps from the forecast; d0: the block start from fc.t0 (s,
+        # |.| < 2**29 + 1 day); itx: the IT where the forecast does not reach
+        st = fc.step_s
+        tot = 0
+        self.b_pv = 0
+        self.c_pv = 0
+        self.b_aux = 0
+        self.c_aux = 0
+        for j in range(m):
+            v = itx
+            dk = d0 + j * sub
+            if dk >= 0:
+                i = div_trunc(dk, st)
+                if i < fc.n:
+                    v = fc.load_w[i]
+                if i < fc.n_pv:
+                    self.b_pv += fc.pv_w[i]       # <= 15 x 10 MW
+                    self.c_pv += 1
+                if i < fc.n_aux:
+                    self.b_aux += fc.aux_w[i]
+                    self.c_aux += 1
+            tot += v
+        self.b_it = div_trunc(tot, m)
+
     def update(self, now, pv, it, aux, fc, lt=None):
         """Forecast net load per block into net_w (and net_learnt_w): IT forecast (mean of
         its points in the block), past it the learnt IT profile (lt: learnt.Learnt, used
         with site.plan_learnt; else the base load) + aux (the learnt profile after the
         present block, else persistence) - PV handing over from the present value to the
         expectation (the learnt PV profile, else the clear-sky parabola, times today's
-        index). Returns: forecast in force."""
+        index); the cloud's aux and PV forecasts, where it sent them, over both until
+        they expire. Returns: forecast in force."""
         n = self.n_blocks
         if not self.use_learnt:
             lt = None
@@ -233,17 +288,16 @@ class Profile:
                     auxk = lt.aux[sl]
                     if self.learnt_it:
                         itx = lt.it[sl]
-            tot = 0
-            for j in range(m):
-                v = itx
-                if fcok:
-                    dk = rf + k * BLOCK_S + j * sub - fc.t0   # |.| < 2**29 + 1 day
-                    if dk >= 0:
-                        i = div_trunc(dk, st)
-                        if i < fc.n:
-                            v = fc.load_w[i]
-                tot += v
-            f = div_trunc(tot, m) + auxk
+            f = itx + auxk
+            if fcok:
+                # the cloud's forecasts where they reach (IT; PV and aux when it sent them)
+                self._from_fc(fc, rf + k * BLOCK_S - fc.t0, m, sub, itx)
+                if self.c_aux > 0:
+                    auxk = div_trunc(self.b_aux + (m - self.c_aux) * auxk, m)
+                f = self.b_it + auxk
+                if self.c_pv > 0:
+                    x = div_trunc(self.b_pv + (m - self.c_pv) * x, m)
+                    xo = div_trunc(self.b_pv + (m - self.c_pv) * xo, m)
             if mm < pvp:
                 x = mdiv(pv, pvp - mm, pvp) + mdiv(x, mm, pvp)
                 xo = mdiv(pv, pvp - mm, pvp) + mdiv(xo, mm, pvp)

@@ -5,6 +5,7 @@ import os
 from edgefw import dispatch as D
 from edgefw.learnt import Learnt, NSLOT
 from test_dispatch import mk, _no_alloc
+from _helpers import raises
 from test_energy import _rm
 
 H = 3600
@@ -191,3 +192,48 @@ def test_step_with_profiles_does_not_allocate():
     assert d.learnt.restore(st)
     _no_alloc(d, 19800)
     assert d.learnt.slot > 22 and d.plan.profile.rel_plans == D.KCI_FAST
+
+
+def test_cloud_aux_and_pv_forecasts_over_the_learnt_until_they_expire():
+    # 20:00, learnt night aux 5 kW; the cloud says 25 kW of aux for the next 6 h (a cold
+    # night): the plan keeps energy for it (a higher level) until the forecast expires,
+    # then plans on the learnt aux again (the same level as without the cloud's aux)
+    st = _state(lambda s: 20000, lambda s: 5000, lambda s: 0)
+    a, b = _pair(st)
+    a, b = b, mk(plan_learnt=1, **_SITE)     # both on the learnt profiles
+    assert b.learnt.restore(st)
+    t0 = 20 * H
+    a.set_forecast(t0, 900, [20000] * 24, t0 + H)
+    b.set_forecast(t0, 900, [20000] * 24, t0 + H, None, [25000] * 24)
+    for t in range(t0, t0 + 600, 60):
+        for d in (a, b):
+            d.step(t, 0, 20000, 5000, None, 6000, 10 ** 6, 10 ** 6)
+    assert b.level_w > a.level_w + 3000, (a.level_w, b.level_w)
+    for t in range(t0 + H, t0 + H + 600, 60):
+        for d in (a, b):
+            d.step(t, 0, 20000, 5000, None, 6000, 10 ** 6, 10 ** 6)
+    assert b.level_w == a.level_w, (a.level_w, b.level_w)
+    # the cloud's PV forecast (hourly steps, 24 h) shows a sunny day the parabola does
+    # not (pv_peak_w 20 kW): at 01:00 the plan shaves deeper, the day will refill it
+    a, b = _pair(None, pv_peak_w=20000, sun_rise_s=7 * H, sun_set_s=17 * H)
+    pvf = [0] * 6 + [20000, 50000, 70000, 80000, 80000, 70000, 50000, 20000] + [0] * 10
+    a.set_forecast(H, 3600, [30000] * 24, 2 * H)
+    b.set_forecast(H, 3600, [30000] * 24, 2 * H, pvf)
+    for t in range(H, H + 600, 60):
+        for d in (a, b):
+            d.step(t, 0, 30000, 2000, None, 9000, 10 ** 6, 10 ** 6)
+    assert b.level_w < a.level_w - 3000, (a.level_w, b.level_w)
+    # bad lists: a clear error, the old forecast kept
+    n = b.forecast.n_pv
+    e = raises(ValueError, b.set_forecast, H, 3600, [1], 2 * H, [1, "2"])
+    assert "pv_w[1]" in str(e) and b.forecast.n_pv == n
+    e = raises(ValueError, b.set_forecast, H, 3600, [1], 2 * H, None, 5)
+    assert "aux_w" in str(e)
+
+
+def test_step_with_cloud_pv_and_aux_forecasts_does_not_allocate():
+    d = mk(plan_learnt=1, pv_peak_w=60000, sun_rise_s=21600, sun_set_s=64800, tz_s=0,
+           reserve_s=0)
+    assert d.learnt.restore(_state(lambda s: 25000, lambda s: 3000, lambda s: 30000))
+    _no_alloc(d, 19800, [200 * i for i in range(150)], [3000] * 100)
+    assert d.forecast.n_pv == 150 and d.forecast.n_aux == 100
