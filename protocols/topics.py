@@ -156,18 +156,26 @@ def check_schedule(d):
     return errs
 
 
+def _watts(d, key, errs):
+    lw = d.get(key)
+    if not isinstance(lw, list) or not 1 <= len(lw) <= 1440:
+        errs.append("%s: need a list of 1..1440 W values" % key)
+        return
+    for i in range(len(lw)):
+        if not _int(lw[i]) or lw[i] < 0 or lw[i] > P_ABS_MAX_W:
+            errs.append("%s[%d]: %r is not W >= 0" % (key, i, lw[i]))
+            return
+
+
 def check_forecast(d):
     errs = []
     need_int(d, "t0", 0, 1 << 40, errs)
     need_int(d, "step_s", 60, 3600, errs)  # what dispatch.set_forecast takes
-    lw = d.get("load_w")
-    if not isinstance(lw, list) or not 1 <= len(lw) <= 1440:
-        errs.append("load_w: need a list of 1..1440 W values")
-    else:
-        for i in range(len(lw)):
-            if not _int(lw[i]) or lw[i] < 0 or lw[i] > P_ABS_MAX_W:
-                errs.append("load_w[%d]: %r is not W >= 0" % (i, lw[i]))
-                break
+    _watts(d, "load_w", errs)
+    # optional (the cloud's PV and aux forecasts on the same steps; used until exp)
+    for k in ("pv_w", "aux_w"):
+        if d.get(k) is not None:
+            _watts(d, k, errs)
     if "measured_w" in d and d["measured_w"] is not None:
         need_int(d, "measured_w", 0, P_ABS_MAX_W, errs)
     return errs

@@ -305,8 +305,18 @@ def aux_load(rng, sp, it, temp):
 
 # ---- one scenario ----------------------------------------------------------------------
 
-def build(sp):
-    """-> (columns dict, site dict, queue records, meta) of one spec."""
+def lead_spec(sp, lead):
+    """The `lead` days before a spec's week (the learning lead-in, docs/scenario-format.md):
+    the same site and load process, its own weather and load draws (another seed), no
+    outages; the week itself is drawn exactly as without it."""
+    import datetime
+    d0 = datetime.date.fromisoformat(sp["date"]) - datetime.timedelta(days=lead)
+    return dict(sp, seed=sp["seed"] + 500000, days=lead, date=d0.isoformat(), outages=[])
+
+
+def build(sp, kwp=None):
+    """-> (columns dict, site dict, queue records, meta) of one spec. kwp: the PV size
+    (default: from the spec's own load draw; a lead-in takes its week's)."""
     rng = random.Random(sp["seed"])
     n = sp["days"] * DAY
     wk = _weekend(sp["date"], sp["days"])
@@ -314,7 +324,8 @@ def build(sp):
     temp = outdoor_c(rng, sp["climate"], n)
     aux = aux_load(rng, sp, it, temp)
     mean_w = float(np.mean(it + aux))
-    kwp = max(5.0, sp["pv_ratio"] * mean_w * 24 / 1000.0 / 5.0)
+    if kwp is None:
+        kwp = max(5.0, sp["pv_ratio"] * mean_w * 24 / 1000.0 / 5.0)
     cs = clear_sky_w(sp["site"], sp["date"], sp["days"], kwp)
     k, kinds = sky_index(rng, sp["climate"], sp["days"])
     pv = cs * k
@@ -347,36 +358,45 @@ def build(sp):
             "it_load_w": np.round(it).astype(int), "aux_load_w": np.round(aux).astype(int)}
     if sp["outages"]:
         cols["grid_ok"] = ok
-    meta = {"spikes": spikes, "day_kinds": kinds, "outages": sp["outages"]}
+    meta = {"spikes": spikes, "day_kinds": kinds, "outages": sp["outages"], "kwp": kwp}
     return cols, site, jobs, meta
 
 
-def write(outdir, sp):
+def write(outdir, sp, lead=0):
+    """NAME.csv/.json/.queue.json; with lead > 0 also NAME.lead.csv:
+    the lead days before the week, for the gateway alone to learn from."""
     cols, site, jobs, meta = build(sp)
-    name = sp["name"]
+    _write_rows(outdir, sp["name"], cols, jobs)
+    with open(os.path.join(outdir, sp["name"] + ".json"), "w") as f:
+        json.dump(site, f, indent=1, sort_keys=True)
+        f.write("\n")
+    if lead > 0:
+        lc = build(lead_spec(sp, lead), kwp=meta["kwp"])[0]
+        _write_rows(outdir, sp["name"] + ".lead", lc, [])   # only the gateway learns from it
+    return meta
+
+
+def _write_rows(outdir, name, cols, jobs):
     keys = list(cols)
     a = np.column_stack([cols[k] for k in keys]).astype(np.int64)
     with open(os.path.join(outdir, name + ".csv"), "w") as f:
         f.write(",".join(keys) + "\n")
         f.write("\n".join(",".join(str(int(x)) for x in row) for row in a.tolist()) + "\n")
-    with open(os.path.join(outdir, name + ".json"), "w") as f:
-        json.dump(site, f, indent=1, sort_keys=True)
-        f.write("\n")
     if jobs:
         with open(os.path.join(outdir, name + ".queue.json"), "w") as f:
             f.write('{"jobs": [\n%s\n]}\n' % ",\n".join(json.dumps(j, sort_keys=True)
                                                        for j in jobs))
-    return meta
 
 
-def generate(outdir, n=40, days=7, seed=1, only=None):
+def generate(outdir, n=40, days=7, seed=1, only=None, lead=0):
     """Write the family into outdir; -> {name: meta (unannounced spikes, day kinds,
-    outages)}. only: indices of specs() to write (a quick subset)."""
+    outages)}. only: indices of specs() to write (a quick subset). lead: days of a
+    learning lead-in before every week (NAME.lead.csv; 0: none)."""
     os.makedirs(outdir, exist_ok=True)
     out = {}
     for i, sp in enumerate(specs(n, days, seed)):
         if only is None or i in only:
-            out[sp["name"]] = write(outdir, sp)
+            out[sp["name"]] = write(outdir, sp, lead)
     return out
 
 
@@ -387,7 +407,8 @@ if __name__ == "__main__":
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--days", type=int, default=7)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--lead", type=int, default=0, help="days of a learning lead-in")
     a = ap.parse_args()
-    names = generate(a.outdir, a.n, a.days, a.seed)
+    names = generate(a.outdir, a.n, a.days, a.seed, lead=a.lead)
     print("wrote %d scenarios to %s" % (len(names), a.outdir))
     sys.exit(0)

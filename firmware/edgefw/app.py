@@ -107,7 +107,8 @@ class _CloudIn:
         if kind == "schedule":
             self.schedule(d)
         elif kind == "forecast":
-            self.disp.set_forecast(_drel(d["t0"]), d["step_s"], d["load_w"], _drel(d["exp"]))
+            self.disp.set_forecast(_drel(d["t0"]), d["step_s"], d["load_w"], _drel(d["exp"]),
+                                   d.get("pv_w"), d.get("aux_w"))
         elif kind == "tariff":
             t = d["tariff"]
             if t is not None:
@@ -294,10 +295,15 @@ class App:
             return None, None
         try:
             p = dispatch.validate_params(self.cfg.get("site") or {})
-            return dispatch.Dispatcher(p), p
+            d = dispatch.Dispatcher(p)
         except Exception as e:
             self.health.err("dispatch: %s" % e)
             return None, None
+        try:
+            d.learnt.load(control.LEARNT_FILE)  # first boot: nothing learnt yet
+        except Exception as e:
+            self.health.err("learnt: %s: %r (profiles start empty)" % (control.LEARNT_FILE, e))
+        return d, p
 
     def use_link(self, lk):
         """The cloud link (NO_LINK: none) for every part that talks to it."""
@@ -429,6 +435,11 @@ class App:
             self.energy.save(ENERGY_FILE)
         except Exception as e:
             err("energy: save: %r" % (e,))
+        try:
+            if self.disp is not None and self.ctl.learnt_file:
+                self.disp.learnt.save(self.ctl.learnt_file)
+        except Exception as e:
+            err("learnt: save: %r" % (e,))
         self.buses.close(err)
         clock.idle(None, None)
 

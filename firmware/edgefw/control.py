@@ -8,6 +8,7 @@ from edgefw import bounds, clock
 from edgefw.nulls import NO_ENERGY, NO_LINK
 
 ENERGY_FILE = "energy.json"
+LEARNT_FILE = "learnt.json"     # the dispatcher's time-of-day profiles (learnt.py)
 
 SRC_BOOT = 0
 SRC_OFF = 1             # mode off, or no PCS: nothing is written
@@ -34,6 +35,7 @@ class Control:
         self.err = err
         self.link = NO_LINK
         self.energy = NO_ENERGY
+        self.learnt_file = LEARNT_FILE  # None: the learnt profiles are not saved (tests)
         self.last = t0          # site ms of the last tick (energy's dt); t0: boot
         self.sp_w = 0           # last setpoint chosen
         self.src = SRC_BOOT
@@ -68,9 +70,15 @@ class Control:
             return None, SRC_NO_DISPATCH, None
         if not self.site.ok("grid_w", "pv_w", "it_w", "bat_w", "soc_cpct"):
             return None, SRC_NO_DATA, None
+        d.learnt.on = clock.valid()     # no wall clock: no time of day to learn by
         local = d.step(now_r, pv, v["it_w"], v["aux_w"] or 0, v["grid_w"], v["soc_cpct"],
                        v["ccl_w"] or 0, v["dcl_w"] or 0)
         self.curtail_w = d.curtail_w
+        try:
+            if self.learnt_file:
+                d.learnt.persist(now_r, self.learnt_file)   # bounded flash writes (1 h)
+        except Exception as e:
+            self.err("learnt: %s" % e)
         return local, SRC_DISPATCH, "dispatch:" + str(d.reason)
 
     def _cloud(self, now_r, local):

@@ -15,6 +15,7 @@
 from edgefw.fx import div_trunc, clamp, mdiv as _mdiv, frac as _frac
 from edgefw.planner import Planner, LoadForecast, energy_wh, KCI_FAST, MAX_FC  # noqa: F401
 from edgefw.planner import TSAT as _TSAT
+from edgefw.learnt import Learnt
 from edgefw.rules import Interval, R_SOC, R_BMS, R_RAMP, R_EXPORT, R_CAP, R_RESERVE  # noqa: F401
 
 try:
@@ -70,6 +71,9 @@ _SPEC = (
     ("tz_s", -50400, 50400, 28800),      # local time = now_s + tz_s (China: +8 h)
     ("peak_window_s", 60, 3600, 900),    # the billed peak: highest mean import over this
     ("peak_period_days", 0, 366, 31),    # billing period (days; 0: never reset)
+    ("plan_learnt", 0, 2, 1),            # the plan uses the learnt aux and PV profiles
+                                         # (1), and IT past the forecast (2); learnt.py
+    ("learn_persist_s", 60, 86400, 3600),  # the learnt profiles are saved this often
     ("grid_factor_g_kwh", 0, 1000, None),
     ("grid_factor_dg_kwh", 0, 10000, None),
 )
@@ -385,6 +389,9 @@ class Dispatcher:
         # plan state and measurements
         self.plan = Planner(p)
         self.peak = PeakMeter(p)
+        # per time of day, what this site's IT load, aux load and PV were (learnt always,
+        # persisted by the app; the plan uses them with site.plan_learnt)
+        self.learnt = Learnt(p["learn_persist_s"])
         # inputs from the cloud
         self.schedule = Schedule()
         self.forecast = LoadForecast()
@@ -420,15 +427,18 @@ class Dispatcher:
             self.tou_until = _min(exp, self.t + _TSAT)      # stays a small int
         self.replan = True
 
-    def set_forecast(self, t0, step_s, load_w, exp):
-        """Compute-load (IT) forecast: load_w[k] W for [t0 + k*step_s, ...), valid until exp."""
+    def set_forecast(self, t0, step_s, load_w, exp, pv_w=None, aux_w=None):
+        """Compute-load (IT) forecast: load_w[k] W for [t0 + k*step_s, ...), valid until exp;
+        optional PV and aux forecasts on the same steps (the plan takes them over the
+        learnt profiles where they reach, until exp)."""
         if not _isint(step_s) or step_s < 60 or step_s > 3600:
             raise ValueError("forecast.step_s: %r not an integer 60..3600" % (step_s,))
         if not _isint(t0) or not _isint(exp):
             raise ValueError("forecast.t0/exp: must be integers (site s)")
-        if not isinstance(load_w, (list, tuple)):
-            raise ValueError("forecast.load_w: must be a list of W")
-        self.forecast.set(t0, step_s, load_w, exp, self.t)
+        for k, v in (("load_w", load_w), ("pv_w", pv_w), ("aux_w", aux_w)):
+            if not isinstance(v, (list, tuple)) and (k == "load_w" or v is not None):
+                raise ValueError("forecast.%s: must be a list of W" % k)
+        self.forecast.set(t0, step_s, load_w, exp, self.t, pv_w, aux_w)
         self.replan = True
 
     def track(self, sp_w, curtail_w=0):
@@ -531,6 +541,7 @@ class Dispatcher:
         dt = 1 if first else clamp(now_s - self.t, 0, 86400)
         sp0 = self.sp
         self.peak.update(now_s, grid_w)
+        self.learnt.learn(self.plan.profile.tod(now_s), pv, it, aux)
         net = self._net_load(it + aux - pv, sp0, grid_w, first)
         self.bounds.safety(soc, clamp(ccl_w, 0, WMAX), clamp(dcl_w, 0, WMAX), dt, sp0)
 
@@ -555,7 +566,7 @@ class Dispatcher:
         # plan level (periodic, or at once after a new forecast/schedule)
         if first or self.replan or now_s - self.t_plan >= self.plan_s:
             self.plan.plan(now_s, pv, it, aux, soc, self.floor, self.forecast,
-                           self.peak.peak_w, first)
+                           self.peak.peak_w, first, self.learnt)
             self.level_w = self.plan.level_w
             self.t_plan = now_s
             self.replan = False

@@ -83,7 +83,7 @@ class Energy:
         # [green Wh, grey Wh, green rem, grey rem] (one list: updated in place, no tuple)
         self.b = [0, 0, 0, 0]
         self.seq = 0
-        self.t_saved = None
+        self.every = store.Every(self.persist_s)
         self.writes = 0
         self.ledger = _ledger()
 
@@ -233,13 +233,9 @@ class Energy:
         """Close the ledger's hour if now_s (rel s) is in a new one, then save if persist_s
         has passed since the last save (bounded flash writes: 86400 / persist_s a day)."""
         self.ledger.roll(now_s, self)
-        if self.t_saved is None:
-            self.t_saved = now_s
-            return False
-        if now_s - self.t_saved < self.persist_s:
+        if not self.every.due(now_s):
             return False
         self.save(path)
-        self.t_saved = now_s
         return True
 
 

@@ -51,30 +51,52 @@ class Battery:
 
 
 class LoadForecast:
-    """The cloud's compute-load (IT) forecast: load_w[k] for [t0 + k*step_s, ...) until exp;
+    """The cloud's compute-load (IT) forecast: load_w[k] for [t0 + k*step_s, ...) until exp,
+    and optionally PV (pv_w) and aux (aux_w) on the same steps (n_pv, n_aux points; their
+    lists are made with the first forecast that has them: RAM only where used);
     times are offsets from base_s (the step time it arrived at)."""
 
     def __init__(self):
         self.n = 0
         self.load_w = [0] * MAX_FC
+        self.n_pv = 0
+        self.pv_w = None
+        self.n_aux = 0
+        self.aux_w = None
         self.t0 = 0
         self.step_s = BLOCK_S
         self.exp = 0
         self.base_s = 0
 
-    def set(self, t0, step_s, load_w, exp, base_s):
-        n = _min(len(load_w), MAX_FC)
-        for i in range(n):
-            v = load_w[i]
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise ValueError("forecast.load_w[%d]: %r is not an integer" % (i, v))
-        for i in range(n):      # all checked first: a bad list leaves the old forecast
-            self.load_w[i] = clamp(load_w[i], 0, WMAX)
-        self.n = n
+    def set(self, t0, step_s, load_w, exp, base_s, pv_w=None, aux_w=None):
+        for name, lw in (("load_w", load_w), ("pv_w", pv_w), ("aux_w", aux_w)):
+            for i in range(_min(len(lw), MAX_FC) if lw is not None else 0):
+                v = lw[i]
+                if not isinstance(v, int) or isinstance(v, bool):
+                    raise ValueError("forecast.%s[%d]: %r is not an integer" % (name, i, v))
+        # all checked first: a bad list leaves the old forecast
+        self.n = self._copy(self.load_w, load_w)
+        self.n_pv = 0
+        if pv_w is not None:
+            if self.pv_w is None:
+                self.pv_w = [0] * MAX_FC
+            self.n_pv = self._copy(self.pv_w, pv_w)
+        self.n_aux = 0
+        if aux_w is not None:
+            if self.aux_w is None:
+                self.aux_w = [0] * MAX_FC
+            self.n_aux = self._copy(self.aux_w, aux_w)
         self.base_s = base_s
         self.t0 = clamp(t0 - base_s, -TSAT, TSAT)
         self.step_s = step_s
         self.exp = clamp(exp - base_s, -TSAT, TSAT)
+
+    @staticmethod
+    def _copy(dst, src):
+        n = _min(len(src), MAX_FC)
+        for i in range(n):
+            dst[i] = clamp(src[i], 0, WMAX)
+        return n
 
 
 class Profile:
@@ -94,6 +116,13 @@ class Profile:
         # then follows what the PV really gives against the clear-sky curve (dust, haze)
         self.pv_index_cpct = p["pv_expect_milli"] * 10
         self.learn_plans = 0     # plans today that learnt the PV index (up to KCI_FAST)
+        # learnt profiles (learnt.py; site.plan_learnt): today's PV against the learnt PV
+        # profile (0.01 %, 10000 = a day like the learnt average, up to 2x), learnt like
+        # the index above; the plan counts on learnt PV x this where a slot is learnt
+        self.use_learnt = p["plan_learnt"] > 0
+        self.learnt_it = p["plan_learnt"] == 2      # also the IT profile past the forecast
+        self.pv_rel_cpct = 10000
+        self.rel_plans = 0
         self.tod_last = 0        # local time of day at the last plan
         self.dark = True         # no PV expected now (the plan is then trustworthy)
         # profiles: forecast net load per block; pv_next_milli < 1000: `net_w` counts on
@@ -105,6 +134,13 @@ class Profile:
         self.fc_blocks = 0       # plan blocks covered by the load forecast
         self.unseen_block = 0    # plan blocks before the daylight not seen yet
         self.sunset = False      # the last update() was the first in the dark
+        # _from_fc's figures for one block: the IT mean, and the sums and counts of the
+        # block's steps the PV and aux forecasts cover
+        self.b_it = 0
+        self.b_pv = 0
+        self.c_pv = 0
+        self.b_aux = 0
+        self.c_aux = 0
 
     def tod(self, now):
         """Local time of day (s), folded without a bare %."""
@@ -125,15 +161,16 @@ class Profile:
         u = frac(x, self.day_s)            # 0..10000
         return mdiv(self.pv_peak_w, div_trunc(u * (10000 - u), 2500), 10000)
 
-    def _learn_pv(self, tod, pv):
-        # the clear-sky index from the PV now; returns the start of the daylight not seen
-        # yet (s from today's midnight)
+    def _learn_pv(self, tod, pv, lt):
+        # the clear-sky index from the PV now (and today's PV against the learnt profile);
+        # returns the start of the daylight not seen yet (s from today's midnight)
         x0 = self.pv_expect(tod)
         dark = x0 == 0
         self.sunset = dark and not self.dark
         self.dark = dark
         if dark or tod < self.tod_last:
             self.learn_plans = 0            # a new day (also where the sun never sets)
+            self.rel_plans = 0
         self.tod_last = tod
         if x0 > div_trunc(self.pv_peak_w, 10):
             # yesterday's index is yesterday's weather: the first plans of a day with the
@@ -145,15 +182,66 @@ class Profile:
             r = frac(_min(pv, x0), x0)
             self.pv_index_cpct = clamp(self.pv_index_cpct + div_trunc(r - self.pv_index_cpct, g),
                                        500, 10000)
+        if lt is not None:
+            s = lt.slot_of(tod)
+            xl = lt.pv[s]
+            if lt.seen[s] and xl > div_trunc(lt.pv_max, 10):
+                g = 32              # the same gains as the index above
+                if self.rel_plans < KCI_FAST:
+                    self.rel_plans += 1
+                    g = 4
+                r = frac(_min(pv, 2 * xl) >> 1, xl) * 2     # 0..20000 (pv >= 0)
+                self.pv_rel_cpct = clamp(self.pv_rel_cpct + div_trunc(r - self.pv_rel_cpct, g),
+                                         500, 20000)
         # today's until its index is learnt (before that the index is yesterday's), then
         # tomorrow's
         return self.sun_rise_s if self.learn_plans < KCI_FAST else self.sun_rise_s + 86400
 
-    def update(self, now, pv, it, aux, fc):
+    def _pv_block(self, tb, lt):
+        # the PV (W) the plan counts on at local time tb (s, may run past midnight): the
+        # learnt slot x today's index against it, else the clear-sky parabola x the index
+        if lt is not None:
+            s = lt.slot_of(tb)
+            if lt.seen[s]:
+                return mdiv(lt.pv[s], self.pv_rel_cpct >> 1, 5000)
+        return mdiv(self.pv_expect(tb), self.pv_index_cpct, 10000)
+
+    def _from_fc(self, fc, d0, m, sub, itx):
+        # one block's m steps from the forecast; d0: the block start from fc.t0 (s,
+        # |.| < 2**29 + 1 day); itx: the IT where the forecast does not reach
+        st = fc.step_s
+        tot = 0
+        self.b_pv = 0
+        self.c_pv = 0
+        self.b_aux = 0
+        self.c_aux = 0
+        for j in range(m):
+            v = itx
+            dk = d0 + j * sub
+            if dk >= 0:
+                i = div_trunc(dk, st)
+                if i < fc.n:
+                    v = fc.load_w[i]
+                if i < fc.n_pv:
+                    self.b_pv += fc.pv_w[i]       # <= 15 x 10 MW
+                    self.c_pv += 1
+                if i < fc.n_aux:
+                    self.b_aux += fc.aux_w[i]
+                    self.c_aux += 1
+            tot += v
+        self.b_it = div_trunc(tot, m)
+
+    def update(self, now, pv, it, aux, fc, lt=None):
         """Forecast net load per block into net_w (and net_learnt_w): IT forecast (mean of
-        its points in the block, else persistence) + aux (persistence) - PV handing over
-        from the present value to the clear-sky expectation. Returns: forecast in force."""
+        its points in the block), past it the learnt IT profile (lt: learnt.Learnt, used
+        with site.plan_learnt; else the base load) + aux (the learnt profile after the
+        present block, else persistence) - PV handing over from the present value to the
+        expectation (the learnt PV profile, else the clear-sky parabola, times today's
+        index); the cloud's aux and PV forecasts, where it sent them, over both until
+        they expire. Returns: forecast in force."""
         n = self.n_blocks
+        if not self.use_learnt:
+            lt = None
         rf = clamp(now - fc.base_s, -TSAT, TSAT)
         fcok = fc.n > 0 and rf < fc.exp
         st = fc.step_s
@@ -163,7 +251,7 @@ class Profile:
         tod = self.tod(now)
         nxt = 0
         if self.pv_peak_w > 0:
-            nxt = self._learn_pv(tod, pv)
+            nxt = self._learn_pv(tod, pv, lt)
         self.unseen_block = 0
         # blocks the load forecast covers in full (the cap ratchet trusts only those)
         self.fc_blocks = 0
@@ -174,36 +262,42 @@ class Profile:
         # past the end of the load forecast: its lowest point (the base load; the tracker
         # knows no jobs that far out), or the present value if lower. Not the present
         # value alone: a running job would seem to run on for the whole horizon.
-        itx = it
+        itb = it
         if fcok:
             for i in range(fc.n):
-                itx = _min(itx, fc.load_w[i])
+                itb = _min(itb, fc.load_w[i])
         pvn = self.pv_next_milli
         for k in range(n):
-            tot = 0
-            for j in range(m):
-                v = itx
-                if fcok:
-                    dk = rf + k * BLOCK_S + j * sub - fc.t0   # |.| < 2**29 + 1 day
-                    if dk >= 0:
-                        i = div_trunc(dk, st)
-                        if i < fc.n:
-                            v = fc.load_w[i]
-                tot += v
-            f = div_trunc(tot, m) + aux
-            # PV: the present value, handing over linearly (pv_persist_s) to the clear-sky
-            # expectation (a parabola between sunrise and sunset, times the learnt index)
             mm = k * 15 + 7              # block middle, minutes from now
+            tb = tod + mm * 60           # its local time of day (< 2 days)
+            # PV: the present value, handing over linearly (pv_persist_s) to the expectation
             x = 0
             xo = 0
             if self.pv_peak_w > 0:
-                tb = tod + mm * 60
-                xo = mdiv(self.pv_expect(tb), self.pv_index_cpct, 10000)
+                xo = self._pv_block(tb, lt)
                 x = xo
                 if tb >= nxt and pvn < 1000:
                     x = mdiv(xo, pvn, 1000)
                 if tb < nxt:
                     self.unseen_block = k + 1
+            itx = itb
+            auxk = aux
+            if lt is not None and k > 0:
+                sl = lt.slot_of(tb)
+                if lt.seen[sl]:
+                    auxk = lt.aux[sl]
+                    if self.learnt_it:
+                        itx = lt.it[sl]
+            f = itx + auxk
+            if fcok:
+                # the cloud's forecasts where they reach (IT; PV and aux when it sent them)
+                self._from_fc(fc, rf + k * BLOCK_S - fc.t0, m, sub, itx)
+                if self.c_aux > 0:
+                    auxk = div_trunc(self.b_aux + (m - self.c_aux) * auxk, m)
+                f = self.b_it + auxk
+                if self.c_pv > 0:
+                    x = div_trunc(self.b_pv + (m - self.c_pv) * x, m)
+                    xo = div_trunc(self.b_pv + (m - self.c_pv) * xo, m)
             if mm < pvp:
                 x = mdiv(pv, pvp - mm, pvp) + mdiv(x, mm, pvp)
                 xo = mdiv(pv, pvp - mm, pvp) + mdiv(xo, mm, pvp)
@@ -419,13 +513,14 @@ class Planner:
         self.walk = pr.net_learnt_w if use_o else pr.net_w
         return T
 
-    def plan(self, now, pv, it, aux, soc, floor, fc, peak_w, first):
+    def plan(self, now, pv, it, aux, soc, floor, fc, peak_w, first, lt=None):
         """Re-plan from the inputs: level_w, grid_charge, precharge_to_w, cap_w.
-        floor: the reserve SOC (cpct); fc: LoadForecast; peak_w: the period's peak so far."""
+        floor: the reserve SOC (cpct); fc: LoadForecast; peak_w: the period's peak so far;
+        lt: the learnt profiles (learnt.Learnt; used with site.plan_learnt)."""
         n = self.n_blocks
         b = self.bat
         pr = self.profile
-        fcok = pr.update(now, pv, it, aux, fc)
+        fcok = pr.update(now, pv, it, aux, fc, lt)
         if pr.sunset:
             self.cap_w = self.grid_cap_w    # a new night: the ratchet starts over
         e0 = 0

@@ -115,6 +115,24 @@ def copy(src, dst):
     replace(tmp, dst)
 
 
+class Every:
+    """Bounded flash writes: due(now_s) is true at most once every every_s seconds (the
+    first call only starts the count; a write that then fails waits for the next turn)."""
+
+    def __init__(self, every_s):
+        self.every_s = every_s
+        self.t = None
+
+    def due(self, now_s):
+        if self.t is None:
+            self.t = now_s
+            return False
+        if now_s - self.t < self.every_s:
+            return False
+        self.t = now_s
+        return True
+
+
 def read_checked(path):
     """(exists, body or None): the body of a sealed file whose CRC matches; None when the
     file has no trailer or a wrong one (torn, corrupt) or cannot be decoded."""

@@ -14,7 +14,8 @@ saving over no battery, target median >= 90 %, worst >= 75 % (summary b_cost_sha
 Knobs (environment): EDGEGW_BENCH_FAMILY_N scenarios (40; 0 skips the family),
 EDGEGW_BENCH_FAMILY_DAYS (7), EDGEGW_BENCH_JOBS worker processes (2), EDGEGW_BENCH_LP_BLOCK
 minutes per LP period for the family (1: the exact 1-minute LP; 5 or 15 trade accuracy for
-time, docs/dispatch.md)."""
+time, docs/dispatch.md), EDGEGW_BENCH_FAMILY_LEAD days of a learning lead-in before every
+week that only the gateway's learnt profiles see (0: none, the default)."""
 import glob
 import os
 import subprocess
@@ -134,7 +135,8 @@ def run(small=False):
     if n > 0:
         out["family"] = family(n, int(os.environ.get("EDGEGW_BENCH_FAMILY_DAYS", "7")),
                                jobs=int(os.environ.get("EDGEGW_BENCH_JOBS", "2")),
-                               lp_block_min=int(os.environ.get("EDGEGW_BENCH_LP_BLOCK", "1")))
+                               lp_block_min=int(os.environ.get("EDGEGW_BENCH_LP_BLOCK", "1")),
+                               lead=int(os.environ.get("EDGEGW_BENCH_FAMILY_LEAD", "0")))
     return out
 
 
@@ -150,10 +152,10 @@ def _family_mod():
 
 
 def _family_row(args):
-    csv_path, lp_block_min, forecast, reference = args
+    csv_path, lp_block_min, forecast, reference, lead_path = args
     t0 = time.time()
     r = evalbench.evaluate(csv_path, reference=reference, lp_block_min=lp_block_min,
-                           forecast=forecast)
+                           forecast=forecast, lead_path=lead_path)
     pol = r["policies"]
     ref = {}
     if "r" in pol:     # the rolling perfect-forecast LP: how much a perfect forecast closes
@@ -206,11 +208,13 @@ def _dist(rows, key):
 
 
 def family(n=40, days=7, seed=1, jobs=2, lp_block_min=1, outdir=None, forecast="tracker",
-           reference=False):
+           reference=False, lead=0):
     """(b) on the generated family: distribution of its shares, violations, ENS against the
     LP's on outage scenarios, battery throughput against the LP's. forecast: what (b) gets
     ("tracker"; "realised" only to measure what the old perfect forecast was worth).
-    reference: also run (r), the rolling perfect-forecast LP (about 7 s a week more)."""
+    reference: also run (r), the rolling perfect-forecast LP (about 7 s a week more).
+    lead: days of a learning lead-in before each week that only the gateway sees (its
+    learnt profiles; 0: every week starts with nothing learnt)."""
     import tempfile
     fam = _family_mod()
     tmp = None
@@ -219,9 +223,11 @@ def family(n=40, days=7, seed=1, jobs=2, lp_block_min=1, outdir=None, forecast="
         outdir = tmp.name
     t0 = time.time()
     try:
-        fam.generate(outdir, n, days, seed)
-        paths = sorted(glob.glob(os.path.join(outdir, "*.csv")))
-        work = [(p, lp_block_min, forecast, reference) for p in paths]
+        fam.generate(outdir, n, days, seed, lead=lead)
+        paths = sorted(x for x in glob.glob(os.path.join(outdir, "*.csv"))
+                       if not x.endswith(".lead.csv"))
+        work = [(p, lp_block_min, forecast, reference, p[:-4] + ".lead.csv" if lead else None)
+                for p in paths]
         if jobs > 1:
             import multiprocessing
             with multiprocessing.get_context("fork").Pool(jobs) as pool:
@@ -238,7 +244,7 @@ def family(n=40, days=7, seed=1, jobs=2, lp_block_min=1, outdir=None, forecast="
                  for k, r in rows.items() if r["throughput_kwh"]["d"] > 0)
     summary = {
         "n": len(rows), "days": days, "seed": seed, "lp_block_min": lp_block_min,
-        "forecast": forecast,
+        "forecast": forecast, "lead_days": lead,
         "r_peak_share": _dist(rows, "r_peak_share_pct") if reference else None,
         "b_peak_share": _dist(rows, "peak_share_pct"),
         "b_pv_share": _dist(rows, "pv_share_pct"),
@@ -318,6 +324,7 @@ if __name__ == "__main__":
         if len(sys.argv) > 6:
             d["forecast"] = sys.argv[6]
         d["reference"] = sys.argv[7:8] == ["ref"]
+        d["lead"] = int(os.environ.get("EDGEGW_BENCH_FAMILY_LEAD", "0"))
         print(json.dumps(family(**d), indent=2, sort_keys=True))
     else:
         print(json.dumps(run(), indent=2))

@@ -317,15 +317,32 @@ def _forecaster(sc, mode):
 
 # ---- policies ---------------------------------------------------------------------
 
+def lead_in_learnt(csv_path, p):
+    """What the gateway learnt (learnt.Learnt.state()) over a learning lead-in: a CSV of
+    the days before the scored scenario (scenarios/family.py --lead), measured by the
+    gateway alone as it would have in the field (its IT, aux and PV; nothing of the
+    scored days). The scored run starts from it as from a reboot with learnt.json kept."""
+    lc = _read_csv(csv_path)
+    d = dispatch.Dispatcher(dict(p, schedule=[]))
+    tod = d.plan.profile.tod
+    for i in range(len(lc["t_s"])):
+        d.learnt.learn(tod(int(lc["t_s"][i])), int(lc["pv_w"][i]), int(lc["it_w"][i]),
+                       int(lc["aux_w"][i]))
+    return d.learnt.state()
+
+
 def run_firmware(sc, p, forecast="tracker", cloud_sp=None, lost_s=None, schedule=False,
-                 record=None, sent=None):
+                 record=None, sent=None, learnt=None):
     """Closed loop with the firmware dispatcher. forecast: "tracker" (what the gateway
     would get), "none", or "realised" (the perfect-forecast cheat, for comparison only).
     cloud_sp (array) is applied instead of the firmware output while t < lost_s. record:
     list to append golden rows to; sent: list to append (t, forecast) to for every forecast
-    handed over (the policy's whole knowledge of the future)."""
+    handed over (the policy's whole knowledge of the future). learnt: a learnt.Learnt
+    state the gateway starts with (lead_in_learnt; None: nothing learnt yet)."""
     # the site JSON's schedule is what the cloud sent: (b) never got it
     d = dispatch.Dispatcher(p if schedule else dict(p, schedule=[]))
+    if learnt is not None and not d.learnt.restore(learnt):
+        raise ValueError("learnt: state does not fit")
     fc_at = _forecaster(sc, forecast)
     pl = Plant(p)
     n = len(sc["t_s"])
@@ -884,14 +901,16 @@ def _share(a, x, d, key, lower_better):
 
 
 def evaluate(csv_path, site_path=None, use_forecast=True, keep_runs=False, overrides=None,
-             forecast=None, reference=True, lp_block_min=1, queue_path=None):
+             forecast=None, reference=True, lp_block_min=1, queue_path=None, lead_path=None):
     """Run all policies on a scenario; returns a JSON-able dict (runs kept if asked).
     overrides: site fields replacing the site file's (a what-if without editing it).
     forecast: what (b)/(c) get, "tracker" (default; "none" when use_forecast is false) or
     "realised" (the old perfect-forecast cheat, only to measure what it was worth).
     reference: run (r), the rolling perfect-forecast LP. lp_block_min: (d) on blocks of this
-    many minutes (1 = every minute; the family bench uses 15 for weeks)."""
+    many minutes (1 = every minute; the family bench uses 15 for weeks). lead_path: a
+    learning lead-in CSV (lead_in_learnt): (b) and (c) start with what it taught them."""
     sc, p = load_scenario(csv_path, site_path, overrides, queue_path)
+    lt = lead_in_learnt(lead_path, p) if lead_path else None
     mode = forecast or ("tracker" if use_forecast else "none")
     job = None
     if "schedule" in p and len(p["schedule"]) >= 2:
@@ -909,15 +928,15 @@ def evaluate(csv_path, site_path=None, use_forecast=True, keep_runs=False, overr
     else:
         sp, curt, peak = lp_optimum(sc, p)
         runs["d"] = run_setpoints(sc, p, sp, curt)
-    runs["b"] = run_firmware(sc, p, forecast=mode)
+    runs["b"] = run_firmware(sc, p, forecast=mode, learnt=lt)
     if "link_lost_s" in p and p["link_lost_s"] is not None:
         cs = _CloudSp(sp, curt)
         runs["c"] = run_firmware(sc, p, forecast=mode, cloud_sp=cs,
-                                 lost_s=p["link_lost_s"], schedule=True)
+                                 lost_s=p["link_lost_s"], schedule=True, learnt=lt)
     if reference:
         runs["r"] = run_reference(sc, p)
     res = {"scenario": sc["name"], "steps": len(sc["t_s"]), "lp_peak_w": round(peak),
-           "forecast": mode, "lp_block_min": lp_block_min,
+           "forecast": mode, "lp_block_min": lp_block_min, "lead_in": bool(lead_path),
            "outage_min": int((sc["grid_ok"] == 0).sum()), "jobs": len(sc["jobs"]),
            "policies": {}}
     for k in POLICIES:

@@ -109,6 +109,7 @@ class Rig:
         assert not errs, errs
         self.a = appmod.App(cfg, open_bus=self._open)
         self.a.use_energy(NO_ENERGY)  # no energy.json in the test's directory
+        self.a.ctl.learnt_file = None  # nor learnt.json
         clock.configure(SPEED)
 
     def physics(self):

@@ -518,10 +518,10 @@ def test_step_does_not_allocate():
     assert d.plan.profile.learn_plans == D.KCI_FAST and not d.plan.profile.dark
 
 
-def _no_alloc(d, t0=0):
+def _no_alloc(d, t0=0, pv_w=None, aux_w=None):
     d.set_schedule([{"t0": 3000, "t1": 6000, "soc_cpct": 9000}, {"t0": 9000, "t1": 9600,
                                                                   "pmax_w": 0}])
-    d.set_forecast(0, 300, [20000 + 100 * i for i in range(200)], 10 ** 6)
+    d.set_forecast(0, 300, [20000 + 100 * i for i in range(200)], 10 ** 6, pv_w, aux_w)
     r = Rand(3)
     t = _steady_run(d, 5, r, t0)
     if MICROPYTHON:

@@ -58,6 +58,15 @@ def test_forecast_validation():
     assert T.check_forecast(f)[0].startswith("load_w[1]")
     f["load_w"] = []
     assert T.check_forecast(f)[0].startswith("load_w")
+    # optional PV and aux forecasts on the same steps (None: not sent)
+    f["load_w"] = [1, 2, 3]
+    f["pv_w"] = [0, 5000, 9000]
+    f["aux_w"] = None
+    assert T.check_forecast(f) == []
+    f["aux_w"] = [1, True]
+    assert T.check_forecast(f)[0].startswith("aux_w[1]")
+    f["aux_w"] = "x"
+    assert T.check_forecast(f)[0].startswith("aux_w")
 
 
 def test_telemetry_check_and_json_round_trip():

@@ -157,6 +157,31 @@ def test_family_deterministic_by_seed(tmp_path):
     assert sum(1 for s in FAM.specs(40, 7, 1) if s["outages"]) >= 4
 
 
+def test_learning_lead_in_is_the_days_before_and_only_the_gateway_sees_it(tmp_path):
+    # --lead: the week's files are those without it (same draws); NAME.lead.csv is other
+    # days (its own weather and load) on the same site; only (b)'s learnt profiles start
+    # from it (evaluate(lead_path=...)): no and LP policies are unchanged
+    a, b = tmp_path / "a", tmp_path / "b"
+    FAM.generate(str(a), n=40, days=1, seed=7, only=(6,))
+    FAM.generate(str(b), n=40, days=1, seed=7, only=(6,), lead=2)
+    (name,) = [f[:-4] for f in os.listdir(a) if f.endswith(".csv")]
+    for f in os.listdir(a):
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    week = evalbench._read_csv(str(b / (name + ".csv")))
+    lead = evalbench._read_csv(str(b / (name + ".lead.csv")))
+    assert len(lead["t_s"]) == 2 * 1440 and not (lead["it_w"][:1440] == week["it_w"]).all()
+    p = evalbench.load_scenario(str(b / (name + ".csv")))[1]
+    st = evalbench.lead_in_learnt(str(b / (name + ".lead.csv")), p)
+    assert all(st["seen"]) and max(st["pv"]) > 0
+    r0 = evalbench.evaluate(str(b / (name + ".csv")), reference=False, lp_block_min=15)
+    r1 = evalbench.evaluate(str(b / (name + ".csv")), reference=False, lp_block_min=15,
+                            lead_path=str(b / (name + ".lead.csv")))
+    assert r1["lead_in"] and not r0["lead_in"]
+    for k in ("a", "d"):
+        assert r0["policies"][k] == r1["policies"][k], k
+    assert r0["policies"]["b"] != r1["policies"]["b"]
+
+
 def test_cli_outage_and_queue_errors(tmp_path):
     bad = tmp_path / "s.csv"
     (tmp_path / "s.json").write_text("{}")

@@ -575,6 +575,7 @@ def test_signed_tariff_is_checked_kept_and_handed_over_again_after_a_reboot(tmp_
     assert _deliver(lk, T.CMD_SCHEDULE, {"windows": [{"t0": now, "t1": now + 3600,
                                                       "soc_cpct": 8000}]}, exp_in=7200)
     assert _deliver(lk, T.FORECAST, {"t0": now, "step_s": 300, "load_w": [900, 1200],
+                                     "pv_w": [0, 4000], "aux_w": [3000, 3100],
                                      "measured_w": 800, "source": "t"}, exp_in=7200)
     assert d.schedule.n == 1 and d.forecast.n == 2
     # reboot: a new dispatcher and link on the same filesystem, no broker
@@ -584,6 +585,7 @@ def test_signed_tariff_is_checked_kept_and_handed_over_again_after_a_reboot(tmp_
     assert isinstance(d.tou, fwtariff.TouRule) and not lk.kept.pending and not errs
     assert d.schedule.n == 1 and d.schedule.soc[0] == 8000
     assert d.forecast.n == 2 and d.forecast.load_w[1] == 1200
+    assert d.forecast.n_pv == 2 and d.forecast.pv_w[1] == 4000 and d.forecast.aux_w[1] == 3100
     # back to the configured (here: none) before the expiry
     assert _deliver(lk, T.CMD_TARIFF, {"tariff": None})
     assert d.tou is None
