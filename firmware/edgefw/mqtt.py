@@ -135,6 +135,11 @@ class MQTTClient:
                     self._keepalive()
         except OSError as e:
             self._fail("socket error %r" % (e,))
+        except MemoryError:
+            # mid-packet, the stream's framing is lost with the bytes that did not fit:
+            # start a new connection rather than read the rest as packets
+            self._fail("out of memory reading a packet (%d bytes buffered)"
+                       % (len(self.conn.rx) + len(self.conn.big or b"")))
         return self.state
 
     # ---- connection ---------------------------------------------------------------

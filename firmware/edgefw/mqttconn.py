@@ -28,6 +28,12 @@ class Conn:
         self._poller = None
         self._addr = None
         self.rx = b""
+        # a packet longer than one read: its body, allocated once at its header and read
+        # into in place (growing rx by concatenation left a trail of ever larger copies
+        # that a fragmented heap could not place: an OTA offer is ~7.7 KB)
+        self.big = None
+        self.big_typ = 0
+        self.big_have = 0
         self.tx = b""               # queued bytes not yet taken by the socket
         self.last_rx = 0            # ms of the last bytes received / queued
         self.last_tx = 0
@@ -36,6 +42,7 @@ class Conn:
         """Start a TCP connect without waiting; connect_result() says when it is done."""
         import socket  # here, not at the top: a link can be built where there is none yet
         self.rx = b""
+        self.big = None
         self.tx = b""
         if self._addr is None:
             # DNS blocks on the ESP32; resolved once and again only after a failure
@@ -89,6 +96,8 @@ class Conn:
                 pass
         self.sock = None
         self._poller = None
+        self.rx = b""
+        self.big = None  # a half-read packet is gone with its connection
 
     def send(self, p, now):
         self.tx += p
@@ -113,25 +122,44 @@ class Conn:
         """Take what arrived and hand each whole packet to on_packet. Returns why the
         connection is unusable (the caller fails it), or None."""
         for _ in range(8):  # bounded work per poll
+            big = self.big
             try:
-                if hasattr(self.sock, "recv"):
-                    data = self.sock.recv(_RX_CHUNK)
+                if big is not None:
+                    want = len(big) - self.big_have
+                    got = self._recv_into(memoryview(big)[self.big_have:])
+                elif hasattr(self.sock, "recv"):
+                    got = self.sock.recv(_RX_CHUNK)
                 else:
-                    data = self.sock.read(_RX_CHUNK)
+                    got = self.sock.read(_RX_CHUNK)
             except OSError as e:
                 if _blocked(e):
                     return None
                 raise
-            if data is None:
+            if got is None:
                 return None
-            if not data:
+            if not got:
                 return "connection closed by broker"
             self.last_rx = now
-            self.rx += data
+            if big is not None:
+                self.big_have += got
+                if self.big_have < len(big):
+                    if got < want:
+                        return None  # the socket is drained
+                    continue
+                self.big = None
+                self.on_packet(self.big_typ, big)
+                if self.sock is None:
+                    return None
+                continue
+            self.rx += got
             err = self._parse()
-            if err or self.sock is None or len(data) < _RX_CHUNK:
+            if err or self.sock is None or (self.big is None and len(got) < _RX_CHUNK):
                 return err
         return None
+
+    def _recv_into(self, mv):
+        s = self.sock
+        return s.recv_into(mv) if hasattr(s, "recv_into") else s.readinto(mv)
 
     def _parse(self):
         rx = self.rx
@@ -145,6 +173,13 @@ class Conn:
             if n > self.max_packet:
                 return "packet of %d bytes exceeds max_packet" % n
             if len(rx) < i + n:
+                if n > _RX_CHUNK:
+                    big = bytearray(n)
+                    have = len(rx) - i
+                    big[0:have] = memoryview(rx)[i:]
+                    self.big, self.big_typ, self.big_have = big, rx[0], have
+                    self.rx = b""
+                    return None
                 break
             typ = rx[0]
             body = rx[i:i + n]

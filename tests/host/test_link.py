@@ -82,6 +82,13 @@ def test_mqtt_client_publish_subscribe_reconnect(broker):
         assert done["acked"] == 50
         cloud.c.publish("drv/in", b"hello", 1)
         cloud.wait(lambda t, p: t == "drv/echo" and p == b"hello", what="echo")
+        # a packet of many reads (an OTA offer is ~7.7 KB) read into one buffer, then a
+        # small one right behind it: both whole, the framing intact
+        big = bytes(range(256)) * 36
+        cloud.c.publish("drv/in", big, 1)
+        cloud.c.publish("drv/in", b"after", 1)
+        cloud.wait(lambda t, p: t == "drv/echo" and p == big, what="big echo")
+        cloud.wait(lambda t, p: t == "drv/echo" and p == b"after", what="echo after big")
         outs = [int(p) for t, p in cloud.msgs if t == "drv/out"]
         assert outs == list(range(50))
         # idle for 2 keepalives: pings keep the connection up
