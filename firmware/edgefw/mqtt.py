@@ -26,6 +26,14 @@ NO_CA = ("TLS: no CA file to verify the broker with (link.ca); not connecting. S
          "link.ca, or link.insecure true to connect without verifying")
 
 
+def backoff_ms(attempt, lo_ms, hi_ms, rnd):
+    """The wait before connection attempt `attempt` (1, 2, ...): doubling from lo_ms up to
+    hi_ms, "equal jitter" (half fixed, half rnd/256 of the rest: rnd is a random byte) so
+    a fleet does not reconnect in step. 255 * hi_ms / 2 stays a small int on 32-bit."""
+    d = min(lo_ms << min(attempt - 1, 16), hi_ms)
+    return d // 2 + (rnd * (d - d // 2)) // 256
+
+
 class MQTTClient:
     def __init__(self, client_id, host, port=1883, keepalive_s=30, tls=False, ca=None,
                  user=None, password=None, will=None, backoff_min_ms=1000,
@@ -45,7 +53,6 @@ class MQTTClient:
         self.bmax = backoff_max_ms
         self.retry_ms = self.ka_ms if retry_ms is None else retry_ms
         self.resend = resend
-        self.max_packet = max_packet
         self.conn_timeout_ms = conn_timeout_ms
         self.tls_timeout_ms = tls_timeout_ms
         # callbacks (None = not interested)
@@ -93,9 +100,9 @@ class MQTTClient:
             payload = payload.encode()
         pid = self._new_pid() if qos else 0
         p = pkt.publish(topic, payload, qos, retain, pid)
-        if len(p) > self.max_packet:
+        if len(p) > self.conn.max_packet:
             raise ValueError("publish of %d bytes exceeds max_packet %d"
-                             % (len(p), self.max_packet))
+                             % (len(p), self.conn.max_packet))
         if qos:
             self.inflight.append([pid, p, self._now])
         self._send(p)
@@ -135,11 +142,8 @@ class MQTTClient:
                     self._keepalive()
         except OSError as e:
             self._fail("socket error %r" % (e,))
-        except MemoryError:
-            # mid-packet, the stream's framing is lost with the bytes that did not fit:
-            # start a new connection rather than read the rest as packets
-            self._fail("out of memory reading a packet (%d bytes buffered)"
-                       % (len(self.conn.rx) + len(self.conn.big or b"")))
+        except MemoryError:  # mid-packet the framing is lost with what did not fit: reconnect
+            self._fail("out of memory reading a packet (%d B held)" % self.conn.held())
         return self.state
 
     # ---- connection ---------------------------------------------------------------
@@ -182,13 +186,8 @@ class MQTTClient:
             self.conn.forget_addr()
         self._close(reason)
         self._attempt += 1
-        d = self.bmin << min(self._attempt - 1, 16)
-        if d > self.bmax:
-            d = self.bmax
-        r = os.urandom(2)
-        # "equal jitter": half fixed, half random, so a fleet does not reconnect in step
-        d = d // 2 + ((r[0] << 8 | r[1]) * (d - d // 2)) // 65536
-        self._next_ms = ticks_add(self._now, d)
+        self._next_ms = ticks_add(self._now, backoff_ms(self._attempt, self.bmin, self.bmax,
+                                                          os.urandom(1)[0]))
 
     def _close(self, reason, clean=False):
         was_up = self.state == UP

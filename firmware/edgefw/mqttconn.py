@@ -157,6 +157,10 @@ class Conn:
                 return err
         return None
 
+    def held(self):
+        """Bytes of packets not yet whole."""
+        return len(self.rx) + (len(self.big) if self.big is not None else 0)
+
     def _recv_into(self, mv):
         s = self.sock
         return s.recv_into(mv) if hasattr(s, "recv_into") else s.readinto(mv)
