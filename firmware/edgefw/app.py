@@ -41,10 +41,7 @@ def check_config(cfg):
     """Extra boot checks: maps and points exist, dispatch parameters valid."""
     errs = devices.check(cfg)
     if dispatch is not None:
-        try:
-            dispatch.validate_params(cfg.get("site") or {})
-        except ValueError as e:
-            errs.append(str(e))
+        errs.extend(dispatch.check_params(cfg.get("site") or {})[1])
     if cfg.get("link"):
         lk = _opt("link")
         f = getattr(lk, "validate_link_cfg", None) if lk is not None else None
@@ -234,6 +231,16 @@ def _build_energy(params, err):
     except Exception as x:
         err("energy: %s: %r (counters start at 0)" % (ENERGY_FILE, x))
     return e
+
+
+def _heap():
+    gc.collect()
+    heap = {}
+    if hasattr(gc, "mem_alloc"):  # MicroPython (CPython runs the dual tests)
+        heap = {"alloc": gc.mem_alloc(), "free": gc.mem_free()}
+    if micropython is not None and hasattr(micropython, "mem_peak"):
+        heap["peak"] = micropython.mem_peak()
+    return heap
 
 
 class App:
@@ -446,12 +453,7 @@ class App:
     def status(self, points=True):
         now = clock.site_ms()
         buses = self.buses.stats()
-        gc.collect()
-        heap = {}
-        if hasattr(gc, "mem_alloc"):  # MicroPython (CPython runs the dual tests)
-            heap = {"alloc": gc.mem_alloc(), "free": gc.mem_free()}
-        if micropython is not None and hasattr(micropython, "mem_peak"):
-            heap["peak"] = micropython.mem_peak()
+        heap = _heap()
         c = self.ctl
         pcs = self.pcs
         tr = self.safety.tripped

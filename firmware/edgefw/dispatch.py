@@ -85,30 +85,60 @@ def _isint(v):
 
 
 def validate_params(site):
-    """Check the site section (also the scenario site JSON); returns a new dict with every
-    default filled in. Raises ValueError("site.<field>: problem") on the first problem."""
+    """The checked site params (check_params) or ValueError naming the first problem:
+    for callers that cannot go on without them (the dispatcher, the eval)."""
+    p, errs = check_params(site)
+    if errs:
+        raise ValueError(errs[0])
+    return p
+
+
+def check_params(site):
+    """Check the site section (also the scenario site JSON) like every config validator:
+    -> (a new dict with every default filled in, [every "site.<field>: problem"]). Never
+    raises; a bad field takes its default so the checks after it still run."""
+    errs = []
     if site is None:
         site = {}
     if not isinstance(site, dict):
-        raise ValueError("site: must be an object")
-    known = [s[0] for s in _SPEC]
+        errs.append("site: must be an object")
+        site = {}
     for k in site:
-        if k not in known and k not in _OTHER:
-            raise ValueError("site.%s: unknown field (typo?)" % k)
+        if k not in _OTHER and not [1 for s in _SPEC if s[0] == k]:
+            errs.append("site.%s: unknown field (typo?)" % k)
     p = {}
     for name, lo, hi, dflt in _SPEC:
         v = site.get(name)
-        if v is None:
-            # + 0: a default from the constant tuple _SPEC is a ROM long int in a frozen
-            # image (ints beyond -0x2000..0x1FFF) and every op in step() on it would
-            # allocate; the sum is a small int. lo/hi are only compared (no allocation).
-            p[name] = None if dflt is None else dflt + 0
-            continue
-        if not _isint(v):
-            raise ValueError("site.%s: %r is not an integer" % (name, v))
-        if v < lo or v > hi:
-            raise ValueError("site.%s: %d out of range %d..%d" % (name, v, lo, hi))
-        p[name] = v
+        if v is not None and not _isint(v):
+            errs.append("site.%s: %r is not an integer" % (name, v))
+            v = None
+        elif v is not None and (v < lo or v > hi):
+            errs.append("site.%s: %d out of range %d..%d" % (name, v, lo, hi))
+            v = None
+        # + 0: a default from the constant tuple _SPEC is a ROM long int in a frozen
+        # image (ints beyond -0x2000..0x1FFF) and every op in step() on it would
+        # allocate; the sum is a small int. lo/hi are only compared (no allocation).
+        p[name] = v if v is not None else None if dflt is None else dflt + 0
+    _derived(p)
+    if p["soc_min_cpct"] >= p["soc_max_cpct"]:
+        errs.append("site.soc_min_cpct: %d must be below soc_max_cpct %d"
+                    % (p["soc_min_cpct"], p["soc_max_cpct"]))
+    if p["sun_set_s"] <= p["sun_rise_s"]:
+        errs.append("site.sun_set_s: %d must be after sun_rise_s %d"
+                    % (p["sun_set_s"], p["sun_rise_s"]))
+    # grid_cap_hard true: grid_cap_w is a contract limit, never raised (planner.py)
+    for k in ("export_allowed", "grid_cap_hard"):
+        v = site.get(k, False)
+        if not isinstance(v, bool):
+            errs.append("site.%s: %r is not true/false" % (k, v))
+            v = False
+        p[k] = v
+    _others(site, p, errs)
+    return p, errs
+
+
+def _derived(p):
+    """Defaults that follow from other fields."""
     pcs = p["pcs_w"]
     if p["charge_max_w"] is None:
         p["charge_max_w"] = pcs
@@ -121,43 +151,36 @@ def validate_params(site):
         p["ramp_w_s"] = max(1, pcs // 10)
     if p["deadband_w"] is None:
         p["deadband_w"] = p["export_margin_w"] // 2
-    if p["soc_min_cpct"] >= p["soc_max_cpct"]:
-        raise ValueError("site.soc_min_cpct: %d must be below soc_max_cpct %d"
-                         % (p["soc_min_cpct"], p["soc_max_cpct"]))
-    ea = site.get("export_allowed", False)
-    if not isinstance(ea, bool):
-        raise ValueError("site.export_allowed: %r is not true/false" % (ea,))
-    p["export_allowed"] = ea
-    # true: grid_cap_w is a contract limit, never raised (see _raise_cap)
-    hc = site.get("grid_cap_hard", False)
-    if not isinstance(hc, bool):
-        raise ValueError("site.grid_cap_hard: %r is not true/false" % (hc,))
-    p["grid_cap_hard"] = hc
+
+
+def _others(site, p, errs):
+    """region (and its grid factor), schedule, tariff, name and note."""
     reg = site.get("region", "national")
     if not isinstance(reg, str):
-        raise ValueError("site.region: %r is not text" % (reg,))
+        errs.append("site.region: %r is not text" % (reg,))
+        reg = "national"
     try:
         from edgefw import energy
         p["grid_factor_dg_kwh"] = energy.grid_factor(reg, p["grid_factor_g_kwh"],
                                                      p["grid_factor_dg_kwh"])
     except ImportError:  # pragma: no cover - energy.py missing on a trimmed image
         p["grid_factor_dg_kwh"] = p["grid_factor_dg_kwh"] or 5306
+    except ValueError as e:
+        errs.append(str(e))
     p["region"] = reg
-    if p["sun_set_s"] <= p["sun_rise_s"]:
-        raise ValueError("site.sun_set_s: %d must be after sun_rise_s %d"
-                         % (p["sun_set_s"], p["sun_rise_s"]))
     for k in ("schedule", "name", "note"):
         if k in site:
             p[k] = site[k]
     if "schedule" in p:
-        _windows(p["schedule"], "site.schedule")
+        try:
+            _windows(p["schedule"], "site.schedule")
+        except ValueError as e:
+            errs.append(str(e))
     if site.get("tariff") is not None:
         from edgefw import tariff
-        t, errs = tariff.validate(site["tariff"], "site.tariff", ea)
-        if errs:
-            raise ValueError(errs[0])
+        t, terrs = tariff.validate(site["tariff"], "site.tariff", p["export_allowed"])
+        errs.extend(terrs)
         p["tariff"] = t
-    return p
 
 
 def _wh(w, s):

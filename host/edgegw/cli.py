@@ -19,13 +19,14 @@ class UserError(click.ClickException):
 # ---- the one way commands read input files and open output paths ---------------------------
 # Every user mistake with a file (missing, a folder, unreadable, not UTF-8, not JSON, an output
 # in a folder that does not exist) is one UserError line naming the option and the path.
+# Library code (evalbench, replayer) passes its own error class as `error`.
 
 def _name(path, what):
     return "%s %s" % (what, path) if what else str(path)
 
 
-def read_bytes(path, what=""):
-    """The file's bytes, or UserError naming `what` (e.g. '--config') and the path.
+def read_bytes(path, what="", error=UserError):
+    """The file's bytes, or `error` naming `what` (e.g. '--config') and the path.
     '-' is standard input."""
     if path == "-":
         import sys
@@ -34,33 +35,33 @@ def read_bytes(path, what=""):
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise UserError("%s: no such file" % _name(path, what))
+        raise error("%s: no such file" % _name(path, what))
     except IsADirectoryError:
-        raise UserError("%s: is a folder, give a file" % _name(path, what))
+        raise error("%s: is a folder, give a file" % _name(path, what))
     except OSError as e:
-        raise UserError("%s: cannot read it (%s)" % (_name(path, what), e.strerror or e))
+        raise error("%s: cannot read it (%s)" % (_name(path, what), e.strerror or e))
 
 
-def read_text(path, what=""):
-    """The file as UTF-8 text (a BOM is dropped), or UserError."""
-    data = read_bytes(path, what)
+def read_text(path, what="", error=UserError):
+    """The file as UTF-8 text (a BOM is dropped), or `error`."""
+    data = read_bytes(path, what, error)
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise UserError("%s: not UTF-8 text (byte 0x%02x at offset %d): is it the right file?"
+        raise error("%s: not UTF-8 text (byte 0x%02x at offset %d): is it the right file?"
                         % (_name(path, what), data[e.start], e.start))
 
 
-def read_json(path, what=""):
-    """The file parsed as JSON, or UserError naming where it is not JSON."""
+def read_json(path, what="", error=UserError):
+    """The file parsed as JSON, or `error` naming where it is not JSON."""
     import json
-    text = read_text(path, what)
+    text = read_text(path, what, error)
     try:
         return json.loads(text)
     except ValueError as e:
-        raise UserError("%s: not valid JSON (%s)" % (_name(path, what), str(e).splitlines()[0]))
+        raise error("%s: not valid JSON (%s)" % (_name(path, what), str(e).splitlines()[0]))
     except RecursionError:
-        raise UserError("%s: not JSON we read (nested too deep)" % _name(path, what))
+        raise error("%s: not JSON we read (nested too deep)" % _name(path, what))
 
 
 def read_config(path, what=""):

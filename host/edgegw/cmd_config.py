@@ -53,12 +53,9 @@ def check(cfg):
             from edgefw import dispatch
         except ImportError:
             dispatch = None
-        if dispatch is not None and hasattr(dispatch, "validate_params"):
-            try:
-                dispatch.validate_params(dict(site))
-            except ValueError as e:
-                msg = str(e)
-                errs.append(msg if msg.startswith("site.") else "site: " + msg)
+        if dispatch is not None:
+            for msg in dispatch.check_params(dict(site))[1]:
+                errs.append(msg if msg.startswith("site") else "site: " + msg)
     return errs
 
 

@@ -33,6 +33,7 @@ import os
 import numpy as np
 
 from edgefw import dispatch, energy
+from edgegw.cli import read_json, read_text
 
 STEP_S = 60
 FC_STEP_S = 300
@@ -62,13 +63,7 @@ def load_scenario(csv_path, site_path=None, overrides=None, queue_path=None):
     CSV when it exists; none = the tracker has its base estimate only)."""
     if site_path is None:
         site_path = os.path.splitext(csv_path)[0] + ".json"
-    try:
-        with open(site_path) as f:
-            site = json.load(f)
-    except OSError as e:
-        raise ScenarioError("%s: cannot read site file (%s)" % (site_path, e.strerror))
-    except ValueError as e:
-        raise ScenarioError("%s: not valid JSON (%s)" % (site_path, e))
+    site = read_json(site_path, "site file", ScenarioError)
     if not isinstance(site, dict):
         raise ScenarioError("%s: must be a JSON object" % site_path)
     site.update(overrides or {})
@@ -159,11 +154,7 @@ def load_queue(path, t_first=0):
     in site s, plus known_s: the site time the queue first shows it (default start - lead_s,
     lead_s default QUEUE_LEAD_S)."""
     from edgegw.tracker import queue as tq
-    try:
-        with open(path, newline="") as f:
-            text = f.read()
-    except OSError as e:
-        raise ScenarioError("%s: cannot read queue file (%s)" % (path, e.strerror))
+    text = read_text(path, "queue file", ScenarioError)
     lead = QUEUE_LEAD_S
     if path.lower().endswith(".csv"):
         recs = [{k.strip(): (v or "").strip() for k, v in r.items() if k}

@@ -24,7 +24,6 @@ that alone is half a character at 19200 baud). transport_us, the measured round 
 that transport, is taken off every response time; "auto" measures it on a pty pair at open
 (calibrate_pty) for a pty port and uses 0 elsewhere (a UART adapter's latency is its own:
 an FTDI's latency timer, 16 ms by default, dwarfs all this; set it to 1 ms for replay)."""
-import json
 import os
 import random
 import select
@@ -73,14 +72,8 @@ class Faults:
 
     @classmethod
     def load(cls, path):
-        try:
-            with open(path) as f:
-                d = json.load(f)
-        except OSError as e:
-            raise FaultError("faults file %s: %s" % (path, e.strerror))
-        except ValueError as e:
-            raise FaultError("faults file %s: not valid JSON (%s)" % (path, e))
-        return cls.from_dict(d)
+        from edgegw.cli import read_json
+        return cls.from_dict(read_json(path, "faults file", FaultError))
 
     def is_silent(self, slave, t_s):
         for s, t0, t1 in self.silent:

@@ -62,6 +62,22 @@ def test_validate_defaults_and_errors():
     assert "schedule[0].t1" in str(e)
 
 
+def test_check_params_lists_every_problem_and_never_raises():
+    p, errs = D.check_params({"pcs_w": -1, "grid_cap": 5, "export_allowed": 1,
+                              "region": "atlantis", "soc_min_cpct": 9900,
+                              "schedule": [{"t0": 5, "t1": 1}], "tariff": {"x": 1}})
+    fields = [e.split(":")[0] for e in errs]
+    for f in ("site.pcs_w", "site.grid_cap", "site.export_allowed", "site.region",
+              "site.soc_min_cpct", "site.schedule[0].t1"):
+        assert f in fields, (f, errs)
+    assert [e for e in errs if e.startswith("site.tariff")], errs
+    assert p["pcs_w"] == 5000  # the bad field took its default; the rest was still checked
+    assert D.check_params({}) == (D.validate_params({}), [])
+    for bad in (None, 5, "x", []):
+        p, errs = D.check_params(bad)
+        assert (bad is None) == (not errs), (bad, errs)
+
+
 def test_surplus_pv_charges_without_export():
     d = mk()
     for t in range(0, 100, 10):

@@ -143,6 +143,13 @@ def test_bad_arguments_clear_messages(tmp_path):
     assert "site.pcs_w" in _err([str(bad)])
     (tmp_path / "bad.json").write_text('{"pcs_w": ')
     assert "not valid JSON" in _err([str(bad)])
+    # the site and queue files are read by the CLI's one file reader: same messages
+    (tmp_path / "bad.json").write_bytes(b'{"pcs_w": "\xff"}')
+    assert "not UTF-8" in _err([str(bad)])
+    (tmp_path / "bad.json").write_text("{}")
+    (tmp_path / "q.json").write_bytes(b"\xff[]")
+    out = _err([str(bad), "--queue", str(tmp_path / "q.json")])
+    assert "queue file" in out and "not UTF-8" in out
     p = subprocess.run([os.path.join(VENV_BIN, "edgegw"), "dispatch", "eval", "/nonexistent.csv"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "not found" in p.stderr and "Traceback" not in p.stderr

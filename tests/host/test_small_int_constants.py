@@ -32,7 +32,7 @@ LONG_OK = {
 # function holds a `+ 0`), or None with the reason its ints are only compared / not used
 # in arithmetic on the board
 NORMALISED = {
-    ("firmware/edgefw/dispatch.py", "_SPEC"): "validate_params",
+    ("firmware/edgefw/dispatch.py", "_SPEC"): "check_params",
     ("firmware/edgefw/link.py", "_INTS"): "validate_link_cfg",
 }
 COMPARED_ONLY = {}   # (file, name): reason
