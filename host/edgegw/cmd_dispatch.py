@@ -60,6 +60,10 @@ def cli():
 @click.option("--queue", "queue", type=click.Path(dir_okay=False),
               help="what the job queue knew (.json/.csv; default: SCENARIO.queue.json "
                    "when it exists)")
+@click.option("--lead-in", "lead_in", type=click.Path(dir_okay=False),
+              help="days before the scenario (same columns) that b and c learn their "
+                   "profiles from, as the gateway would have (default: SCENARIO.lead.csv "
+                   "when it exists; scenarios/family.py --lead writes them)")
 @click.option("--no-reference", is_flag=True,
               help="skip r, the rolling perfect-forecast LP (faster)")
 @click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
@@ -70,7 +74,7 @@ def cli():
 @click.option("--start-date", "start_date", metavar="YYYY-MM-DD",
               help="local date of the scenario's t_s = 0 (the tariff's month; default the "
                    "site's start_date, else 2025-01-01)")
-def eval_cmd(scenario, site, as_json, plot, no_forecast, queue, no_reference, sets,
+def eval_cmd(scenario, site, as_json, plot, no_forecast, queue, lead_in, no_reference, sets,
              tariff_file, start_date):
     """Run SCENARIO.csv (t_s,pv_w,it_load_w,aux_load_w[,grid_ok]) under five policies: a no
     battery, b the firmware fallback dispatch with what the gateway would know, c the cloud
@@ -83,6 +87,10 @@ def eval_cmd(scenario, site, as_json, plot, no_forecast, queue, no_reference, se
         raise UserError("--site: %s not found" % site)
     if queue is not None and not os.path.isfile(queue):
         raise UserError("--queue: %s not found" % queue)
+    if lead_in is None and os.path.isfile(os.path.splitext(scenario)[0] + ".lead.csv"):
+        lead_in = os.path.splitext(scenario)[0] + ".lead.csv"
+    if lead_in is not None:
+        read_text(lead_in, "--lead-in")
     if plot and not plot.lower().endswith(".png"):
         raise UserError("--plot: %s must end in .png" % plot)
     if plot:
@@ -106,7 +114,7 @@ def eval_cmd(scenario, site, as_json, plot, no_forecast, queue, no_reference, se
     try:
         res = evalbench.evaluate(scenario, site, use_forecast=not no_forecast,
                                  keep_runs=bool(plot), overrides=over, queue_path=queue,
-                                 reference=not no_reference)
+                                 reference=not no_reference, lead_path=lead_in)
     except evalbench.ScenarioError as e:
         raise UserError(str(e))
     if over:
@@ -126,6 +134,8 @@ def eval_cmd(scenario, site, as_json, plot, no_forecast, queue, no_reference, se
                % (FORECASTS[res["forecast"]], res["jobs"],
                   ", grid down %d min" % res["outage_min"] if res["outage_min"] else "",
                   "; r = reference: perfect forecast" if "r" in pol else ""))
+    if lead_in:
+        click.echo("b/c start with profiles learnt over %s" % lead_in)
     if res.get("tariff"):
         click.echo("tariff: %s" % res["tariff"])
     click.echo("%-34s" % "" + "".join("%17s" % NAMES[k] for k in keys))

@@ -207,3 +207,24 @@ def test_no_export_violations_in_any_scenario(name):
     res = evalbench.evaluate(scen(name))
     for k, m in res["policies"].items():
         assert m["export_violations"] == 0, (name, k, m)
+
+
+def test_lead_in_teaches_b_and_c_before_the_scored_day(tmp_path):
+    # a lead-in of other days (here: a clear summer day) changes what b plans with; the
+    # default is SCENARIO.lead.csv beside the scenario; a bad one is one error line
+    def run(*extra):
+        r = CliRunner().invoke(cli, ["dispatch", "eval", scen("sandstorm"), "--site",
+                                     os.path.join(SCEN, "sandstorm.json"), "--json",
+                                     "--no-reference"] + list(extra))
+        assert r.exit_code == 0, r.output
+        return json.loads(r.output)
+    cold = run()
+    warm = run("--lead-in", scen("clear_summer"))
+    assert cold["lead_in"] is False and warm["lead_in"] is True
+    assert warm["policies"]["b"] != cold["policies"]["b"]
+    assert warm["policies"]["a"] == cold["policies"]["a"]  # no battery: nothing to learn
+    bad = tmp_path / "lead.csv"
+    bad.write_text("t_s,pv\n0,1\n")
+    out = _err([scen("sandstorm"), "--site", os.path.join(SCEN, "sandstorm.json"),
+                "--lead-in", str(bad)])
+    assert "header" in out
