@@ -159,6 +159,9 @@ def forecast(queue_file, use_squeue, node_w, step, horizon, base_w, as_json):
 @click.option("--queue", "queue_file", type=click.Path(dir_okay=False), default=None,
               help="Queue file (JSON or CSV), re-read when it changes.")
 @click.option("--squeue", "use_squeue", is_flag=True, help="Also read Slurm's squeue.")
+@click.option("--site-forecast", "site_file", type=click.Path(dir_okay=False), default=None,
+              help="CSV t,pv_w[,aux_w] (t in the --clock time base): the PV / aux forecast "
+                   "sent beside the compute one, re-read when it changes.")
 @_horizon_opts
 @_model_opts
 @click.option("--interval", type=click.FloatRange(1, 3600), default=10, show_default=True,
@@ -183,9 +186,9 @@ def forecast(queue_file, use_squeue, node_w, step, horizon, base_w, as_json):
               "IT-load meter (telemetry it_w, the whole node).")
 @click.option("--once", is_flag=True, help="Measure, publish one forecast, exit.")
 @click.option("--json", "as_json", is_flag=True, help="Print each message sent as JSON.")
-def run(broker, device_id, queue_file, use_squeue, node_w, step, horizon, p_idle, p_max,
-        interval, valid, refresh, change_w, key_file, unsigned, clock, speed, measure, once,
-        as_json):
+def run(broker, device_id, queue_file, use_squeue, site_file, node_w, step, horizon, p_idle,
+        p_max, interval, valid, refresh, change_w, key_file, unsigned, clock, speed, measure,
+        once, as_json):
     """Measure, forecast and publish on edgegw/<device>/compute/forecast every --interval s."""
     key = None
     if key_file:
@@ -203,8 +206,16 @@ def run(broker, device_id, queue_file, use_squeue, node_w, step, horizon, p_idle
     s = _sampler(p_idle, p_max)
     if refresh >= valid:
         raise UserError("--refresh %d: must be below --valid %d" % (refresh, valid))
+    site_fn = None
+    if site_file:
+        from edgegw.tracker.siteforecast import SiteForecastError, SiteForecastFile
+        read_text(site_file, "--site-forecast")
+        try:
+            site_fn = SiteForecastFile(site_file)
+        except SiteForecastError as e:
+            raise UserError("--site-forecast %s" % e)
     tr = Tracker(jobs, step_s=step, steps=horizon, valid_s=valid, key=key, device_id=device_id,
-                 refresh_s=refresh, change_w=change_w)
+                 refresh_s=refresh, change_w=change_w, site_fn=site_fn)
     if jobs:
         jobs(int(time.time()))       # a broken queue file is a user error at start
         if jobs.error:
@@ -258,6 +269,10 @@ def run(broker, device_id, queue_file, use_squeue, node_w, step, horizon, p_idle
                     msg["seq"], r["measured_w"], r["source"],
                     ", ramp " + tr.sm.ramp if tr.sm.ramp else "", max(lw[:n1h]),
                     "; queue: " + jobs.error if jobs and jobs.error else ""))
+                if site_fn is not None:
+                    click.echo("  site forecast: %s" % (site_fn.error or ", ".join(
+                        "%s %d steps" % (k, len(msg[k])) for k in ("pv_w", "aux_w") if k in msg)
+                        or "does not reach the forecast's steps"))
             if once:
                 break
             time.sleep(max(0.0, interval - (time.monotonic() - t)))

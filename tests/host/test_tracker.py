@@ -758,3 +758,57 @@ def test_e2e_queued_job_raises_soc_before_it_starts(tmp_path):
     loc, tel = h["local"], h["in_telemetry"]
     assert loc["headroom_1h_w"] == tel["headroom_1h_w"], h
     assert 0 <= loc["headroom_w"] - tel["headroom_w"] <= 100, h
+
+
+# ---- the site forecast (PV / aux) sent beside the compute forecast ---------------------------
+
+def test_site_forecast_file_on_the_forecast_steps(tmp_path):
+    from edgegw.tracker import siteforecast as sf
+    f = sf.parse("t,pv_w,aux_w\n900,1000,300\n1800,2500.4,\n2700,4000,350\n")
+    # steps of 5 min from t0 = 1200: the file holds 1000 until 1800, 2500 until 2700, then
+    # 4000 for as long as the step before it (until 3600); aux stops at its empty cell
+    got = sf.steps(f, 1200, 300, 12)
+    assert got["pv_w"] == [1000, 1000, 2500, 2500, 2500, 4000, 4000, 4000]
+    assert got["aux_w"] == [300, 300]
+    assert sf.steps(f, 0, 300, 4) == {}                 # before the file: nothing claimed
+    tr = Tracker(step_s=300, steps=12, site_fn=lambda t0, s, n: sf.steps(f, t0, s, n))
+    m = tr.tick(1250, 500, "model")
+    assert m["pv_w"] == got["pv_w"] and m["aux_w"] == [300, 300]
+    assert topics.check_forecast(m) == []               # the gateway's check takes it
+    for text, what in (("x,pv_w\n1,2\n", "header"), ("t,pv_w\n", "no rows"),
+                       ("t,pv_w\n5,1\n5,2\n", "not after"), ("t,pv_w\n1,-3\n", "0.."),
+                       ("t,aux_w\n1,lots\n", "not a number"), ("", "empty")):
+        with pytest.raises(sf.SiteForecastError, match=what):
+            sf.parse(text)
+    # a file that turns bad keeps the last good figures and says why
+    p = tmp_path / "pv.csv"
+    p.write_text("t,pv_w\n0,800\n3600,900\n")
+    ff = sf.SiteForecastFile(str(p))
+    assert ff(0, 600, 3)["pv_w"] == [800, 800, 800]
+    p.write_text("t,pv_w\n0,oops\n")
+    os.utime(p, ns=(time.time_ns(), time.time_ns() + 10 ** 9))
+    assert ff(0, 600, 3)["pv_w"] == [800, 800, 800] and "not a number" in ff.error
+
+
+def test_cli_run_once_sends_the_site_forecast(broker, tmp_path):
+    now = int(time.time())
+    pv = tmp_path / "pv.csv"
+    pv.write_text("t,pv_w\n%d,1200\n%d,3400\n%d,0\n" % (now - 600, now + 1800, now + 7200))
+    kf = tmp_path / "key"
+    kf.write_text(KEY_HEX + "\n")
+    p = _edgegw("tracker", "run", "--broker", broker, "--device", "node-s", "--site-forecast",
+                str(pv), "--interval", "1", "--once", "--json", "--horizon", "240",
+                "--key-file", str(kf))
+    assert p.returncode == 0, p.stderr
+    m = json.loads(p.stdout.strip().splitlines()[-1])
+    k = (now + 1800 - m["t0"] + 59) // 60        # the first step at or after the change
+    assert m["pv_w"][0] == 1200 and m["pv_w"][k] == 3400 and m["pv_w"][-1] == 0
+    # the last row holds as long as the one before it (5400 s): the list stops there
+    assert len(m["pv_w"]) == (now + 7200 + 5400 - m["t0"] + 59) // 60 < 240
+    assert auth.Verifier(auth.parse_key(KEY_HEX), "node-s").check(pub.KIND, m, m["ts"]) == auth.OK
+    bad = tmp_path / "bad.csv"
+    bad.write_text("when,pv\n1,2\n")
+    p = _edgegw("tracker", "run", "--broker", broker, "--device", "x", "--site-forecast",
+                str(bad), "--once", "--unsigned")
+    assert p.returncode == 2 and "--site-forecast" in p.stderr and "header" in p.stderr
+    assert "Traceback" not in p.stderr

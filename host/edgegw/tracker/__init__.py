@@ -19,7 +19,8 @@ class Tracker:
     """
 
     def __init__(self, jobs_fn=None, step_s=60, steps=240, valid_s=3600, smoother=None, key=None,
-                 device_id=None, queued_delay_s=0, refresh_s=None, change_w=100, change_pct=10):
+                 device_id=None, queued_delay_s=0, refresh_s=None, change_w=100, change_pct=10,
+                 site_fn=None):
         if not _pub.MIN_STEP_S <= step_s <= _pub.MAX_STEP_S:
             raise ValueError("step_s: %r not in %d..%d" % (step_s, _pub.MIN_STEP_S, _pub.MAX_STEP_S))
         if not 1 <= steps <= _pub.MAX_STEPS:
@@ -45,6 +46,8 @@ class Tracker:
         self.change_w = change_w
         self.change_pct = change_pct
         self.sent = None          # (ts, t0, load_w) of the last message sent
+        # site_fn(t0, step_s, steps) -> {"pv_w": [...], "aux_w": [...]} or {} (siteforecast)
+        self.site_fn = site_fn
 
     def forecast(self, now):
         """(t0, base, queue, total) lists for the horizon from the step holding `now`."""
@@ -85,6 +88,7 @@ class Tracker:
         self.sent = (now, t0, total)
         # seq stays monotonic across restarts as long as we send at most one message a second
         self.seq = max(self.seq + 1, now)
+        site = self.site_fn(t0, self.step_s, self.steps) if self.site_fn else None
         msg = _pub.build(self.seq, now, now + self.valid_s, t0, self.step_s, total,
-                         int(measured_w), source)
+                         int(measured_w), source, site)
         return _pub.sign(msg, self.key, self.device_id) if self.key else msg

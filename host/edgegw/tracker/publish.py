@@ -21,8 +21,9 @@ def topic(device_id, leaf):
     return topics.topic(device_id, leaf)
 
 
-def build(seq, ts, exp, t0, step_s, load_w, measured_w, source):
-    """The forecast payload; ValueError naming the field when a value is out of range."""
+def build(seq, ts, exp, t0, step_s, load_w, measured_w, source, site=None):
+    """The forecast payload; ValueError naming the field when a value is out of range.
+    site: optional {"pv_w": [...], "aux_w": [...]} on the same steps (siteforecast.py)."""
     for k, v in (("seq", seq), ("ts", ts), ("exp", exp), ("t0", t0), ("step_s", step_s),
                  ("measured_w", measured_w)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -36,8 +37,16 @@ def build(seq, ts, exp, t0, step_s, load_w, measured_w, source):
     for i, w in enumerate(load_w):
         if not isinstance(w, int) or isinstance(w, bool) or w < 0:
             raise ValueError("load_w[%d]: %r is not an int >= 0" % (i, w))
-    return {"seq": seq, "ts": ts, "exp": exp, "t0": t0, "step_s": step_s, "load_w": load_w,
-            "measured_w": measured_w, "source": str(source)}
+    m = {"seq": seq, "ts": ts, "exp": exp, "t0": t0, "step_s": step_s, "load_w": load_w,
+         "measured_w": measured_w, "source": str(source)}
+    for k, v in (site or {}).items():
+        if k not in ("pv_w", "aux_w") or not isinstance(v, list) or not v:
+            raise ValueError("%s: not a site forecast field with W values" % k)
+        m[k] = v[:len(load_w)]
+    errs = topics.check_forecast(m)   # the gateway's own check: what it would refuse
+    if errs:
+        raise ValueError(errs[0])
+    return m
 
 
 KIND = topics.COMMANDS[topics.FORECAST]   # "forecast": the kind the signature binds
