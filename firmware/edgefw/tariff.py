@@ -232,6 +232,7 @@ class Tariff:
 # ---- rule 5b: time-of-use arbitrage (docs/dispatch.md, "Tariff") ----------------------
 
 R_TOU = "tou"          # reason (an interned constant: assigning it does not allocate)
+R_SHAVE = "shave"      # dispatch.R_SHAVE (rule 5's shave above the plan level)
 _BLOCK_S = const(900)  # the planner's block
 WMAX_CAP = const(10000000)   # grid_cap_w at this (dispatch.WMAX): no cap configured
 _NONE = const(0)
@@ -263,6 +264,7 @@ class TouRule:
         self.charge_to_w = 0     # charging: grid import it fills up to (W)
         self.seen = -1           # the plan (Dispatcher.t_plan) the decision was made for
         self.fresh = True
+        self.hold = True         # _billed holds at the billed peak (decided per plan)
 
     def gain(self, lo, hi):
         """cfen per kWh charged at price lo and given back at price hi, less the losses and
@@ -316,6 +318,41 @@ class TouRule:
                 return k
         return self.n
 
+    def _refills(self, e0, emax):
+        # True if the forecast PV surplus of the next 24 h (as stored: the round trip,
+        # charge_max per block) fills the room the battery has now: energy discharged now
+        # would only be spilled later (the plan's self-consumption level uses it)
+        f = self.plan.profile.net_w
+        cmax = self.plan.bat.charge_max_w
+        room = emax - e0
+        s = 0
+        for k in range(self.n):
+            x = f[k]
+            if x < 0:
+                x = -x
+                s += mdiv(cmax if x > cmax else x, self.eta_cd, 1000)
+                if s >= room:
+                    return True
+        return s >= room
+
+    def _can_wait(self, e0, d):
+        # True if the blocks before the forecast PV surplus starts could take e0 below the
+        # billed peak at half their room (discharge_max, no export): energy that would be
+        # spilled at the refill can wait for them, and insures the peak till then
+        f = self.plan.profile.net_w
+        dmax = self.plan.bat.discharge_max_w
+        P = d.peak.peak_w - d.deadband_w
+        s = 0
+        for k in range(1, self.n):
+            x = f[k]
+            if x < 0:
+                return False
+            x = (P if x > P else x) - self.margin_w
+            s += (0 if x <= 0 else (dmax if x > dmax else x)) >> 1
+            if s >= e0:
+                return True
+        return False
+
     def _decide(self, d, now, soc):
         self._prices(now)
         pl = self.plan
@@ -328,6 +365,9 @@ class TouRule:
             e0 = mdiv(b.wh, soc - d.floor, 10000)
             e0 = mdiv(e0, b.eta_d, 1000) * 4            # deliverable, W x block
         emax = self._emax(d)
+        # with a demand charge: hold at the billed peak (_billed) unless the energy would
+        # be spilled at a PV refill and cannot wait for the hours before it
+        self.hold = not self._refills(e0, emax) or self._can_wait(e0, d)
         lo = self._lowest(p0)
         R = self._refill(lo)
         self.mode = _NONE
@@ -392,12 +432,25 @@ class TouRule:
         c -= div_trunc(c, 10)
         self.charge_to_w = c if c > self.margin_w else self.margin_w
 
+    def _billed(self, d, net):
+        # a demand charge bills the period's highest 15-min mean import: shaving below the
+        # one already billed (d.peak) buys no demand, costs the losses and the wear, and
+        # empties the battery a higher peak later in the period needs. Hold there (less
+        # the deadband, so the ramp's wander does not bill a new one); the energy price
+        # part is rule 5b's discharge below
+        if d.want_why != R_SHAVE or self.tariff.demand_cfen_kw == 0 or not self.hold:
+            return
+        x = net - (d.peak.peak_w - d.deadband_w)
+        if x < d.want:
+            d.want = x if x > 0 else 0
+
     def want(self, d, now, net, soc):
         """The hook (Dispatcher.step after rule 5): move d.want for the arbitrage."""
         if self.fresh or d.t_plan != self.seen:
             self.fresh = False
             self.seen = d.t_plan
             self._decide(d, now, soc)
+        self._billed(d, net)
         if self.mode == _DISCHARGE and not self.plan.grid_charge:
             x = net - self.margin_w
             if x > d.want:

@@ -265,3 +265,40 @@ def test_cloud_tariff_in_force_until_it_expires_then_the_configured_one():
     # one already expired is not taken
     d.set_tariff(t2, d.t)
     assert d.tou is cfg
+
+
+def flat_demand():
+    # one price all day and a demand charge: all a battery earns is the billed demand
+    return {"periods": [{"name": "flat", "price_cfen": 6000}],
+            "seasons": [{"months": list(range(1, 13)), "hours": [0] * 24}],
+            "demand_cfen_kw": 400000, "cycle_cost_cfen": 300}
+
+
+def _billed_run(d):
+    # an hour at 40 kW with an empty battery bills 40 kW; then 30 kW with the battery at
+    # 80 % for 9 h, then 50 kW for 2 h: [(t, sp, grid)], soc at the end
+    soc = 1000
+    g = 40000
+    out = []
+    for i in range(720):
+        load = 40000 if i < 60 else (30000 if i < 600 else 50000)
+        sp = d.step(i * 60, 0, load, 0, g, soc, 10 ** 6, 10 ** 6)
+        g = load - sp
+        if i >= 60:
+            soc = 8000 if i == 60 else soc
+            soc = max(0, min(10000, soc - sp * 60 * 10000 // (3600 * 100000)))
+        out.append((i * 60, sp, g))
+    return out, soc
+
+
+def test_demand_charge_does_not_shave_below_the_billed_peak():
+    # without a tariff the plan shaves the 30 kW (its level is below); with a demand charge
+    # that energy buys nothing (40 kW is billed already) and is kept for the 50 kW later
+    plain, _ = _billed_run(dispatch.Dispatcher(dispatch.validate_params(SITE)))
+    assert sum(sp for t, sp, g in plain[61:600] if sp > 0) > 1000 * 500
+    d = dispatch.Dispatcher(dispatch.validate_params(dict(SITE, tariff=flat_demand())))
+    run, soc = _billed_run(d)
+    assert sum(sp for t, sp, g in run[61:600] if sp > 0) == 0
+    # above the billed peak it still shaves (here the plan's level for 50 kW all day)
+    assert min(sp for t, sp, g in run[601:]) > 1000
+    assert d.peak.peak_w > 40000 and soc < 8000
