@@ -341,7 +341,7 @@ class TouRule:
         # spilled at the refill can wait for them, and insures the peak till then
         f = self.plan.profile.net_w
         dmax = self.plan.bat.discharge_max_w
-        P = d.peak.peak_w - d.deadband_w
+        P = self._hold_w(d)
         s = 0
         for k in range(1, self.n):
             x = f[k]
@@ -432,6 +432,13 @@ class TouRule:
         c -= div_trunc(c, 10)
         self.charge_to_w = c if c > self.margin_w else self.margin_w
 
+    def _hold_w(self, d):
+        # the billed peak less the deadband, never above the site's import cap: a cap
+        # passed once (the demand billed above it) is still the cap the plan holds
+        c = self.plan.grid_cap_w
+        x = d.peak.peak_w - d.deadband_w
+        return c if x > c else x
+
     def _billed(self, d, net):
         # a demand charge bills the period's highest 15-min mean import: shaving below the
         # one already billed (d.peak) buys no demand, costs the losses and the wear, and
@@ -440,7 +447,7 @@ class TouRule:
         # part is rule 5b's discharge below
         if d.want_why != R_SHAVE or self.tariff.demand_cfen_kw == 0 or not self.hold:
             return
-        x = net - (d.peak.peak_w - d.deadband_w)
+        x = net - self._hold_w(d)
         if x < d.want:
             d.want = x if x > 0 else 0
 
