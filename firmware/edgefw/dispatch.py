@@ -16,6 +16,7 @@ from edgefw.fx import div_trunc, clamp, mdiv as _mdiv, frac as _frac
 from edgefw.planner import Planner, LoadForecast, energy_wh, KCI_FAST, MAX_FC  # noqa: F401
 from edgefw.planner import TSAT as _TSAT
 from edgefw.learnt import Learnt
+from edgefw.precharge import Precharge
 from edgefw.rules import Interval, R_SOC, R_BMS, R_RAMP, R_EXPORT, R_CAP, R_RESERVE  # noqa: F401
 
 try:
@@ -411,6 +412,7 @@ class Dispatcher:
         self.window = -1         # index of the schedule window in force at the last step
         # plan state and measurements
         self.plan = Planner(p)
+        self.pre = Precharge(p)      # the grid precharge episode the plan schedules
         self.peak = PeakMeter(p)
         # per time of day, what this site's IT load, aux load and PV were (learnt always,
         # persisted by the app; the plan uses them with site.plan_learnt)
@@ -515,15 +517,18 @@ class Dispatcher:
             self.floor_it = it
         self.bounds.reserve(soc, self.floor)
 
-    def _local_want(self, net):
+    def _local_want(self, net, soc):
         # 5 local rule: shave above the plan level T, absorb surplus PV, hold in between
         T = self.plan.level_w
-        if net > T:
+        if soc < self.floor + 2 * self.hyst and self.plan.spill == 0:
+            # near the floor, no PV spill ahead: keep it for loads above the peak already set
+            T = _max(T, _min(self.peak.peak_w, self.plan.cap_w))   # (docs/dispatch.md rule 5)
+        if self.pre.on:
+            self.want = self.pre.want(net)
+            self.want_why = R_PRECHARGE if self.want < 0 else R_SHAVE
+        elif net > T:
             self.want = net - T
             self.want_why = R_SHAVE
-        elif self.plan.grid_charge:
-            self.want = net - self.plan.precharge_to_w
-            self.want_why = R_PRECHARGE
         elif self.bounds.reserve_low and net < T:
             self.want = net - T
             self.want_why = R_PRECHARGE
@@ -590,10 +595,11 @@ class Dispatcher:
         if first or self.replan or now_s - self.t_plan >= self.plan_s:
             self.plan.plan(now_s, pv, it, aux, soc, self.floor, self.forecast,
                            self.peak.peak_w, first, self.learnt)
+            self.pre.plan(self.plan, soc, self.floor, self.peak.peak_w)
             self.level_w = self.plan.level_w
             self.t_plan = now_s
             self.replan = False
-        self._local_want(net)
+        self._local_want(net, soc)
         if self.tou_until is not None and now_s >= self.tou_until:
             self.tou = self.tou_cfg      # the cloud's tariff expired
             self.tou_until = None

@@ -36,6 +36,11 @@ def energy_wh(bat_wh, cpct):
     return mdiv(bat_wh, cpct, 10000)
 
 
+def usable(b, soc, floor):
+    """W x block a Battery b delivers from soc down to floor (cpct; 0 at or below it)."""
+    return mdiv(energy_wh(b.wh, soc - floor), b.eta_d, 1000) * 4
+
+
 class Battery:
     """The battery and PCS params as ints (validated dict, see dispatch.validate_params)."""
 
@@ -332,6 +337,8 @@ class Planner:
         self.self_until = 0      # feasible() holds self_level_w before this block, T after
         self.self_level_w = 0
         self.charge_wanted = False   # choose(): the level needs grid charging
+        self.gmax_w = WMAX       # grid charge per block feasible() allows (precharge.py)
+        self.pre_on = False      # a precharge episode runs: it is on, just in time or not
         # outputs
         self.level_w = 0             # plan level T: import the battery shaves down to (W)
         self.grid_charge = False     # grid (pre)charging needed to hold the level
@@ -381,7 +388,7 @@ class Planner:
             elif e < emax:
                 c = -f if f < 0 else 0
                 if k < grid and T - f > c:
-                    c = T - f
+                    c = _min(T - f, _max(c, self.gmax_w))
                 if c > cmax:
                     c = cmax
                 if c > 0:
@@ -421,10 +428,8 @@ class Planner:
         # the energy down to soc_min counts. T: a holdable level (the plan's, >= this).
         b = self.bat
         sm = b.soc_min
-        e0 = 0
-        if soc > sm:
-            e0 = mdiv(energy_wh(b.wh, soc - sm), b.eta_d, 1000) * 4
-        emax = mdiv(energy_wh(b.wh, b.soc_max - sm), b.eta_d, 1000) * 4
+        e0 = usable(b, soc, sm)
+        emax = usable(b, b.soc_max, sm)
         c = self.cap_w
         n = _min(n, self.profile.fc_blocks)
         if n > 0 and self.feasible(c, n, e0, emax, n) < 0 and \
@@ -468,7 +473,7 @@ class Planner:
             if T > self.grid_cap_w - big or (fcok and T - Tc > big):
                 # just in time: only when the shortfall is near (PV may still come first)
                 self.feasible(_min(Tc, T - self.tol_w), n, e0, emax, 0)
-                if self.fail_block < self.precharge_blocks:
+                if self.fail_block < self.precharge_blocks or self.pre_on:
                     # charge up to the plan's level; for the cap (a hard need) with all
                     # the room under the cap: the same energy arrives sooner, so a plan
                     # that was too hopeful finds more stored. The shave level stays Tc.
@@ -523,10 +528,8 @@ class Planner:
         fcok = pr.update(now, pv, it, aux, fc, lt)
         if pr.sunset:
             self.cap_w = self.grid_cap_w    # a new night: the ratchet starts over
-        e0 = 0
-        if soc > floor:
-            e0 = mdiv(energy_wh(b.wh, soc - floor), b.eta_d, 1000) * 4
-        emax = mdiv(energy_wh(b.wh, _max(0, b.soc_max - floor)), b.eta_d, 1000) * 4
+        e0 = usable(b, soc, floor)
+        emax = usable(b, b.soc_max, floor)
         if soc >= b.soc_max - b.hyst:
             self.cap_w = self.grid_cap_w
         self.walk = pr.net_w
