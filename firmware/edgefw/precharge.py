@@ -114,6 +114,14 @@ class Precharge:
             # just below the plan's: the need alone, at the plan's
             c = self._power(pl, T + pl.deadband_w, n, e0, emax)
         pl.walk = pl.profile.net_w
+        if self.f0 >= T and n > 1 and pl.walk[1] >= T and \
+                (pl.feasible(T, n, e0, emax, 0) < 0 or pl.spill == 0):
+            # the shortfall starts inside the present block and lasts past it: the
+            # block's mean has no room under the level though the minutes before the
+            # shortfall have, so the walk cannot schedule them; with no PV spill ahead
+            # (that would refill the battery anyway) they charge all the room the
+            # ceiling leaves (want())
+            c = b.charge_max_w
         self.sched_w = c
         # ramp up, down at once (less import is safe)
         self.cmd_w = _min(self.cmd_w + self.ramp_w, self.sched_w)
